@@ -1,0 +1,103 @@
+//! The error every operation of the compute runtime returns.
+
+use super::daemon::ProcessError;
+use crate::identity::EntityId;
+use crate::mesh::NodeId;
+
+/// Why a [`DaemonRuntime`](super::DaemonRuntime) operation failed.
+///
+/// Origin hashes print as 16 hex digits.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The runtime has not been started (`start().await`).
+    #[error("the daemon runtime is not started yet")]
+    NotReady,
+    /// The runtime is shutting down or shut down.
+    #[error("the daemon runtime is shutting down")]
+    ShuttingDown,
+    /// A factory for this kind is registered already.
+    #[error("a factory for daemon kind {0:?} is already registered")]
+    FactoryAlreadyRegistered(String),
+    /// No factory is registered for this kind.
+    #[error("no factory is registered for daemon kind {0:?}")]
+    FactoryNotFound(String),
+    /// A kind name is empty or longer than 255 bytes.
+    #[error("invalid daemon kind {0:?}: must be 1 to 255 bytes")]
+    InvalidKind(String),
+    /// A snapshot belongs to another identity than the one restoring it.
+    #[error("snapshot of entity {found} cannot be restored as entity {expected}")]
+    SnapshotIdentityMismatch {
+        /// The identity passed to the restore.
+        expected: EntityId,
+        /// The identity the snapshot is bound to.
+        found: EntityId,
+    },
+    /// A daemon (or a reservation for an incoming migration) with this
+    /// origin hash exists already on this node.
+    #[error("daemon {0:016x} is already registered on this node")]
+    AlreadyRegistered(u64),
+    /// No daemon with this origin hash runs on this node.
+    #[error("daemon {0:016x} not found on this node")]
+    NotFound(u64),
+    /// The event's sequence is at or below the high-water mark of its
+    /// origin: it was accepted before (or is sequence 0). The daemon's
+    /// state is untouched.
+    #[error("event {sequence} from origin {origin_hash:016x} is a duplicate: already accepted")]
+    Duplicate {
+        /// The event's origin.
+        origin_hash: u64,
+        /// The refused sequence.
+        sequence: u64,
+    },
+    /// The daemon's own code returned an error.
+    #[error(transparent)]
+    Process(ProcessError),
+    /// The daemon's code panicked; the runtime and other daemons carry on,
+    /// and the daemon stays registered.
+    #[error("daemon {origin_hash:016x} panicked in {operation}: {message}")]
+    Panicked {
+        /// The daemon.
+        origin_hash: u64,
+        /// Which call panicked (`process`, `snapshot`, `restore`).
+        operation: &'static str,
+        /// The panic message.
+        message: String,
+    },
+    /// The factory for this kind panicked.
+    #[error("the factory for daemon kind {kind:?} panicked: {message}")]
+    FactoryPanicked {
+        /// The kind.
+        kind: String,
+        /// The panic message.
+        message: String,
+    },
+    /// This node does not offer what the daemon requires.
+    #[error("node does not meet the requirements of daemon kind {kind:?}: missing {unmet}")]
+    CapabilityMismatch {
+        /// The kind.
+        kind: String,
+        /// The first unmet requirement.
+        unmet: String,
+    },
+    /// Another runtime is started on this mesh node.
+    #[error("another daemon runtime is already started on mesh node {0}")]
+    MeshAlreadyBound(NodeId),
+}
+
+impl From<ProcessError> for DaemonError {
+    fn from(e: ProcessError) -> Self {
+        DaemonError::Process(e)
+    }
+}
+
+/// Renders a panic payload as text.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,23 @@
+//! The compute runtime: daemons, causal events, snapshots.
+//!
+//! A [`MeshDaemon`] is user code. A [`DaemonRuntime`] hosts daemons on one
+//! [`Mesh`](crate::mesh::Mesh) node: it builds them from factories
+//! registered by kind, gives each an ed25519 [`Identity`](crate::Identity),
+//! delivers [`CausalEvent`]s exactly once per origin and in order, links
+//! every output into the daemon's chain, and snapshots and restores daemons
+//! with their causal bookkeeping ([`StateSnapshot`]).
+
+mod causal;
+mod daemon;
+mod error;
+mod handle;
+mod host;
+mod runtime;
+mod snapshot;
+
+pub use causal::{CausalEvent, CausalLink};
+pub use daemon::{MeshDaemon, ProcessError};
+pub use error::DaemonError;
+pub use handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
+pub use runtime::DaemonRuntime;
+pub use snapshot::{SnapshotError, StateSnapshot, MAX_SNAPSHOT_BYTES};

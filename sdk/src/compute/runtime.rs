@@ -1,0 +1,523 @@
+//! [`DaemonRuntime`]: factories by kind, spawn under identities, delivery,
+//! and the ready/shutdown fences.
+//!
+//! # Fences
+//!
+//! The runtime moves `Registering → Ready → ShuttingDown`, never back.
+//! - `start` installs the mesh's migration handler *before* it publishes
+//!   `Ready`, so no observer sees `is_ready()` without a handler; if it
+//!   loses the race to `shutdown` it removes its handler again.
+//! - `spawn` (and every call that registers) re-reads the state after its
+//!   insert; if `shutdown` began meanwhile it removes its own entry and
+//!   answers `ShuttingDown`. Since `shutdown` publishes its state before it
+//!   sweeps, either the sweep sees the entry or the spawner sees the state:
+//!   no daemon survives a shutdown.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use super::causal::CausalEvent;
+use super::daemon::MeshDaemon;
+use super::error::{panic_message, DaemonError};
+use super::handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
+use super::host::DaemonHost;
+use super::snapshot::StateSnapshot;
+use crate::identity::Identity;
+use crate::mesh::{Mesh, MigrationHandler};
+
+type Factory = Arc<dyn Fn() -> Box<dyn MeshDaemon> + Send + Sync>;
+type Hasher = foldhash::fast::RandomState;
+
+const REGISTERING: u8 = 0;
+const READY: u8 = 1;
+const SHUTTING_DOWN: u8 = 2;
+
+static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A hosted daemon as the registry holds it.
+struct Slot {
+    kind: Arc<str>,
+    host: Mutex<DaemonHost>,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, DaemonHost> {
+        // User code never runs unwinding through this guard (panics are
+        // caught inside), so a poisoned lock still guards consistent data.
+        self.host.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A reservation made by [`DaemonRuntime::expect_migration`].
+#[derive(Debug, Clone)]
+pub(crate) struct Expected {
+    pub(crate) kind: Arc<str>,
+    #[expect(dead_code, reason = "read by the inbound migration path")]
+    pub(crate) config: DaemonHostConfig,
+}
+
+struct Inner {
+    id: u64,
+    mesh: Arc<Mesh>,
+    state: AtomicU8,
+    factories: DashMap<Arc<str>, Factory, Hasher>,
+    daemons: DashMap<u64, Arc<Slot>, Hasher>,
+    expected: DashMap<u64, Expected, Hasher>,
+    #[cfg(feature = "test-utils")]
+    stalls: test_hooks::Stalls,
+}
+
+/// Hosts daemons on one mesh node. Cheap to clone: clones share the runtime.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use cellmesh::{Identity, mesh::MeshBuilder};
+/// # use cellmesh::compute::{DaemonRuntime, DaemonHostConfig, MeshDaemon};
+/// # async fn demo(factory: fn() -> Box<dyn MeshDaemon>) -> Result<(), Box<dyn std::error::Error>> {
+/// let mesh = MeshBuilder::new("127.0.0.1:0", &[7u8; 32])?.build().await?;
+/// let rt = DaemonRuntime::new(Arc::new(mesh));
+/// rt.register_factory("counter", factory)?;
+/// rt.start().await?;
+/// let handle = rt.spawn("counter", Identity::generate(), DaemonHostConfig::default()).await?;
+/// # let _ = handle; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DaemonRuntime {
+    inner: Arc<Inner>,
+}
+
+impl DaemonRuntime {
+    /// A runtime bound to `mesh`, not yet started.
+    pub fn new(mesh: Arc<Mesh>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                id: NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed),
+                mesh,
+                state: AtomicU8::new(REGISTERING),
+                factories: DashMap::with_hasher(Hasher::default()),
+                daemons: DashMap::with_hasher(Hasher::default()),
+                expected: DashMap::with_hasher(Hasher::default()),
+                #[cfg(feature = "test-utils")]
+                stalls: test_hooks::Stalls::default(),
+            }),
+        }
+    }
+
+    /// The mesh node this runtime is bound to.
+    pub fn mesh(&self) -> &Arc<Mesh> {
+        &self.inner.mesh
+    }
+
+    /// Whether the runtime is started and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.inner.state.load(Ordering::SeqCst) == READY
+    }
+
+    /// How many daemons run on this node.
+    pub fn daemon_count(&self) -> usize {
+        self.inner.daemons.len()
+    }
+
+    /// Registers the factory that builds daemons of `kind`. Kinds may be
+    /// registered before or after `start`; exactly one of several
+    /// concurrent registrations of one kind wins.
+    ///
+    /// # Errors
+    /// `ShuttingDown`, `InvalidKind`, `FactoryAlreadyRegistered`.
+    pub fn register_factory<F>(&self, kind: &str, factory: F) -> Result<(), DaemonError>
+    where
+        F: Fn() -> Box<dyn MeshDaemon> + Send + Sync + 'static,
+    {
+        if self.state() == SHUTTING_DOWN {
+            return Err(DaemonError::ShuttingDown);
+        }
+        if kind.is_empty() || kind.len() > 255 {
+            return Err(DaemonError::InvalidKind(kind.chars().take(64).collect()));
+        }
+        match self.inner.factories.entry(Arc::from(kind)) {
+            Entry::Occupied(_) => Err(DaemonError::FactoryAlreadyRegistered(kind.to_owned())),
+            Entry::Vacant(slot) => {
+                slot.insert(Arc::new(factory));
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts the runtime: installs the migration handler on the mesh, then
+    /// publishes `Ready`. Idempotent.
+    ///
+    /// Cancel safety: cancelling leaves either a started runtime or one that
+    /// can be started again.
+    ///
+    /// # Errors
+    /// `ShuttingDown` if shutdown began first (no handler is left
+    /// installed); `MeshAlreadyBound` if another runtime is started on the
+    /// mesh.
+    pub async fn start(&self) -> Result<(), DaemonError> {
+        match self.state() {
+            READY => return Ok(()),
+            SHUTTING_DOWN => return Err(DaemonError::ShuttingDown),
+            _ => {}
+        }
+        let mesh = &self.inner.mesh;
+        let handler = Arc::new(MigrationHandler::new(self.inner.id));
+        if !mesh.install_migration_handler(handler) {
+            return Err(DaemonError::MeshAlreadyBound(mesh.node_id()));
+        }
+        #[cfg(feature = "test-utils")]
+        self.inner.stalls.start().await;
+        match self.inner.state.compare_exchange(
+            REGISTERING,
+            READY,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) | Err(READY) => Ok(()),
+            Err(_) => {
+                mesh.clear_migration_handler(self.inner.id);
+                Err(DaemonError::ShuttingDown)
+            }
+        }
+    }
+
+    /// Shuts down: refuses new work, removes the migration handler and stops
+    /// every daemon (`daemon_count() == 0` afterwards). Idempotent; the
+    /// runtime stays usable and answers `ShuttingDown`.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for draining work that can fail.
+    pub async fn shutdown(&self) -> Result<(), DaemonError> {
+        self.inner.state.store(SHUTTING_DOWN, Ordering::SeqCst);
+        self.inner.mesh.clear_migration_handler(self.inner.id);
+        self.inner.expected.clear();
+        self.inner.daemons.retain(|_, slot| {
+            slot.lock().retire();
+            false
+        });
+        tracing::debug!(runtime = self.inner.id, "daemon runtime shut down");
+        Ok(())
+    }
+
+    /// Spawns a daemon of `kind` under `identity`.
+    ///
+    /// # Errors
+    /// `NotReady`, `ShuttingDown`, `FactoryNotFound`, `FactoryPanicked`,
+    /// `CapabilityMismatch` (this node does not meet the daemon's
+    /// `requirements()`), `AlreadyRegistered` (the identity runs here
+    /// already or is reserved by `expect_migration`; the incumbent is left
+    /// untouched).
+    pub async fn spawn(
+        &self,
+        kind: &str,
+        identity: Identity,
+        config: DaemonHostConfig,
+    ) -> Result<DaemonHandle, DaemonError> {
+        self.require_ready()?;
+        #[cfg(feature = "test-utils")]
+        self.inner.stalls.spawn().await;
+        let origin_hash = identity.keypair().origin_hash();
+        let (kind, factory) = self.factory(kind)?;
+        self.check_vacant(origin_hash)?;
+        let daemon = self.build(&kind, &factory)?;
+        let host = DaemonHost::new(daemon, identity.into_keypair(), config);
+        self.insert(origin_hash, kind, host)
+    }
+
+    /// Spawns a daemon of `kind` under `identity` and restores it from
+    /// `snapshot`: its state, its per-origin marks (it refuses replays) and
+    /// its output chain (its outputs continue the chain). Consumes a
+    /// matching `expect_migration` reservation (a reservation for another
+    /// kind makes it `AlreadyRegistered`).
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn), plus `SnapshotIdentityMismatch` when the
+    /// snapshot is bound to another entity (the full 32-byte key is
+    /// compared), and the daemon's `restore` error.
+    pub async fn spawn_from_snapshot(
+        &self,
+        kind: &str,
+        identity: Identity,
+        snapshot: StateSnapshot,
+        config: DaemonHostConfig,
+    ) -> Result<DaemonHandle, DaemonError> {
+        self.require_ready()?;
+        #[cfg(feature = "test-utils")]
+        self.inner.stalls.spawn().await;
+        if snapshot.entity_id() != identity.entity_id() {
+            return Err(DaemonError::SnapshotIdentityMismatch {
+                expected: identity.entity_id(),
+                found: snapshot.entity_id(),
+            });
+        }
+        let origin_hash = identity.keypair().origin_hash();
+        let (kind, factory) = self.factory(kind)?;
+        let reserved_for_other_kind = self
+            .inner
+            .expected
+            .get(&origin_hash)
+            .is_some_and(|held| held.kind != kind);
+        if reserved_for_other_kind || self.inner.daemons.contains_key(&origin_hash) {
+            return Err(DaemonError::AlreadyRegistered(origin_hash));
+        }
+        let daemon = self.build(&kind, &factory)?;
+        let host = DaemonHost::restore(daemon, identity.into_keypair(), snapshot, config)?;
+        let handle = self.insert(origin_hash, kind, host)?;
+        self.inner.expected.remove(&origin_hash);
+        Ok(handle)
+    }
+
+    /// Reserves `origin_hash` for a daemon of `kind` that will arrive by
+    /// migration, so that it is provisioned before it comes. Optional: a
+    /// started runtime with a factory for the kind accepts migrations
+    /// without it.
+    ///
+    /// # Errors
+    /// `NotReady`, `ShuttingDown`, `FactoryNotFound`, `AlreadyRegistered`
+    /// (a daemon or a reservation holds the origin already).
+    pub fn expect_migration(
+        &self,
+        kind: &str,
+        origin_hash: u64,
+        config: DaemonHostConfig,
+    ) -> Result<(), DaemonError> {
+        self.require_ready()?;
+        let (kind, _) = self.factory(kind)?;
+        if self.inner.daemons.contains_key(&origin_hash) {
+            return Err(DaemonError::AlreadyRegistered(origin_hash));
+        }
+        match self.inner.expected.entry(origin_hash) {
+            Entry::Occupied(_) => return Err(DaemonError::AlreadyRegistered(origin_hash)),
+            Entry::Vacant(slot) => {
+                slot.insert(Expected { kind, config });
+            }
+        }
+        if self.state() != READY {
+            self.inner.expected.remove(&origin_hash);
+            return Err(DaemonError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Delivers `event` to the daemon `origin_hash` on this node and returns
+    /// its outputs, linked into the daemon's chain.
+    ///
+    /// Exactly-once: an event whose sequence is at or below the mark of its
+    /// origin (`event.link.origin_hash`) is refused as `Duplicate` and does
+    /// not reach the daemon. O(1) in the number of origins.
+    ///
+    /// # Errors
+    /// `NotReady`, `ShuttingDown`, `NotFound`, `Duplicate`, `Process` (the
+    /// daemon's error; the event is not accepted), `Panicked` (contained;
+    /// the event is not accepted, the daemon stays registered).
+    pub fn deliver(
+        &self,
+        origin_hash: u64,
+        event: &CausalEvent,
+    ) -> Result<Vec<CausalEvent>, DaemonError> {
+        self.require_ready()?;
+        let slot = self.slot(origin_hash)?;
+        let mut host = slot.lock();
+        if host.is_retired() {
+            return Err(DaemonError::NotFound(origin_hash));
+        }
+        host.deliver(event)
+    }
+
+    /// Stops the daemon `origin_hash`. When this returns no call reaches the
+    /// daemon any more; later deliveries answer `NotFound`.
+    ///
+    /// # Errors
+    /// `NotFound`.
+    pub async fn stop(&self, origin_hash: u64) -> Result<(), DaemonError> {
+        let (_, slot) = self
+            .inner
+            .daemons
+            .remove(&origin_hash)
+            .ok_or(DaemonError::NotFound(origin_hash))?;
+        slot.lock().retire();
+        Ok(())
+    }
+
+    /// Snapshots the daemon `origin_hash`: `None` for a stateless daemon
+    /// (its `snapshot()` returned `None`).
+    ///
+    /// # Errors
+    /// `NotFound`, `Process(SnapshotFailed)` (state above
+    /// `max_snapshot_bytes`), `Panicked`.
+    pub async fn snapshot(&self, origin_hash: u64) -> Result<Option<StateSnapshot>, DaemonError> {
+        let slot = self.slot(origin_hash)?;
+        let host = slot.lock();
+        if host.is_retired() {
+            return Err(DaemonError::NotFound(origin_hash));
+        }
+        let snapshot = host.capture()?;
+        Ok(snapshot.state().is_some().then_some(snapshot))
+    }
+
+    /// The kind the daemon `origin_hash` was spawned as.
+    ///
+    /// # Errors
+    /// `NotFound`.
+    pub fn kind_of(&self, origin_hash: u64) -> Result<String, DaemonError> {
+        Ok(self.slot(origin_hash)?.kind.to_string())
+    }
+
+    pub(crate) fn stats(&self, origin_hash: u64) -> Result<DaemonStats, DaemonError> {
+        let slot = self.slot(origin_hash)?;
+        let host = slot.lock();
+        if host.is_retired() {
+            return Err(DaemonError::NotFound(origin_hash));
+        }
+        Ok(host.stats())
+    }
+
+    fn state(&self) -> u8 {
+        self.inner.state.load(Ordering::SeqCst)
+    }
+
+    fn require_ready(&self) -> Result<(), DaemonError> {
+        match self.state() {
+            READY => Ok(()),
+            REGISTERING => Err(DaemonError::NotReady),
+            _ => Err(DaemonError::ShuttingDown),
+        }
+    }
+
+    fn slot(&self, origin_hash: u64) -> Result<Arc<Slot>, DaemonError> {
+        self.inner
+            .daemons
+            .get(&origin_hash)
+            .map(|entry| Arc::clone(entry.value()))
+            .ok_or(DaemonError::NotFound(origin_hash))
+    }
+
+    fn factory(&self, kind: &str) -> Result<(Arc<str>, Factory), DaemonError> {
+        self.inner
+            .factories
+            .get(kind)
+            .map(|entry| (Arc::clone(entry.key()), Arc::clone(entry.value())))
+            .ok_or_else(|| DaemonError::FactoryNotFound(kind.to_owned()))
+    }
+
+    /// A cheap early refusal; the insert's entry check is the authority.
+    fn check_vacant(&self, origin_hash: u64) -> Result<(), DaemonError> {
+        if self.inner.daemons.contains_key(&origin_hash)
+            || self.inner.expected.contains_key(&origin_hash)
+        {
+            return Err(DaemonError::AlreadyRegistered(origin_hash));
+        }
+        Ok(())
+    }
+
+    /// Runs the factory (containing a panic) and checks the daemon's
+    /// requirements against this node.
+    fn build(&self, kind: &str, factory: &Factory) -> Result<Box<dyn MeshDaemon>, DaemonError> {
+        let daemon = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory())).map_err(
+            |payload| DaemonError::FactoryPanicked {
+                kind: kind.to_owned(),
+                message: panic_message(payload.as_ref()),
+            },
+        )?;
+        let needs = daemon.requirements();
+        if let Some(unmet) = self.inner.mesh.capabilities().first_unmet(&needs) {
+            return Err(DaemonError::CapabilityMismatch {
+                kind: kind.to_owned(),
+                unmet: unmet.to_string(),
+            });
+        }
+        Ok(daemon)
+    }
+
+    /// Inserts the host unless the origin is taken, then applies the
+    /// shutdown fence.
+    fn insert(
+        &self,
+        origin_hash: u64,
+        kind: Arc<str>,
+        host: DaemonHost,
+    ) -> Result<DaemonHandle, DaemonError> {
+        let slot = Arc::new(Slot {
+            kind,
+            host: Mutex::new(host),
+        });
+        match self.inner.daemons.entry(origin_hash) {
+            Entry::Occupied(_) => return Err(DaemonError::AlreadyRegistered(origin_hash)),
+            Entry::Vacant(vacant) => {
+                vacant.insert(Arc::clone(&slot));
+            }
+        }
+        if self.state() != READY {
+            // Shutdown began after our readiness check: undo our own insert
+            // (and only ours) so that nothing outlives the sweep.
+            self.inner
+                .daemons
+                .remove_if(&origin_hash, |_, held| Arc::ptr_eq(held, &slot));
+            slot.lock().retire();
+            return Err(DaemonError::ShuttingDown);
+        }
+        Ok(DaemonHandle {
+            origin_hash,
+            runtime: self.clone(),
+        })
+    }
+}
+
+impl std::fmt::Debug for DaemonRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonRuntime")
+            .field("node", &self.inner.mesh.node_id())
+            .field("state", &self.state())
+            .field("daemons", &self.daemon_count())
+            .finish()
+    }
+}
+
+#[cfg(feature = "test-utils")]
+mod test_hooks {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// Injected stalls that widen race windows for the fence tests.
+    #[derive(Default)]
+    pub(super) struct Stalls {
+        pub(super) start_ms: AtomicU64,
+        pub(super) spawn_ms: AtomicU64,
+    }
+
+    impl Stalls {
+        async fn stall(ms: &AtomicU64) {
+            let ms = ms.load(Ordering::SeqCst);
+            if ms > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+
+        /// Between installing the handler and publishing `Ready`.
+        pub(super) async fn start(&self) {
+            Self::stall(&self.start_ms).await;
+        }
+
+        /// Between the readiness check and the registry insert.
+        pub(super) async fn spawn(&self) {
+            Self::stall(&self.spawn_ms).await;
+        }
+    }
+}
+
+#[cfg(feature = "test-utils")]
+impl DaemonRuntime {
+    /// Test hook: stall `start` for `ms` between installing the migration
+    /// handler and publishing `Ready`.
+    pub fn set_start_stall_ms(&self, ms: u64) {
+        self.inner.stalls.start_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Test hook: stall `spawn` for `ms` between its readiness check and its
+    /// registry insert.
+    pub fn set_spawn_stall_ms(&self, ms: u64) {
+        self.inner.stalls.spawn_ms.store(ms, Ordering::SeqCst);
+    }
+}

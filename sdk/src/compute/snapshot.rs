@@ -1,0 +1,496 @@
+//! Identity-bound, tamper-evident daemon snapshots.
+//!
+//! # Wire format, version 1 (all integers little-endian)
+//!
+//! ```text
+//! magic "CMSNAP" | version u8 = 1 | entity_id [32]
+//! through_seq u64 | next_parent u64 | horizon u64        output chain head
+//! events_processed u64 | events_emitted u64
+//! mark_count u32 | (origin u64, sequence u64) * mark_count   strictly increasing origins
+//! state_flag u8 (0 = stateless, 1 = state) | state_len u64 | state
+//! signature [64]
+//! ```
+//!
+//! The signature is ed25519 by the daemon's key over
+//! `"cellmesh/snapshot/v1" || BLAKE3(everything before the signature)`.
+//! Decoding checks every length against [`MAX_SNAPSHOT_BYTES`] and the bytes
+//! actually present before allocating, then verifies the signature.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::causal::{OriginMarks, OutputChain};
+use super::handle::DaemonStats;
+use crate::identity::{EntityId, Keypair};
+
+const MAGIC: &[u8; 6] = b"CMSNAP";
+const VERSION: u8 = 1;
+const SIGNATURE_TAG: &[u8] = b"cellmesh/snapshot/v1";
+const HEADER_LEN: usize = 6 + 1 + 32 + 8 * 5 + 4;
+const SIGNATURE_LEN: usize = 64;
+
+/// The largest encoded snapshot [`StateSnapshot::from_bytes`] accepts
+/// (1 GiB of state plus bookkeeping).
+pub const MAX_SNAPSHOT_BYTES: usize = (1 << 30) + (64 << 20);
+
+/// Why snapshot bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The input ends before a field it announces.
+    #[error("snapshot truncated: {field} needs {needed} bytes, {available} left")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+        /// Bytes the field needs.
+        needed: u64,
+        /// Bytes left in the input.
+        available: u64,
+    },
+    /// The input (or a length inside it) exceeds the limit.
+    #[error("snapshot too large: {len} bytes exceeds the limit of {max}")]
+    Oversized {
+        /// The offending size.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Not a snapshot.
+    #[error("not a cellmesh snapshot (bad magic)")]
+    BadMagic,
+    /// A version this build does not read.
+    #[error("unsupported snapshot version {0} (this build reads version 1)")]
+    UnsupportedVersion(u8),
+    /// The embedded entity id is not a public key.
+    #[error("snapshot names an invalid entity id")]
+    InvalidEntity,
+    /// A field holds a value the format forbids.
+    #[error("malformed snapshot field {field}: {reason}")]
+    Malformed {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Bytes follow the signature.
+    #[error("{0} unexpected bytes after the snapshot signature")]
+    TrailingBytes(u64),
+    /// The signature does not verify: the bytes were altered or not made by
+    /// the entity's key.
+    #[error("snapshot signature of entity {0} does not verify: tampered or forged")]
+    BadSignature(EntityId),
+}
+
+/// How a snapshot proves its origin: by the key of the daemon that took it
+/// (signed lazily on [`StateSnapshot::to_bytes`]) or by a signature already
+/// verified on decode.
+#[derive(Clone)]
+enum Seal {
+    Local(Arc<Keypair>),
+    Verified([u8; SIGNATURE_LEN]),
+}
+
+/// A daemon's state together with the causal bookkeeping that makes a
+/// restored daemon continue exactly where it stopped: its per-origin
+/// high-water marks (so it refuses replays) and its output chain head (so
+/// its outputs stay linked).
+///
+/// A snapshot is bound to the daemon's [`EntityId`]: it restores only under
+/// that identity. A snapshot taken in this process keeps a reference to the
+/// daemon's key so that [`to_bytes`](Self::to_bytes) can sign it; the key
+/// never appears in the bytes or in `Debug`.
+#[derive(Clone)]
+pub struct StateSnapshot {
+    /// Sequence of the last event the daemon emitted (0 if none); its next
+    /// output after restore carries `through_seq + 1`.
+    pub through_seq: u64,
+    entity: EntityId,
+    next_parent: u64,
+    horizon: u64,
+    stats: DaemonStats,
+    marks: Vec<(u64, u64)>,
+    state: Option<Bytes>,
+    seal: Seal,
+}
+
+impl StateSnapshot {
+    pub(crate) fn capture(
+        keypair: &Arc<Keypair>,
+        chain: &OutputChain,
+        marks: &OriginMarks,
+        stats: DaemonStats,
+        state: Option<Bytes>,
+    ) -> Self {
+        Self {
+            through_seq: chain.last_sequence,
+            entity: keypair.entity_id(),
+            next_parent: chain.next_parent,
+            horizon: chain.horizon,
+            stats,
+            marks: marks.sorted(),
+            state,
+            seal: Seal::Local(Arc::clone(keypair)),
+        }
+    }
+
+    /// The identity this snapshot is bound to.
+    pub fn entity_id(&self) -> EntityId {
+        self.entity
+    }
+
+    /// The origin hash of [`entity_id`](Self::entity_id).
+    pub fn origin_hash(&self) -> u64 {
+        self.entity.origin_hash()
+    }
+
+    /// The daemon's own state (`None` for a stateless daemon).
+    pub fn state(&self) -> Option<&Bytes> {
+        self.state.as_ref()
+    }
+
+    /// How many origins the daemon had accepted events from.
+    pub fn origin_count(&self) -> usize {
+        self.marks.len()
+    }
+
+    pub(crate) fn chain(&self) -> OutputChain {
+        OutputChain {
+            last_sequence: self.through_seq,
+            next_parent: self.next_parent,
+            horizon: self.horizon,
+        }
+    }
+
+    pub(crate) fn marks(&self) -> OriginMarks {
+        OriginMarks::from_pairs(self.marks.iter().copied())
+    }
+
+    pub(crate) fn stats(&self) -> DaemonStats {
+        self.stats
+    }
+
+    pub(crate) fn take_state(&mut self) -> Option<Bytes> {
+        self.state.take()
+    }
+
+    /// Encodes and signs the snapshot (format version 1, see the module doc).
+    ///
+    /// A snapshot taken in this process is signed now with the daemon's key;
+    /// a decoded one re-emits the signature it was verified with, so a
+    /// snapshot altered in memory (say, its `through_seq`) no longer decodes.
+    pub fn to_bytes(&self) -> Bytes {
+        let state_len = self.state.as_ref().map_or(0, Bytes::len);
+        let mut out = BytesMut::with_capacity(
+            HEADER_LEN + self.marks.len() * 16 + 9 + state_len + SIGNATURE_LEN,
+        );
+        out.put_slice(MAGIC);
+        out.put_u8(VERSION);
+        out.put_slice(self.entity.as_bytes());
+        for v in [
+            self.through_seq,
+            self.next_parent,
+            self.horizon,
+            self.stats.events_processed,
+            self.stats.events_emitted,
+        ] {
+            out.put_u64_le(v);
+        }
+        // Mark counts above u32::MAX cannot arise: memory runs out first.
+        out.put_u32_le(u32::try_from(self.marks.len()).unwrap_or(u32::MAX));
+        for (origin, seq) in &self.marks {
+            out.put_u64_le(*origin);
+            out.put_u64_le(*seq);
+        }
+        out.put_u8(u8::from(self.state.is_some()));
+        out.put_u64_le(state_len as u64);
+        if let Some(state) = &self.state {
+            out.put_slice(state);
+        }
+        let signature = match &self.seal {
+            Seal::Local(keypair) => keypair.sign(&signed_message(&out)),
+            Seal::Verified(signature) => *signature,
+        };
+        out.put_slice(&signature);
+        out.freeze()
+    }
+
+    /// Decodes and verifies a snapshot.
+    ///
+    /// # Errors
+    /// A [`SnapshotError`] for truncated, oversized, malformed, unsigned or
+    /// tampered input; never panics.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        if bytes.len() > MAX_SNAPSHOT_BYTES {
+            return Err(SnapshotError::Oversized {
+                len: bytes.len() as u64,
+                max: MAX_SNAPSHOT_BYTES as u64,
+            });
+        }
+        let mut r = Reader { rest: bytes };
+        if r.take("magic", 6)? != MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let version = r.take("version", 1)?[0];
+        if version != VERSION {
+            return Err(SnapshotError::UnsupportedVersion(version));
+        }
+        let mut entity = [0u8; 32];
+        entity.copy_from_slice(r.take("entity_id", 32)?);
+        let entity = EntityId::from_bytes(entity).map_err(|_| SnapshotError::InvalidEntity)?;
+        let through_seq = r.u64("through_seq")?;
+        let next_parent = r.u64("next_parent")?;
+        let horizon = r.u64("horizon")?;
+        let stats = DaemonStats {
+            events_processed: r.u64("events_processed")?,
+            events_emitted: r.u64("events_emitted")?,
+        };
+        let mark_count = u64::from(r.u32("mark_count")?);
+        r.ensure("marks", mark_count * 16)?;
+        let mut marks = Vec::with_capacity(mark_count as usize);
+        for _ in 0..mark_count {
+            let pair = (r.u64("mark origin")?, r.u64("mark sequence")?);
+            if marks.last().is_some_and(|(prev, _)| *prev >= pair.0) {
+                return Err(SnapshotError::Malformed {
+                    field: "marks",
+                    reason: "origins must be strictly increasing",
+                });
+            }
+            marks.push(pair);
+        }
+        let has_state = match r.take("state_flag", 1)?[0] {
+            0 => false,
+            1 => true,
+            _ => {
+                return Err(SnapshotError::Malformed {
+                    field: "state_flag",
+                    reason: "must be 0 or 1",
+                })
+            }
+        };
+        let state_len = r.u64("state_len")?;
+        if !has_state && state_len != 0 {
+            return Err(SnapshotError::Malformed {
+                field: "state_len",
+                reason: "a stateless snapshot has no state bytes",
+            });
+        }
+        let state_bytes = r.take("state", state_len)?;
+        let body_len = bytes.len() - r.rest.len();
+        let mut signature = [0u8; SIGNATURE_LEN];
+        signature.copy_from_slice(r.take("signature", SIGNATURE_LEN as u64)?);
+        if !r.rest.is_empty() {
+            return Err(SnapshotError::TrailingBytes(r.rest.len() as u64));
+        }
+        if !entity.verify(&signed_message(&bytes[..body_len]), &signature) {
+            return Err(SnapshotError::BadSignature(entity));
+        }
+        Ok(Self {
+            through_seq,
+            entity,
+            next_parent,
+            horizon,
+            stats,
+            marks,
+            state: has_state.then(|| Bytes::copy_from_slice(state_bytes)),
+            seal: Seal::Verified(signature),
+        })
+    }
+}
+
+impl fmt::Debug for StateSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateSnapshot")
+            .field("entity", &self.entity)
+            .field("through_seq", &self.through_seq)
+            .field("origins", &self.marks.len())
+            .field("state_bytes", &self.state.as_ref().map(Bytes::len))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `tag || BLAKE3(body)`: what the signature covers.
+fn signed_message(body: &[u8]) -> Vec<u8> {
+    let digest = blake3::hash(body);
+    let mut message = Vec::with_capacity(SIGNATURE_TAG.len() + 32);
+    message.extend_from_slice(SIGNATURE_TAG);
+    message.extend_from_slice(digest.as_bytes());
+    message
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn ensure(&self, field: &'static str, needed: u64) -> Result<(), SnapshotError> {
+        if needed > self.rest.len() as u64 {
+            return Err(SnapshotError::Truncated {
+                field,
+                needed,
+                available: self.rest.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, field: &'static str, n: u64) -> Result<&'a [u8], SnapshotError> {
+        self.ensure(field, n)?;
+        let (head, tail) = self.rest.split_at(n as usize);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, SnapshotError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(field, 8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, SnapshotError> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(field, 4)?);
+        Ok(u32::from_le_bytes(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::Identity;
+
+    fn sample(seed: u8, marks: &[(u64, u64)], state: Option<&[u8]>) -> StateSnapshot {
+        let keypair = Arc::new(Identity::from_seed([seed; 32]).keypair().clone());
+        let mut chain = OutputChain::genesis(&keypair.entity_id());
+        chain.emit(keypair.origin_hash(), b"x");
+        StateSnapshot::capture(
+            &keypair,
+            &chain,
+            &OriginMarks::from_pairs(marks.iter().copied()),
+            DaemonStats {
+                events_processed: 3,
+                events_emitted: 1,
+            },
+            state.map(Bytes::copy_from_slice),
+        )
+    }
+
+    fn assert_same(a: &StateSnapshot, b: &StateSnapshot) {
+        assert_eq!(a.entity, b.entity);
+        assert_eq!(a.through_seq, b.through_seq);
+        assert_eq!(a.chain(), b.chain());
+        assert_eq!(a.marks, b.marks);
+        assert_eq!(a.stats, b.stats);
+        assert_eq!(a.state, b.state);
+    }
+
+    #[test]
+    fn round_trip_and_re_encode_is_stable() {
+        let snap = sample(1, &[(5, 9), (1, 2)], Some(b"state"));
+        let bytes = snap.to_bytes();
+        let back = StateSnapshot::from_bytes(&bytes).unwrap();
+        assert_same(&snap, &back);
+        assert_eq!(
+            back.to_bytes(),
+            bytes,
+            "a decoded snapshot re-encodes identically"
+        );
+        let stateless = sample(1, &[], None);
+        let back = StateSnapshot::from_bytes(&stateless.to_bytes()).unwrap();
+        assert_eq!(back.state(), None);
+    }
+
+    #[test]
+    fn every_truncation_is_a_typed_error() {
+        let bytes = sample(2, &[(1, 1), (2, 2)], Some(b"abc")).to_bytes();
+        for len in 0..bytes.len() {
+            assert!(
+                StateSnapshot::from_bytes(&bytes[..len]).is_err(),
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_rejected() {
+        let bytes = sample(3, &[(1, 1)], Some(b"abc")).to_bytes();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.to_vec();
+            bad[i] ^= 0x01;
+            assert!(
+                StateSnapshot::from_bytes(&bad).is_err(),
+                "bit flip at byte {i} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn altered_in_memory_snapshot_fails_to_decode() {
+        let snap = sample(4, &[], Some(b"s"));
+        let mut decoded = StateSnapshot::from_bytes(&snap.to_bytes()).unwrap();
+        decoded.through_seq += 1;
+        assert!(matches!(
+            StateSnapshot::from_bytes(&decoded.to_bytes()),
+            Err(SnapshotError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn huge_announced_lengths_fail_before_allocating() {
+        let mut bytes = sample(5, &[], Some(b"")).to_bytes().to_vec();
+        // mark_count at offset HEADER_LEN - 4.
+        bytes[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            StateSnapshot::from_bytes(&bytes),
+            Err(SnapshotError::Truncated { field: "marks", .. })
+        ));
+        let oversized = vec![0u8; MAX_SNAPSHOT_BYTES + 1];
+        assert!(matches!(
+            StateSnapshot::from_bytes(&oversized),
+            Err(SnapshotError::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn signature_from_another_key_is_rejected() {
+        let a = sample(6, &[], Some(b"a")).to_bytes();
+        let b = sample(7, &[], Some(b"a")).to_bytes();
+        let mut forged = a.to_vec();
+        let n = forged.len();
+        forged[n - 64..].copy_from_slice(&b[b.len() - 64..]);
+        assert!(matches!(
+            StateSnapshot::from_bytes(&forged),
+            Err(SnapshotError::BadSignature(_))
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn prop_round_trip(
+            marks in proptest::collection::btree_map(any::<u64>(), 1..u64::MAX, 0..64),
+            state in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..512)),
+        ) {
+            let pairs: Vec<_> = marks.into_iter().collect();
+            let snap = sample(8, &pairs, state.as_deref());
+            let back = StateSnapshot::from_bytes(&snap.to_bytes()).unwrap();
+            assert_same(&snap, &back);
+        }
+
+        #[test]
+        fn prop_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = StateSnapshot::from_bytes(&bytes);
+        }
+
+        #[test]
+        fn prop_garbage_after_valid_header_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut bytes = sample(9, &[], None).to_bytes()[..HEADER_LEN - 4].to_vec();
+            bytes.extend_from_slice(&tail);
+            prop_assert!(StateSnapshot::from_bytes(&bytes).is_err());
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! # cellmesh
+//!
+//! Run stateful daemons ("cells") across a peer-to-peer mesh.
+//!
+//! ## Architecture
+//!
+//! - [`Identity`] — an ed25519 key; a daemon's public key is its
+//!   [`EntityId`], and its 64-bit `origin_hash` is what events are routed by.
+//! - [`capabilities`] — what a node offers and what a daemon requires.
+//! - [`mesh`] — a node: its [`NodeId`](mesh::NodeId), capabilities and the
+//!   slot through which inbound migrations reach the runtime.
+//! - [`compute`] — [`MeshDaemon`](compute::MeshDaemon) (user code) hosted by a
+//!   [`DaemonRuntime`](compute::DaemonRuntime): factories by kind, spawn and
+//!   stop, exactly-once in-order delivery per origin, an unbroken output
+//!   chain, and signed snapshots bound to the daemon's identity.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use cellmesh::capabilities::CapabilityFilter;
+//! use cellmesh::compute::{
+//!     CausalEvent, CausalLink, DaemonHostConfig, DaemonRuntime, MeshDaemon, ProcessError,
+//! };
+//! use cellmesh::{mesh::MeshBuilder, Identity};
+//!
+//! struct Counter(u64);
+//! impl MeshDaemon for Counter {
+//!     fn name(&self) -> &str { "counter" }
+//!     fn requirements(&self) -> CapabilityFilter { CapabilityFilter::default() }
+//!     fn process(&mut self, _: &CausalEvent) -> Result<Vec<Bytes>, ProcessError> {
+//!         self.0 += 1;
+//!         Ok(vec![Bytes::copy_from_slice(&self.0.to_le_bytes())])
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mesh = MeshBuilder::new("127.0.0.1:0", &[7u8; 32])?.build().await?;
+//! let rt = DaemonRuntime::new(Arc::new(mesh));
+//! rt.register_factory("counter", || Box::new(Counter(0)))?;
+//! rt.start().await?;
+//! let daemon = rt.spawn("counter", Identity::generate(), DaemonHostConfig::default()).await?;
+//! let sender = Identity::generate().keypair().origin_hash();
+//! let event = CausalEvent {
+//!     link: CausalLink { origin_hash: sender, horizon_encoded: 0, sequence: 1, parent_hash: 0 },
+//!     payload: Bytes::from_static(b"tick"),
+//!     received_at: 0,
+//! };
+//! let outputs = rt.deliver(daemon.origin_hash, &event)?;
+//! assert_eq!(outputs[0].link.sequence, 1);
+//! // The same event again is refused: delivery is exactly-once.
+//! assert!(rt.deliver(daemon.origin_hash, &event).is_err());
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod assertions;
+pub mod capabilities;
+pub mod compute;
+mod identity;
+pub mod mesh;
+
+pub use identity::{EntityId, Identity, IdentityError, Keypair};
