@@ -29,7 +29,20 @@ fn types() {
     send_sync::<MeshError>();
 }
 
-fn futures(rt: DaemonRuntime, handle: DaemonHandle, builder: MeshBuilder, snap: StateSnapshot) {
+fn futures(
+    rt: DaemonRuntime,
+    handle: DaemonHandle,
+    builder: MeshBuilder,
+    snap: StateSnapshot,
+    mesh: &Mesh,
+    event: CausalEvent,
+) {
+    let addr = mesh.local_addr();
+    send_future(mesh.connect(addr));
+    send_future(mesh.connect_to(addr, mesh.node_id()));
+    send_future(mesh.leave());
+    send_future(mesh.wait_for_peers(1, std::time::Duration::ZERO));
+    send_future(rt.send(0, event));
     send_future(rt.start());
     send_future(rt.shutdown());
     send_future(rt.spawn("k", Identity::generate(), DaemonHostConfig::default()));

@@ -25,7 +25,7 @@ pub const MEMORY_GB: &str = "memory_gb";
 
 /// A value a node advertises under a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(rename_all = "camelCase")]
 pub enum CapabilityValue {
     /// A number (memory, cores, slots).
     Number(u64),
@@ -207,5 +207,23 @@ mod tests {
             set.first_unmet(&needs),
             Some(&Requirement::Tag("gpu".into()))
         );
+    }
+
+    #[test]
+    fn sets_and_filters_survive_the_wire_encoding() {
+        let set = CapabilitySet::new()
+            .with_tag("gpu")
+            .with_number(MEMORY_GB, 64)
+            .with_text("region", "eu");
+        let back: CapabilitySet =
+            postcard::from_bytes(&postcard::to_stdvec(&set).unwrap()).unwrap();
+        assert_eq!(back, set);
+        let filter = CapabilityFilter::new()
+            .require_gpu()
+            .min_memory_gb(8)
+            .equals("region", "eu");
+        let back: CapabilityFilter =
+            postcard::from_bytes(&postcard::to_stdvec(&filter).unwrap()).unwrap();
+        assert_eq!(back, filter);
     }
 }

@@ -126,6 +126,11 @@ impl Keypair {
         EntityId(self.signing.verifying_key().to_bytes())
     }
 
+    /// The 32-byte secret seed, for building TLS credentials.
+    pub(crate) fn secret_seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.signing.to_bytes())
+    }
+
     /// Signs `message`.
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()

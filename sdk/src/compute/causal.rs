@@ -18,7 +18,7 @@ const GENESIS_SEED: u64 = 0x6765_6e65_7369_7331; // "genesis1"
 const HORIZON_SEED: u64 = 0x686f_7269_7a6f_6e31; // "horizon1"
 
 /// Where an event sits in its origin's causal chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct CausalLink {
     /// The emitter's 64-bit origin hash.
     pub origin_hash: u64,
@@ -51,7 +51,7 @@ impl CausalLink {
 
 /// One event: its link, its payload and when it was received (a value the
 /// caller chooses; the runtime never reads a clock).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CausalEvent {
     /// The event's place in its origin's chain.
     pub link: CausalLink,

@@ -80,6 +80,29 @@ pub enum DaemonError {
         /// The first unmet requirement.
         unmet: String,
     },
+    /// The node hosting the daemon could not be reached.
+    #[error("daemon {origin_hash:016x} lives on node {node}, which is unreachable: {reason}")]
+    Unreachable {
+        /// The daemon.
+        origin_hash: u64,
+        /// Its node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// Redirects went round in circles.
+    #[error("gave up locating daemon {0:016x} after too many redirects")]
+    TooManyRedirects(u64),
+    /// The remote daemon failed or panicked.
+    #[error("daemon {origin_hash:016x} on node {node} failed: {reason}")]
+    RemoteFailed {
+        /// The daemon.
+        origin_hash: u64,
+        /// Its node.
+        node: NodeId,
+        /// The remote error, as text.
+        reason: String,
+    },
     /// Another runtime is started on this mesh node.
     #[error("another daemon runtime is already started on mesh node {0}")]
     MeshAlreadyBound(NodeId),

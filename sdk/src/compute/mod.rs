@@ -12,6 +12,7 @@ mod daemon;
 mod error;
 mod handle;
 mod host;
+mod remote;
 mod runtime;
 mod snapshot;
 

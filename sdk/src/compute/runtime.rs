@@ -163,7 +163,14 @@ impl DaemonRuntime {
             _ => {}
         }
         let mesh = &self.inner.mesh;
-        let handler = Arc::new(MigrationHandler::new(self.inner.id));
+        let weak = Arc::downgrade(&self.inner);
+        let handler = Arc::new(MigrationHandler::new(
+            self.inner.id,
+            Box::new(move |target, event| match weak.upgrade() {
+                Some(inner) => DaemonRuntime { inner }.deliver(target, event),
+                None => Err(DaemonError::ShuttingDown),
+            }),
+        ));
         if !mesh.install_migration_handler(handler) {
             return Err(DaemonError::MeshAlreadyBound(mesh.node_id()));
         }
@@ -193,8 +200,10 @@ impl DaemonRuntime {
         self.inner.state.store(SHUTTING_DOWN, Ordering::SeqCst);
         self.inner.mesh.clear_migration_handler(self.inner.id);
         self.inner.expected.clear();
-        self.inner.daemons.retain(|_, slot| {
+        let mesh = &self.inner.mesh;
+        self.inner.daemons.retain(|origin, slot| {
             slot.lock().retire();
+            mesh.retract(*origin);
             false
         });
         tracing::debug!(runtime = self.inner.id, "daemon runtime shut down");
@@ -338,6 +347,7 @@ impl DaemonRuntime {
             .remove(&origin_hash)
             .ok_or(DaemonError::NotFound(origin_hash))?;
         slot.lock().retire();
+        self.inner.mesh.retract(origin_hash);
         Ok(())
     }
 
@@ -458,6 +468,7 @@ impl DaemonRuntime {
             slot.lock().retire();
             return Err(DaemonError::ShuttingDown);
         }
+        self.inner.mesh.announce(origin_hash);
         Ok(DaemonHandle {
             origin_hash,
             runtime: self.clone(),

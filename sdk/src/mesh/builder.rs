@@ -1,27 +1,24 @@
-//! [`MeshBuilder`] and [`MeshError`].
+//! [`MeshBuilder`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::node::{Mesh, Psk};
+use arc_swap::ArcSwapOption;
+use dashmap::{DashMap, DashSet};
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::MeshConfig;
+use super::error::MeshError;
+use super::node::{own_record, Mesh, Psk, Shared};
+use super::node_id::NodeId;
+use super::tls::{self, Credentials};
+use super::wire::{ALPN_CTRL, ALPN_EVENTS};
 use crate::capabilities::CapabilitySet;
 use crate::identity::Identity;
-
-/// Why a mesh node could not be configured or built.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum MeshError {
-    /// The bind address does not parse as `ip:port`.
-    #[error("invalid mesh address {addr:?}: {reason}")]
-    InvalidAddress {
-        /// What was given.
-        addr: String,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// The pre-shared key is all zeros: almost certainly unset.
-    #[error("the mesh pre-shared key is all zeros; generate 32 random bytes")]
-    WeakPsk,
-}
 
 /// Configures a [`Mesh`] node.
 ///
@@ -29,7 +26,7 @@ pub enum MeshError {
 /// # async fn demo() -> Result<(), cellmesh::mesh::MeshError> {
 /// use cellmesh::mesh::MeshBuilder;
 /// let mesh = MeshBuilder::new("127.0.0.1:0", &[7u8; 32])?.build().await?;
-/// println!("node {}", mesh.node_id());
+/// println!("node {} on {}", mesh.node_id(), mesh.local_addr());
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -38,6 +35,8 @@ pub struct MeshBuilder {
     psk: Psk,
     identity: Option<Identity>,
     capabilities: CapabilitySet,
+    seeds: Vec<SocketAddr>,
+    config: MeshConfig,
 }
 
 impl MeshBuilder {
@@ -61,6 +60,8 @@ impl MeshBuilder {
             psk: Psk::new(psk),
             identity: None,
             capabilities: CapabilitySet::default(),
+            seeds: Vec::new(),
+            config: MeshConfig::default(),
         })
     }
 
@@ -76,14 +77,114 @@ impl MeshBuilder {
         self
     }
 
-    /// Builds the node.
+    /// Nodes to join through at build time (the rest are discovered).
+    pub fn seed_peers(mut self, seeds: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.seeds.extend(seeds);
+        self
+    }
+
+    /// Transport settings.
+    pub fn config(mut self, config: MeshConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Idle timeout: the bound on detecting a dead peer.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Keep-alive interval.
+    pub fn keep_alive(mut self, interval: Duration) -> Self {
+        self.config.keep_alive = interval;
+        self
+    }
+
+    /// Largest frame body accepted or sent.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame = bytes;
+        self
+    }
+
+    /// Binds the QUIC endpoint, starts accepting, and dials the seed peers
+    /// (a seed that cannot be reached is logged, not fatal: the node may be
+    /// the first one up).
+    ///
+    /// Must run inside a Tokio runtime.
     ///
     /// # Errors
-    /// None yet; binding the transport will add failures here.
+    /// [`MeshError::Bind`], [`MeshError::Tls`], [`MeshError::InvalidConfig`].
     pub async fn build(self) -> Result<Mesh, MeshError> {
+        if self.config.keep_alive >= self.config.idle_timeout {
+            return Err(MeshError::InvalidConfig(format!(
+                "keep_alive {:?} must be below idle_timeout {:?}",
+                self.config.keep_alive, self.config.idle_timeout
+            )));
+        }
         let identity = self.identity.unwrap_or_else(Identity::generate);
-        Ok(Mesh::new(identity, self.capabilities, self.addr, self.psk))
+        let credentials = Credentials::new(identity.keypair())?;
+        let server_tls = tls::server_config(&credentials, &[ALPN_CTRL, ALPN_EVENTS])?;
+        let crypto = QuicServerConfig::try_from(server_tls)
+            .map_err(|e| MeshError::Tls(tls::TlsError::Config(e.to_string())))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(transport(&self.config));
+        let endpoint =
+            quinn::Endpoint::server(server, self.addr).map_err(|source| MeshError::Bind {
+                addr: self.addr,
+                source,
+            })?;
+        let local_addr = endpoint.local_addr().map_err(|source| MeshError::Bind {
+            addr: self.addr,
+            source,
+        })?;
+        // A restarted node must outrank its old record: wall-clock
+        // nanoseconds serve as a monotonic-enough incarnation.
+        let incarnation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let shared = Arc::new(Shared {
+            node_id: NodeId::from(identity.entity_id()),
+            own_record: own_record(&identity, local_addr, &self.capabilities, incarnation),
+            capabilities: self.capabilities,
+            psk: self.psk,
+            config: self.config,
+            credentials,
+            endpoint,
+            local_addr,
+            handler: ArcSwapOption::empty(),
+            members: DashMap::new(),
+            peers: DashMap::new(),
+            directory: DashMap::new(),
+            local: DashSet::new(),
+            redirect_addrs: DashMap::new(),
+            event_links: DashMap::new(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            admission_failures: AtomicU64::new(0),
+            changes: tokio::sync::watch::channel(0).0,
+        });
+        shared
+            .tasks
+            .spawn(super::links::accept_loop(Arc::clone(&shared)));
+        let mesh = Mesh { shared };
+        for seed in self.seeds {
+            if let Err(e) = mesh.connect(seed).await {
+                tracing::warn!(%seed, error = %e, "seed peer unreachable");
+            }
+        }
+        Ok(mesh)
     }
+}
+
+/// The QUIC transport settings derived from `config`.
+pub(crate) fn transport(config: &MeshConfig) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok());
+    t.keep_alive_interval(Some(config.keep_alive));
+    t.max_concurrent_bidi_streams(config.max_concurrent_requests.into());
+    t.max_concurrent_uni_streams(4u32.into());
+    Arc::new(t)
 }
 
 #[cfg(test)]

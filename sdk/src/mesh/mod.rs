@@ -1,16 +1,33 @@
-//! The mesh node: its identity, its advertised capabilities, its pre-shared
-//! key and the slot through which inbound migrations reach the runtime.
+//! The mesh node: a QUIC endpoint bound to the node's ed25519 key.
 //!
-//! Today a [`Mesh`] is a local node description; the QUIC transport,
-//! membership and routing bind to it in later releases. Nothing here opens
-//! a socket yet, and nothing pretends to.
+//! - [`tls`]: every node presents a certificate for its own key; peers are
+//!   verified against the [`NodeId`] they claim (pinned when dialled by id).
+//! - [`admission`]: after TLS both sides prove the mesh pre-shared key with a
+//!   MAC bound to the TLS session (sans-IO machine).
+//! - Protocols, one ALPN each: `cellmesh/ctrl/1` (signed membership records,
+//!   the daemon location directory, graceful leave) and `cellmesh/events/1`
+//!   (one stream per event request).
+//! - Frames are length-prefixed with a checked maximum ([`frame`]).
 
+pub(crate) mod admission;
 mod builder;
+mod config;
+mod error;
+mod events;
+pub mod frame;
 mod handler;
+mod links;
 mod node;
 mod node_id;
+mod tls;
+pub mod wire;
 
-pub use builder::{MeshBuilder, MeshError};
+pub use admission::AdmissionError;
+pub use builder::MeshBuilder;
+pub use config::MeshConfig;
+pub use error::{DialError, MeshError};
 pub(crate) use handler::MigrationHandler;
 pub use node::Mesh;
 pub use node_id::NodeId;
+pub use tls::TlsError;
+pub use wire::{EventReply, EventRequest, Refusal};

@@ -1,15 +1,37 @@
-//! [`Mesh`]: one node.
+//! [`Mesh`]: one node of the mesh.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use dashmap::{DashMap, DashSet};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::config::MeshConfig;
+use super::error::DialError;
 use super::handler::MigrationHandler;
 use super::node_id::NodeId;
-use crate::capabilities::CapabilitySet;
+use super::tls::Credentials;
+use super::wire::{Ctrl, MemberRecord, SignedRecord};
+use crate::capabilities::{CapabilityFilter, CapabilitySet};
 use crate::identity::Identity;
+
+/// Application close codes.
+pub(crate) mod close {
+    /// Normal close (node dropped).
+    pub(crate) const NORMAL: u32 = 0;
+    /// Admission failed.
+    pub(crate) const ADMISSION: u32 = 0x10;
+    /// The peer broke the protocol (garbage, oversized frame).
+    pub(crate) const PROTOCOL: u32 = 0x11;
+    /// The node leaves the mesh.
+    pub(crate) const LEAVE: u32 = 0x12;
+}
 
 /// A mesh pre-shared key: zeroized on drop, never printed.
 pub(crate) struct Psk(zeroize::Zeroizing<[u8; 32]>);
@@ -19,10 +41,6 @@ impl Psk {
         Self(zeroize::Zeroizing::new(*bytes))
     }
 
-    #[expect(
-        dead_code,
-        reason = "the transport's admission proof keys its MAC with it"
-    )]
     pub(crate) fn bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -34,51 +52,208 @@ impl fmt::Debug for Psk {
     }
 }
 
-/// A mesh node. Build one with [`MeshBuilder`](super::MeshBuilder).
-pub struct Mesh {
-    identity: Identity,
-    node_id: NodeId,
-    capabilities: CapabilitySet,
-    addr: SocketAddr,
-    _psk: Psk,
-    migration_handler: ArcSwapOption<MigrationHandler>,
+/// An admitted control link to a peer.
+pub(crate) struct PeerLink {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) feed: mpsc::UnboundedSender<Ctrl>,
 }
 
-impl Mesh {
-    pub(crate) fn new(
-        identity: Identity,
-        capabilities: CapabilitySet,
-        addr: SocketAddr,
-        psk: Psk,
-    ) -> Self {
-        Self {
-            node_id: NodeId::from(identity.entity_id()),
-            identity,
-            capabilities,
-            addr,
-            _psk: psk,
-            migration_handler: ArcSwapOption::empty(),
+/// State shared by the node's handle and its background tasks.
+pub(crate) struct Shared {
+    pub(crate) node_id: NodeId,
+    pub(crate) capabilities: CapabilitySet,
+    pub(crate) psk: Psk,
+    pub(crate) config: MeshConfig,
+    pub(crate) credentials: Credentials,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) own_record: SignedRecord,
+    pub(crate) handler: ArcSwapOption<MigrationHandler>,
+    /// Signed records of other nodes we know of.
+    pub(crate) members: DashMap<NodeId, SignedRecord>,
+    /// Admitted control links.
+    pub(crate) peers: DashMap<NodeId, PeerLink>,
+    /// Where remote daemons live.
+    pub(crate) directory: DashMap<u64, NodeId>,
+    /// Daemons that live here (announced to peers).
+    pub(crate) local: DashSet<u64>,
+    /// Addresses learned from redirects for nodes not (yet) members.
+    pub(crate) redirect_addrs: DashMap<NodeId, SocketAddr>,
+    /// Cached event connections.
+    pub(crate) event_links: DashMap<NodeId, quinn::Connection>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) admission_failures: AtomicU64,
+    pub(crate) changes: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub(crate) fn bump(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Sends `msg` to every peer's control feed.
+    pub(crate) fn broadcast(&self, msg: &Ctrl) {
+        for peer in self.peers.iter() {
+            let _ = peer.feed.send(msg.clone());
         }
     }
 
+    /// Forgets a peer whose control link `stable_id` ended.
+    pub(crate) fn drop_peer(&self, peer: NodeId, stable_id: usize) {
+        let removed = self
+            .peers
+            .remove_if(&peer, |_, link| link.conn.stable_id() == stable_id)
+            .is_some();
+        if removed && !self.peers.contains_key(&peer) {
+            self.members.remove(&peer);
+            self.directory.retain(|_, node| *node != peer);
+            self.event_links.remove(&peer);
+            tracing::debug!(node = %self.node_id.short(), peer = %peer.short(), "peer gone");
+        }
+        self.bump();
+    }
+
+    pub(crate) fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
+        self.members
+            .get(&node)
+            .map(|r| r.record.addr)
+            .or_else(|| self.redirect_addrs.get(&node).map(|a| *a))
+    }
+}
+
+/// A mesh node: a QUIC endpoint (client and server) bound to the node's
+/// ed25519 key, admitting peers that prove the mesh pre-shared key.
+///
+/// Dropping the node closes its endpoint and stops its tasks; use
+/// [`leave`](Mesh::leave) to tell peers first.
+pub struct Mesh {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Mesh {
     /// This node's id (its public key).
     pub fn node_id(&self) -> NodeId {
-        self.node_id
+        self.shared.node_id
+    }
+
+    /// The address the endpoint is bound to (the real port when `:0` was
+    /// asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
     }
 
     /// What this node advertises.
     pub fn capabilities(&self) -> &CapabilitySet {
-        &self.capabilities
+        &self.shared.capabilities
     }
 
-    /// The address the node was configured with.
-    pub fn configured_addr(&self) -> SocketAddr {
-        self.addr
+    /// The transport settings.
+    pub fn config(&self) -> &MeshConfig {
+        &self.shared.config
     }
 
-    /// Whether a started runtime's migration handler is installed.
+    /// Connected, admitted peers.
+    pub fn peers(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self.shared.peers.iter().map(|p| *p.key()).collect();
+        peers.sort_unstable();
+        peers
+    }
+
+    /// The signed record this node advertises.
+    pub fn record(&self) -> &MemberRecord {
+        &self.shared.own_record.record
+    }
+
+    /// Nodes (this one included) whose advertised capabilities meet `filter`.
+    pub fn find_nodes(&self, filter: &CapabilityFilter) -> Vec<NodeId> {
+        let mut found: Vec<NodeId> = self
+            .shared
+            .members
+            .iter()
+            .filter(|r| self.shared.peers.contains_key(r.key()))
+            .filter(|r| r.record.capabilities.matches(filter))
+            .map(|r| *r.key())
+            .collect();
+        if self.shared.capabilities.matches(filter) {
+            found.push(self.shared.node_id);
+        }
+        found.sort_unstable();
+        found
+    }
+
+    /// How many inbound connections failed admission (wrong key, wrong
+    /// proof, timeout).
+    pub fn admission_failures(&self) -> u64 {
+        self.shared.admission_failures.load(Ordering::Relaxed)
+    }
+
+    /// Connects to the node at `addr`, learning its id from its certificate,
+    /// and joins its view of the mesh (the rest is discovered from it).
+    ///
+    /// Cancel safety: cancelling may leave a half-open connection that the
+    /// idle timeout closes.
+    ///
+    /// # Errors
+    /// [`DialError`]: unreachable, refused, failed admission.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<NodeId, DialError> {
+        super::links::dial_ctrl(&self.shared, addr, None).await
+    }
+
+    /// Connects to the node at `addr` and accepts it only if it holds the
+    /// key of `node`.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); a node presenting another key fails
+    /// the TLS handshake.
+    pub async fn connect_to(&self, addr: SocketAddr, node: NodeId) -> Result<NodeId, DialError> {
+        super::links::dial_ctrl(&self.shared, addr, Some(node)).await
+    }
+
+    /// Waits until at least `n` peers are connected, or `timeout` passes.
+    /// Returns whether the count was reached.
+    pub async fn wait_for_peers(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_for(timeout, |mesh| mesh.shared.peers.len() >= n)
+            .await
+    }
+
+    /// Waits until `condition` holds for this node, re-checking it on every
+    /// membership or directory change, or until `timeout` passes. Returns
+    /// whether it held.
+    pub async fn wait_for(&self, timeout: Duration, condition: impl Fn(&Mesh) -> bool) -> bool {
+        let mut changes = self.shared.changes.subscribe();
+        let wait = async {
+            while !condition(self) {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        condition(self)
+    }
+
+    /// Leaves the mesh gracefully: tells every peer (they drop this node at
+    /// once) and closes all connections. The node stays usable for local
+    /// work.
+    pub async fn leave(&self) {
+        self.shared.broadcast(&Ctrl::Leave);
+        // Give the feeds a moment to flush their last frame.
+        tokio::task::yield_now().await;
+        let links: Vec<_> = self.shared.peers.iter().map(|p| p.conn.clone()).collect();
+        for conn in links {
+            super::links::flush_then_close(conn, close::LEAVE).await;
+        }
+        self.shared.peers.clear();
+        self.shared.members.clear();
+        self.shared.directory.clear();
+        self.shared.event_links.clear();
+        self.shared.bump();
+    }
+
+    /// Whether a started runtime's handler is installed.
     pub fn has_migration_handler(&self) -> bool {
-        self.migration_handler.load().is_some()
+        self.shared.handler.load().is_some()
     }
 
     /// Installs `handler` unless another owner's handler is there. Returns
@@ -86,31 +261,114 @@ impl Mesh {
     pub(crate) fn install_migration_handler(&self, handler: Arc<MigrationHandler>) -> bool {
         let owner = handler.owner();
         let previous = self
-            .migration_handler
+            .shared
+            .handler
             .compare_and_swap(&None::<Arc<_>>, Some(handler));
         previous.as_ref().is_none_or(|held| held.owner() == owner)
     }
 
     /// Removes the handler if `owner` holds the slot.
     pub(crate) fn clear_migration_handler(&self, owner: u64) {
-        self.migration_handler.rcu(|held| match held {
+        self.shared.handler.rcu(|held| match held {
             Some(h) if h.owner() == owner => None,
             other => other.clone(),
         });
     }
 
-    #[allow(dead_code)] // the transport signs its handshake with it
-    pub(crate) fn identity(&self) -> &Identity {
-        &self.identity
+    /// Announces that daemon `origin` lives here.
+    pub(crate) fn announce(&self, origin: u64) {
+        self.shared.local.insert(origin);
+        self.shared.directory.remove(&origin);
+        if !self.shared.peers.is_empty() {
+            self.shared.broadcast(&Ctrl::Located(vec![origin]));
+        }
+    }
+
+    /// Announces that daemon `origin` no longer lives here.
+    pub(crate) fn retract(&self, origin: u64) {
+        if self.shared.local.remove(&origin).is_some() && !self.shared.peers.is_empty() {
+            self.shared.broadcast(&Ctrl::Gone(vec![origin]));
+        }
+    }
+
+    /// Where the mesh believes daemon `origin` lives (not counting here).
+    pub fn locate(&self, origin: u64) -> Option<NodeId> {
+        self.shared.directory.get(&origin).map(|n| *n)
+    }
+
+    /// Records that `origin` lives on `node` at `addr` (learned from a
+    /// redirect).
+    pub(crate) fn learn_location(&self, origin: u64, node: NodeId, addr: SocketAddr) {
+        if node == self.shared.node_id {
+            return;
+        }
+        self.shared.directory.insert(origin, node);
+        if !self.shared.members.contains_key(&node) {
+            self.shared.redirect_addrs.insert(node, addr);
+        }
+    }
+
+    /// Drops the belief that `origin` lives on `node`.
+    pub(crate) fn forget_location(&self, origin: u64, node: NodeId) {
+        self.shared.directory.remove_if(&origin, |_, n| *n == node);
+    }
+}
+
+#[cfg(feature = "test-utils")]
+impl Mesh {
+    /// Test hook: make this node believe daemon `origin` lives on `node`.
+    pub fn set_location(&self, origin: u64, node: NodeId) {
+        self.shared.directory.insert(origin, node);
+    }
+
+    /// Test hook: an admitted event connection to `node`, for writing raw
+    /// frames.
+    ///
+    /// # Errors
+    /// As `connect`.
+    pub async fn raw_event_connection(&self, node: NodeId) -> Result<quinn::Connection, DialError> {
+        let addr = self
+            .shared
+            .addr_of(node)
+            .ok_or(DialError::UnknownNode(node))?;
+        let (conn, _) =
+            super::links::dial(&self.shared, addr, Some(node), super::wire::ALPN_EVENTS).await?;
+        Ok(conn)
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+        self.shared
+            .endpoint
+            .close(close::NORMAL.into(), b"node dropped");
     }
 }
 
 impl fmt::Debug for Mesh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mesh")
-            .field("node_id", &self.node_id)
-            .field("addr", &self.addr)
-            .field("capabilities", &self.capabilities)
+            .field("node_id", &self.shared.node_id)
+            .field("addr", &self.shared.local_addr)
+            .field("peers", &self.shared.peers.len())
             .finish_non_exhaustive()
     }
+}
+
+pub(crate) fn own_record(
+    identity: &Identity,
+    addr: SocketAddr,
+    capabilities: &CapabilitySet,
+    incarnation: u64,
+) -> SignedRecord {
+    SignedRecord::sign(
+        MemberRecord {
+            node: NodeId::from(identity.entity_id()),
+            addr,
+            capabilities: capabilities.clone(),
+            incarnation,
+        },
+        identity.keypair(),
+    )
 }

@@ -29,6 +29,19 @@ impl NodeId {
     }
 }
 
+impl serde::Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.as_bytes().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = <[u8; 32]>::deserialize(d)?;
+        NodeId::from_bytes(bytes).map_err(serde::de::Error::custom)
+    }
+}
+
 impl From<EntityId> for NodeId {
     fn from(id: EntityId) -> Self {
         Self(id)

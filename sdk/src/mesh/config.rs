@@ -1,0 +1,35 @@
+//! Transport knobs.
+
+use std::time::Duration;
+
+use super::frame::DEFAULT_MAX_FRAME;
+
+/// Transport settings of a mesh node. `Default` suits a LAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MeshConfig {
+    /// A connection with no traffic for this long is closed, and its peer
+    /// declared dead: the bound on failure detection. Default 5 s.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval (must be below `idle_timeout`). Default 1 s.
+    pub keep_alive: Duration,
+    /// Largest frame body accepted or sent. Default 16 MiB.
+    pub max_frame: usize,
+    /// How long a peer may take to prove the mesh key. Default 5 s.
+    pub admission_timeout: Duration,
+    /// Event requests in flight per connection; further senders wait for a
+    /// slot (backpressure). Default 1024.
+    pub max_concurrent_requests: u32,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(1),
+            max_frame: DEFAULT_MAX_FRAME,
+            admission_timeout: Duration::from_secs(5),
+            max_concurrent_requests: 1024,
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The mesh over real QUIC sockets on 127.0.0.1: admission, membership,
+//! capabilities, routing and failure handling. Every wait is bounded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cellmesh::capabilities::{CapabilityFilter, CapabilitySet};
+use cellmesh::compute::{DaemonError, DaemonHostConfig, DaemonRuntime};
+use cellmesh::mesh::{DialError, Mesh, MeshBuilder};
+use cellmesh::Identity;
+use cellmesh_suite::{count_of, event, CounterDaemon};
+
+const PSK: [u8; 32] = [0x42; 32];
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn node_with(psk: [u8; 32], caps: CapabilitySet, seeds: Vec<SocketAddr>) -> Mesh {
+    MeshBuilder::new("127.0.0.1:0", &psk)
+        .unwrap()
+        .capabilities(caps)
+        .seed_peers(seeds)
+        .idle_timeout(Duration::from_millis(1500))
+        .keep_alive(Duration::from_millis(300))
+        .build()
+        .await
+        .expect("build node")
+}
+
+async fn node() -> Mesh {
+    node_with(PSK, CapabilitySet::new(), vec![]).await
+}
+
+async fn runtime(mesh: Mesh) -> DaemonRuntime {
+    let rt = DaemonRuntime::new(Arc::new(mesh));
+    rt.register_factory("counter", || Box::new(CounterDaemon::new()))
+        .unwrap();
+    rt.start().await.unwrap();
+    rt
+}
+
+fn tick(origin: u64, seq: u64) -> cellmesh::compute::CausalEvent {
+    event(origin, seq, Bytes::from_static(b"tick"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_admit_each_other() {
+    let (a, b) = (node().await, node().await);
+    let id = a.connect(b.local_addr()).await.expect("connect");
+    assert_eq!(id, b.node_id());
+    assert_eq!(a.peers(), vec![b.node_id()]);
+    assert!(b.wait_for_peers(1, WAIT).await);
+    assert_eq!(b.peers(), vec![a.node_id()]);
+    assert_eq!(b.admission_failures(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_psk_is_rejected_on_both_sides() {
+    let a = node_with([1; 32], CapabilitySet::new(), vec![]).await;
+    let b = node().await;
+    let err = a.connect(b.local_addr()).await.expect_err("wrong key");
+    assert!(
+        matches!(err, DialError::Admission(_) | DialError::Refused { .. }),
+        "{err:?}"
+    );
+    assert!(b.wait_for(WAIT, |m| m.admission_failures() == 1).await);
+    assert!(a.peers().is_empty());
+    assert!(
+        b.peers().is_empty(),
+        "no traffic is accepted before the proof"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_claiming_another_id_is_rejected() {
+    let (a, b) = (node().await, node().await);
+    let impostor_of = Identity::generate().entity_id().into();
+    let err = a
+        .connect_to(b.local_addr(), impostor_of)
+        .await
+        .expect_err("b does not hold that key");
+    assert!(matches!(err, DialError::Connect { .. }), "{err:?}");
+    assert!(a.peers().is_empty());
+    // Pinning the right id works.
+    assert_eq!(
+        a.connect_to(b.local_addr(), b.node_id()).await.unwrap(),
+        b.node_id()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_converge_through_one_seed_and_find_capabilities() {
+    let seed = node().await;
+    let mut nodes = Vec::new();
+    for i in 0..4u64 {
+        let caps = if i == 2 {
+            CapabilitySet::new()
+                .with_tag("gpu")
+                .with_number("memory_gb", 64)
+        } else {
+            CapabilitySet::new().with_number("memory_gb", 8)
+        };
+        nodes.push(node_with(PSK, caps, vec![seed.local_addr()]).await);
+    }
+    for n in nodes.iter().chain([&seed]) {
+        assert!(
+            n.wait_for_peers(4, WAIT).await,
+            "{:?} saw {:?}",
+            n.node_id(),
+            n.peers()
+        );
+    }
+    let gpu = CapabilityFilter::new().require_gpu().min_memory_gb(32);
+    for n in nodes.iter().chain([&seed]) {
+        assert!(
+            n.wait_for(WAIT, |m| m.find_nodes(&gpu) == vec![nodes[2].node_id()])
+                .await
+        );
+    }
+    assert_eq!(seed.find_nodes(&CapabilityFilter::default()).len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_reaches_a_daemon_on_another_node_exactly_once() {
+    let (a, b) = (node().await, node().await);
+    a.connect(b.local_addr()).await.unwrap();
+    let (rt_a, rt_b) = (runtime(a).await, runtime(b).await);
+    let h = rt_b
+        .spawn("counter", Identity::generate(), DaemonHostConfig::default())
+        .await
+        .unwrap();
+    let origin = h.origin_hash;
+    assert!(
+        rt_a.mesh()
+            .wait_for(WAIT, |m| m.locate(origin).is_some())
+            .await
+    );
+    for seq in 1..=20 {
+        let out = rt_a.send(origin, tick(7, seq)).await.expect("remote send");
+        assert_eq!(count_of(&out[0]), Some(seq));
+        assert_eq!(out[0].link.origin_hash, origin);
+    }
+    match rt_a.send(origin, tick(7, 20)).await {
+        Err(DaemonError::Duplicate { sequence: 20, .. }) => {}
+        other => panic!("a retried send must be Duplicate, got {other:?}"),
+    }
+    // Local sends do not touch the network and see the same daemon.
+    let out = rt_b.send(origin, tick(7, 21)).await.unwrap();
+    assert_eq!(count_of(&out[0]), Some(21));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_sends_share_one_connection() {
+    let (a, b) = (node().await, node().await);
+    a.connect(b.local_addr()).await.unwrap();
+    let (rt_a, rt_b) = (runtime(a).await, runtime(b).await);
+    let mut origins = Vec::new();
+    for _ in 0..8 {
+        let h = rt_b
+            .spawn("counter", Identity::generate(), DaemonHostConfig::default())
+            .await
+            .unwrap();
+        origins.push(h.origin_hash);
+    }
+    for o in &origins {
+        assert!(rt_a.mesh().wait_for(WAIT, |m| m.locate(*o).is_some()).await);
+    }
+    let tasks: Vec<_> = origins
+        .iter()
+        .map(|&o| {
+            let rt = rt_a.clone();
+            tokio::spawn(async move {
+                for seq in 1..=50 {
+                    let out = rt.send(o, tick(1, seq)).await.unwrap();
+                    assert_eq!(count_of(&out[0]), Some(seq), "per-sender order holds");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_location_is_redirected() {
+    let (a, b, c) = (node().await, node().await, node().await);
+    a.connect(b.local_addr()).await.unwrap();
+    a.connect(c.local_addr()).await.unwrap();
+    assert!(b.wait_for_peers(2, WAIT).await && c.wait_for_peers(2, WAIT).await);
+    let (rt_a, rt_b, rt_c) = (runtime(a).await, runtime(b).await, runtime(c).await);
+    let id = Identity::generate();
+    let origin = id.keypair().origin_hash();
+    let h = rt_b
+        .spawn("counter", id.clone(), DaemonHostConfig::default())
+        .await
+        .unwrap();
+    rt_a.mesh()
+        .wait_for(WAIT, |m| m.locate(origin).is_some())
+        .await;
+    rt_a.send(origin, tick(3, 1)).await.unwrap();
+    // Move it from B to C by snapshot.
+    let snap = h.snapshot().await.unwrap().unwrap();
+    rt_b.stop(origin).await.unwrap();
+    rt_c.spawn_from_snapshot("counter", id, snap, DaemonHostConfig::default())
+        .await
+        .unwrap();
+    let c_id = rt_c.mesh().node_id();
+    assert!(
+        rt_b.mesh()
+            .wait_for(WAIT, |m| m.locate(origin) == Some(c_id))
+            .await
+    );
+    // A still believes B: B redirects to C.
+    rt_a.mesh().set_location(origin, rt_b.mesh().node_id());
+    let out = rt_a
+        .send(origin, tick(3, 2))
+        .await
+        .expect("followed the redirect");
+    assert_eq!(count_of(&out[0]), Some(2));
+    assert_eq!(
+        rt_a.mesh().locate(origin),
+        Some(c_id),
+        "the redirect updated the cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_close_only_that_connection() {
+    let (a, b) = (node().await, node().await);
+    a.connect(b.local_addr()).await.unwrap();
+    let (rt_a, rt_b) = (runtime(a).await, runtime(b).await);
+    let h = rt_b
+        .spawn("counter", Identity::generate(), DaemonHostConfig::default())
+        .await
+        .unwrap();
+    rt_a.mesh()
+        .wait_for(WAIT, |m| m.locate(h.origin_hash).is_some())
+        .await;
+    let b_id = rt_b.mesh().node_id();
+    let frames: [&[u8]; 3] = [
+        &[3, 0, 0, 0, 0xFF, 0xFF, 0xFF], // garbage body
+        &[0xFF, 0xFF, 0xFF, 0x7F, 1, 2], // announces 2 GiB
+        &[10, 0, 0, 0, 1, 2],            // truncated, then finished
+    ];
+    for bad in frames {
+        let conn = rt_a.mesh().raw_event_connection(b_id).await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(bad).await.unwrap();
+        let _ = send.finish();
+        let reply = tokio::time::timeout(WAIT, recv.read_to_end(1024)).await;
+        assert!(
+            matches!(reply, Ok(Err(_))),
+            "no reply to a bad frame: {reply:?}"
+        );
+        let closed = tokio::time::timeout(WAIT, conn.closed()).await;
+        assert!(closed.is_ok(), "a protocol violation closes the connection");
+    }
+    // The node keeps serving.
+    let out = rt_a.send(h.origin_hash, tick(1, 1)).await.unwrap();
+    assert_eq!(count_of(&out[0]), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_leave_is_seen_at_once() {
+    let (a, b) = (node().await, node().await);
+    a.connect(b.local_addr()).await.unwrap();
+    assert!(b.wait_for_peers(1, WAIT).await);
+    b.leave().await;
+    assert!(
+        a.wait_for(Duration::from_millis(1000), |m| m.peers().is_empty())
+            .await,
+        "a left peer is dropped well before the idle timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_is_detected_within_the_idle_timeout() {
+    let a = node().await;
+    let a_addr = a.local_addr();
+    // Node C runs on its own Tokio runtime, which we tear down without any
+    // goodbye: its socket goes silent.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let crash = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = rt.block_on(async {
+            let c = node().await;
+            c.connect(a_addr).await.unwrap();
+            c
+        });
+        tx.send(c.node_id()).unwrap();
+        std::mem::forget(c); // no Drop: no close frame
+        rt.shutdown_background();
+    });
+    let c_id = rx.recv().unwrap();
+    crash.join().unwrap();
+    assert!(a.wait_for_peers(1, WAIT).await || !a.peers().contains(&c_id));
+    let started = std::time::Instant::now();
+    assert!(
+        a.wait_for(WAIT, |m| !m.peers().contains(&c_id)).await,
+        "crash not detected"
+    );
+    eprintln!(
+        "crash detected after {:?} (idle timeout 1.5 s)",
+        started.elapsed()
+    );
+}
