@@ -309,3 +309,92 @@ async fn a_crashed_node_is_detected_within_the_idle_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_on_places_daemons_by_node_and_by_capability() {
+    use cellmesh::compute::Placement;
+
+    let plain = node().await;
+    let gpu = node_with(
+        PSK,
+        CapabilitySet::new().with_tag("gpu"),
+        vec![plain.local_addr()],
+    )
+    .await;
+    assert!(plain.wait_for_peers(1, WAIT).await);
+    let (rt_plain, rt_gpu) = (runtime(plain).await, runtime(gpu).await);
+    for rt in [&rt_plain, &rt_gpu] {
+        rt.register_factory("gpu-job", || Box::new(NeedsGpu))
+            .unwrap();
+    }
+    let gpu_id = rt_gpu.mesh().node_id();
+    assert!(
+        rt_plain
+            .mesh()
+            .wait_for(WAIT, |m| m
+                .find_nodes(&CapabilityFilter::new().require_gpu())
+                == vec![gpu_id])
+            .await
+    );
+
+    // By node: the counter runs on the gpu node and is reachable from plain.
+    let placed = rt_plain
+        .spawn_on(
+            "counter",
+            Identity::generate(),
+            DaemonHostConfig::default(),
+            Placement::Node(gpu_id),
+        )
+        .await
+        .unwrap();
+    assert_eq!(placed.node, gpu_id);
+    assert_eq!(rt_gpu.daemon_count(), 1);
+    let out = rt_plain.send(placed.origin_hash, tick(1, 1)).await.unwrap();
+    assert_eq!(count_of(&out[0]), Some(1));
+
+    // By capability: only the gpu node qualifies.
+    let job = rt_plain
+        .spawn_on(
+            "gpu-job",
+            Identity::generate(),
+            DaemonHostConfig::default(),
+            Placement::Capable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.node, gpu_id);
+    assert_eq!(rt_gpu.daemon_count(), 2);
+
+    // Asking the plain node itself to host it is refused with a typed error.
+    let err = rt_gpu
+        .spawn_on(
+            "gpu-job",
+            Identity::generate(),
+            DaemonHostConfig::default(),
+            Placement::Node(rt_plain.mesh().node_id()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DaemonError::CapabilityMismatch { .. }),
+        "{err:?}"
+    );
+    assert_eq!(rt_plain.daemon_count(), 0);
+}
+
+struct NeedsGpu;
+
+impl cellmesh::compute::MeshDaemon for NeedsGpu {
+    fn name(&self) -> &str {
+        "gpu-job"
+    }
+    fn requirements(&self) -> CapabilityFilter {
+        CapabilityFilter::new().require_gpu()
+    }
+    fn process(
+        &mut self,
+        _: &cellmesh::compute::CausalEvent,
+    ) -> Result<Vec<Bytes>, cellmesh::compute::ProcessError> {
+        Ok(vec![])
+    }
+}

@@ -20,5 +20,6 @@ pub use causal::{CausalEvent, CausalLink};
 pub use daemon::{MeshDaemon, ProcessError};
 pub use error::DaemonError;
 pub use handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
+pub use remote::{PlacedDaemon, Placement};
 pub use runtime::DaemonRuntime;
 pub use snapshot::{SnapshotError, StateSnapshot, MAX_SNAPSHOT_BYTES};

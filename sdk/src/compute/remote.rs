@@ -1,12 +1,37 @@
-//! Delivery to daemons wherever they live in the mesh.
+//! Working with daemons wherever they live in the mesh: `send` and
+//! `spawn_on`.
 
 use super::causal::CausalEvent;
 use super::error::DaemonError;
+use super::handle::DaemonHostConfig;
 use super::runtime::DaemonRuntime;
-use crate::mesh::{EventReply, EventRequest, Refusal};
+use crate::mesh::{EventReply, EventRequest, NodeId, Refusal, Reply, Request, SpawnRequest};
+use crate::Identity;
 
 /// Redirects a send follows before giving up.
 const MAX_HOPS: u8 = 4;
+
+/// Where [`DaemonRuntime::spawn_on`] puts a daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Placement {
+    /// On this node.
+    Local,
+    /// On this node of the mesh.
+    Node(NodeId),
+    /// On the connected node (this one included) that meets the daemon's
+    /// `requirements()` and hosts the fewest daemons known to the directory.
+    Capable,
+}
+
+/// A daemon spawned by [`DaemonRuntime::spawn_on`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacedDaemon {
+    /// The daemon's origin hash.
+    pub origin_hash: u64,
+    /// The node it runs on.
+    pub node: NodeId,
+}
 
 impl DaemonRuntime {
     /// Delivers `event` to the daemon `origin_hash` wherever it lives in the
@@ -47,14 +72,12 @@ impl DaemonRuntime {
             let node = mesh
                 .locate(origin_hash)
                 .ok_or(DaemonError::NotFound(origin_hash))?;
-            let reply =
-                mesh.request(node, &request)
-                    .await
-                    .map_err(|e| DaemonError::Unreachable {
-                        origin_hash,
-                        node,
-                        reason: e.to_string(),
-                    })?;
+            let reply = self
+                .call(node, origin_hash, Request::Event(request.clone()))
+                .await?;
+            let Reply::Event(reply) = reply else {
+                return Err(unexpected(origin_hash, node));
+            };
             match reply {
                 EventReply::Outputs(outputs) => return Ok(outputs),
                 EventReply::Redirect { node: next, addr } => {
@@ -71,25 +94,134 @@ impl DaemonRuntime {
                     if matches!(refusal, Refusal::NotFound(_)) {
                         mesh.forget_location(origin_hash, node);
                     }
-                    return Err(match refusal {
-                        Refusal::NotFound(o) => DaemonError::NotFound(o),
-                        Refusal::Duplicate {
-                            origin_hash,
-                            sequence,
-                        } => DaemonError::Duplicate {
-                            origin_hash,
-                            sequence,
-                        },
-                        Refusal::NotReady => DaemonError::NotReady,
-                        Refusal::ShuttingDown => DaemonError::ShuttingDown,
-                        Refusal::Failed(reason) => DaemonError::RemoteFailed {
-                            origin_hash,
-                            node,
-                            reason,
-                        },
-                    });
+                    return Err(from_refusal(refusal, origin_hash, node));
                 }
             }
         }
+    }
+
+    /// Spawns a daemon of `kind` under `identity` where `placement` says.
+    /// For a remote node the identity's secret travels inside the admitted
+    /// peer's TLS session, and the kind must be registered there.
+    ///
+    /// Cancel safety: cancelling after the request left may leave the daemon
+    /// spawned remotely; the directory will show it.
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn) (from the remote runtime too), plus
+    /// `CapabilityMismatch` when no connected node meets the requirements
+    /// (for `Capable`, the kind must be registered locally to read them)
+    /// and `Unreachable`.
+    pub async fn spawn_on(
+        &self,
+        kind: &str,
+        identity: Identity,
+        config: DaemonHostConfig,
+        placement: Placement,
+    ) -> Result<PlacedDaemon, DaemonError> {
+        let mesh = self.mesh();
+        let node = match placement {
+            Placement::Local => mesh.node_id(),
+            Placement::Node(node) => node,
+            Placement::Capable => self.choose_node(kind)?,
+        };
+        let origin_hash = identity.keypair().origin_hash();
+        if node == mesh.node_id() {
+            self.spawn(kind, identity, config).await?;
+            return Ok(PlacedDaemon { origin_hash, node });
+        }
+        let request = Request::Spawn(SpawnRequest {
+            kind: kind.to_owned(),
+            seed: *identity.keypair().secret_seed(),
+            max_snapshot_bytes: config.max_snapshot_bytes,
+        });
+        match self.call(node, origin_hash, request).await? {
+            Reply::Spawn(Ok(spawned)) => {
+                mesh.learn_location(
+                    spawned,
+                    node,
+                    mesh.addr_of(node).unwrap_or(mesh.local_addr()),
+                );
+                Ok(PlacedDaemon {
+                    origin_hash: spawned,
+                    node,
+                })
+            }
+            Reply::Spawn(Err(refusal)) => Err(from_refusal(refusal, origin_hash, node)),
+            Reply::Event(_) => Err(unexpected(origin_hash, node)),
+        }
+    }
+
+    /// The least-loaded connected node meeting the kind's requirements.
+    fn choose_node(&self, kind: &str) -> Result<NodeId, DaemonError> {
+        let needs = self.requirements_of(kind)?;
+        let mesh = self.mesh();
+        let load = |node: NodeId| {
+            if node == mesh.node_id() {
+                self.daemon_count()
+            } else {
+                mesh.located_on(node)
+            }
+        };
+        mesh.find_nodes(&needs)
+            .into_iter()
+            .min_by_key(|node| (load(*node), *node))
+            .ok_or_else(|| DaemonError::CapabilityMismatch {
+                kind: kind.to_owned(),
+                unmet: needs
+                    .requirements()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+            })
+    }
+
+    async fn call(
+        &self,
+        node: NodeId,
+        origin_hash: u64,
+        request: Request,
+    ) -> Result<Reply, DaemonError> {
+        self.mesh()
+            .request(node, &request)
+            .await
+            .map_err(|e| DaemonError::Unreachable {
+                origin_hash,
+                node,
+                reason: e.to_string(),
+            })
+    }
+}
+
+fn unexpected(origin_hash: u64, node: NodeId) -> DaemonError {
+    DaemonError::RemoteFailed {
+        origin_hash,
+        node,
+        reason: "reply of the wrong kind".into(),
+    }
+}
+
+fn from_refusal(refusal: Refusal, origin_hash: u64, node: NodeId) -> DaemonError {
+    match refusal {
+        Refusal::NotFound(o) => DaemonError::NotFound(o),
+        Refusal::Duplicate {
+            origin_hash,
+            sequence,
+        } => DaemonError::Duplicate {
+            origin_hash,
+            sequence,
+        },
+        Refusal::NotReady => DaemonError::NotReady,
+        Refusal::ShuttingDown => DaemonError::ShuttingDown,
+        Refusal::CapabilityMismatch { kind, unmet } => DaemonError::CapabilityMismatch {
+            kind,
+            unmet: format!("{unmet} (on node {})", node.short()),
+        },
+        Refusal::Failed(reason) => DaemonError::RemoteFailed {
+            origin_hash,
+            node,
+            reason,
+        },
     }
 }

@@ -166,10 +166,7 @@ impl DaemonRuntime {
         let weak = Arc::downgrade(&self.inner);
         let handler = Arc::new(MigrationHandler::new(
             self.inner.id,
-            Box::new(move |target, event| match weak.upgrade() {
-                Some(inner) => DaemonRuntime { inner }.deliver(target, event),
-                None => Err(DaemonError::ShuttingDown),
-            }),
+            Box::new(move || weak.upgrade().map(|inner| DaemonRuntime { inner })),
         ));
         if !mesh.install_migration_handler(handler) {
             return Err(DaemonError::MeshAlreadyBound(mesh.node_id()));
@@ -382,6 +379,22 @@ impl DaemonRuntime {
             return Err(DaemonError::NotFound(origin_hash));
         }
         Ok(host.stats())
+    }
+
+    /// The requirements of a daemon of `kind`, read from a throw-away
+    /// instance built by its factory.
+    pub(crate) fn requirements_of(
+        &self,
+        kind: &str,
+    ) -> Result<crate::capabilities::CapabilityFilter, DaemonError> {
+        let (kind, factory) = self.factory(kind)?;
+        let daemon = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory())).map_err(
+            |payload| DaemonError::FactoryPanicked {
+                kind: kind.to_string(),
+                message: panic_message(payload.as_ref()),
+            },
+        )?;
+        Ok(daemon.requirements())
     }
 
     fn state(&self) -> u8 {

@@ -10,7 +10,7 @@ use super::frame;
 use super::links::{dial, read_frame};
 use super::node::{close, Mesh, Shared};
 use super::node_id::NodeId;
-use super::wire::{EventReply, EventRequest, Refusal, ALPN_EVENTS};
+use super::wire::{EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest, ALPN_EVENTS};
 use crate::compute::DaemonError;
 
 /// Redirects a request may follow.
@@ -30,7 +30,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection, peer: No
         let shared2 = Arc::clone(&shared);
         let conn2 = conn.clone();
         shared.tasks.spawn(async move {
-            let request: EventRequest = match read_frame(
+            let request: Request = match read_frame(
                 &mut recv,
                 shared2.config.max_frame,
                 "event request",
@@ -45,7 +45,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection, peer: No
                     return;
                 }
             };
-            let reply = answer(&shared2, &request);
+            let reply = match &request {
+                Request::Event(event) => Reply::Event(answer(&shared2, event)),
+                Request::Spawn(spawn) => Reply::Spawn(spawn_here(&shared2, spawn).await),
+            };
             if let Ok(bytes) = frame::encode(&reply, shared2.config.max_frame) {
                 let _ = send.write_all(&bytes).await;
                 let _ = send.finish();
@@ -56,11 +59,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection, peer: No
 
 /// Decides the reply to one request.
 fn answer(shared: &Shared, request: &EventRequest) -> EventReply {
-    let handler = shared.handler.load();
-    let Some(handler) = handler.as_ref() else {
+    let Some(runtime) = runtime(shared) else {
         return EventReply::Refused(Refusal::NotReady);
     };
-    match handler.deliver(request.target, &request.event) {
+    match runtime.deliver(request.target, &request.event) {
         Ok(outputs) => EventReply::Outputs(outputs),
         Err(DaemonError::NotFound(origin)) => {
             let elsewhere = shared
@@ -82,10 +84,38 @@ fn answer(shared: &Shared, request: &EventRequest) -> EventReply {
             origin_hash,
             sequence,
         }),
-        Err(DaemonError::NotReady) => EventReply::Refused(Refusal::NotReady),
-        Err(DaemonError::ShuttingDown) => EventReply::Refused(Refusal::ShuttingDown),
-        Err(other) => EventReply::Refused(Refusal::Failed(other.to_string())),
+        Err(other) => EventReply::Refused(refusal(other)),
     }
+}
+
+fn runtime(shared: &Shared) -> Option<crate::compute::DaemonRuntime> {
+    shared.handler.load().as_ref()?.runtime()
+}
+
+fn refusal(error: DaemonError) -> Refusal {
+    match error {
+        DaemonError::NotFound(origin) => Refusal::NotFound(origin),
+        DaemonError::NotReady => Refusal::NotReady,
+        DaemonError::ShuttingDown => Refusal::ShuttingDown,
+        DaemonError::CapabilityMismatch { kind, unmet } => {
+            Refusal::CapabilityMismatch { kind, unmet }
+        }
+        other => Refusal::Failed(other.to_string()),
+    }
+}
+
+/// Spawns a daemon for a peer.
+async fn spawn_here(shared: &Shared, request: &SpawnRequest) -> Result<u64, Refusal> {
+    let runtime = runtime(shared).ok_or(Refusal::NotReady)?;
+    let identity = crate::Identity::from_seed(request.seed);
+    let config = crate::compute::DaemonHostConfig {
+        max_snapshot_bytes: request.max_snapshot_bytes,
+    };
+    runtime
+        .spawn(&request.kind, identity, config)
+        .await
+        .map(|handle| handle.origin_hash)
+        .map_err(refusal)
 }
 
 impl Mesh {
@@ -97,8 +127,8 @@ impl Mesh {
     pub(crate) async fn request(
         &self,
         node: NodeId,
-        request: &EventRequest,
-    ) -> Result<EventReply, DialError> {
+        request: &Request,
+    ) -> Result<Reply, DialError> {
         let shared = &self.shared;
         let conn = event_link(shared, node).await?;
         let lost = |e: &dyn std::fmt::Display| DialError::Lost {
@@ -111,7 +141,7 @@ impl Mesh {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
             send.write_all(&bytes).await.map_err(|e| lost(&e))?;
             let _ = send.finish();
-            read_frame::<EventReply>(&mut recv, shared.config.max_frame, "event reply")
+            read_frame::<Reply>(&mut recv, shared.config.max_frame, "reply")
                 .await
                 .map_err(|source| DialError::Frame { peer: node, source })?
                 .ok_or_else(|| lost(&"stream closed before the reply"))

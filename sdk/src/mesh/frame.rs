@@ -127,6 +127,8 @@ mod tests {
             let _ = decode_frame::<EventRequest>(&bytes, 4096, "event");
             let _ = decode_frame::<crate::mesh::wire::Ctrl>(&bytes, 4096, "ctrl");
             let _ = decode_frame::<crate::mesh::wire::EventReply>(&bytes, 4096, "reply");
+            let _ = decode_frame::<crate::mesh::wire::Request>(&bytes, 4096, "request");
+            let _ = decode_frame::<crate::mesh::wire::Reply>(&bytes, 4096, "reply");
         }
 
         #[test]

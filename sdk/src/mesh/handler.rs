@@ -1,33 +1,30 @@
 //! The runtime's hook into the mesh: the slot a started runtime fills so that
-//! inbound traffic (events now, migrations later) reaches it.
+//! inbound traffic (events and spawns now, migrations later) reaches it.
 
-use crate::compute::{CausalEvent, DaemonError};
+use crate::compute::DaemonRuntime;
 
-type Deliver = dyn Fn(u64, &CausalEvent) -> Result<Vec<CausalEvent>, DaemonError> + Send + Sync;
+type Runtime = dyn Fn() -> Option<DaemonRuntime> + Send + Sync;
 
 /// What a started runtime installs on its mesh. It names its owner so that a
-/// runtime only ever removes its own handler.
+/// runtime only ever removes its own handler, and reaches the runtime
+/// without keeping it alive.
 pub(crate) struct MigrationHandler {
     owner: u64,
-    deliver: Box<Deliver>,
+    runtime: Box<Runtime>,
 }
 
 impl MigrationHandler {
-    pub(crate) fn new(owner: u64, deliver: Box<Deliver>) -> Self {
-        Self { owner, deliver }
+    pub(crate) fn new(owner: u64, runtime: Box<Runtime>) -> Self {
+        Self { owner, runtime }
     }
 
     pub(crate) fn owner(&self) -> u64 {
         self.owner
     }
 
-    /// Delivers an inbound event to a local daemon.
-    pub(crate) fn deliver(
-        &self,
-        target: u64,
-        event: &CausalEvent,
-    ) -> Result<Vec<CausalEvent>, DaemonError> {
-        (self.deliver)(target, event)
+    /// The runtime, while it exists.
+    pub(crate) fn runtime(&self) -> Option<DaemonRuntime> {
+        (self.runtime)()
     }
 }
 

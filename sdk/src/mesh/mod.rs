@@ -30,4 +30,4 @@ pub(crate) use handler::MigrationHandler;
 pub use node::Mesh;
 pub use node_id::NodeId;
 pub use tls::TlsError;
-pub use wire::{EventReply, EventRequest, Refusal};
+pub use wire::{EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest};

@@ -308,6 +308,19 @@ impl Mesh {
         }
     }
 
+    /// How many daemons the directory places on `node`.
+    pub(crate) fn located_on(&self, node: NodeId) -> usize {
+        self.shared
+            .directory
+            .iter()
+            .filter(|e| *e.value() == node)
+            .count()
+    }
+
+    pub(crate) fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
+        self.shared.addr_of(node)
+    }
+
     /// Drops the belief that `origin` lives on `node`.
     pub(crate) fn forget_location(&self, origin: u64, node: NodeId) {
         self.shared.directory.remove_if(&origin, |_, n| *n == node);

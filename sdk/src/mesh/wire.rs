@@ -82,6 +82,52 @@ pub enum Ctrl {
     Leave,
 }
 
+/// A request on the event protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Deliver an event.
+    Event(EventRequest),
+    /// Spawn a daemon here.
+    Spawn(SpawnRequest),
+}
+
+/// The reply to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Answer to [`Request::Event`].
+    Event(EventReply),
+    /// Answer to [`Request::Spawn`]: the daemon's origin hash, or why not.
+    Spawn(Result<u64, Refusal>),
+}
+
+/// Spawn a daemon of `kind` under the identity with secret `seed`. The seed
+/// travels only inside the TLS session of an admitted peer; it is zeroized
+/// when the request is dropped and never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    /// The daemon kind (a factory must be registered on the target).
+    pub kind: String,
+    /// The identity's secret seed.
+    pub seed: [u8; 32],
+    /// The daemon's `max_snapshot_bytes`.
+    pub max_snapshot_bytes: u64,
+}
+
+impl Drop for SpawnRequest {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.seed);
+    }
+}
+
+impl std::fmt::Debug for SpawnRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpawnRequest")
+            .field("kind", &self.kind)
+            .field("seed", &"<redacted>")
+            .finish()
+    }
+}
+
 /// Deliver `event` to daemon `target`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRequest {
@@ -125,6 +171,13 @@ pub enum Refusal {
     NotReady,
     /// The remote runtime is shutting down.
     ShuttingDown,
-    /// The daemon failed or panicked; the text says which and why.
+    /// The daemon (or the spawn) failed; the text says which and why.
     Failed(String),
+    /// The target node cannot host the daemon's requirements.
+    CapabilityMismatch {
+        /// The daemon kind.
+        kind: String,
+        /// The first unmet requirement.
+        unmet: String,
+    },
 }
