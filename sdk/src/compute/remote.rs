@@ -184,7 +184,7 @@ impl DaemonRuntime {
         request: Request,
     ) -> Result<Reply, DaemonError> {
         self.mesh()
-            .request(node, &request)
+            .request(node, origin_hash, &request)
             .await
             .map_err(|e| DaemonError::Unreachable {
                 origin_hash,

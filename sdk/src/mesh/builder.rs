@@ -159,6 +159,7 @@ impl MeshBuilder {
             local: DashSet::new(),
             redirect_addrs: DashMap::new(),
             event_links: DashMap::new(),
+            event_dials: DashMap::new(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             admission_failures: AtomicU64::new(0),

@@ -1,9 +1,22 @@
-//! The event protocol (`cellmesh/events/1`): one bidirectional stream per
-//! request, so that concurrent sends to different daemons never wait on each
-//! other (no head-of-line blocking); the per-connection stream limit bounds
-//! how many are in flight (senders wait for a slot).
+//! The event protocol (`cellmesh/events/1`).
+//!
+//! Each peer pair shares one connection carrying [`LANES`] long-lived
+//! bidirectional streams ("lanes"). A request is a frame `(id, Request)` on
+//! the lane its target daemon hashes to; the reply `(id, Reply)` comes back
+//! on the same lane, in any order. The server handles each request in its
+//! own task, so a slow daemon never holds up replies for other daemons; the
+//! client matches replies by id. Writers coalesce queued frames into one
+//! write. In-flight requests are bounded on both ends by
+//! `MeshConfig::max_concurrent_requests`: a sender waits for a slot, and a
+//! server stops reading (QUIC flow control then pushes back) when its slots
+//! are taken.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::error::DialError;
 use super::frame;
@@ -13,51 +26,205 @@ use super::node_id::NodeId;
 use super::wire::{EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest, ALPN_EVENTS};
 use crate::compute::DaemonError;
 
+/// Streams per connection.
+pub(crate) const LANES: usize = 4;
 /// Redirects a request may follow.
 pub(crate) const MAX_REDIRECTS: u8 = 4;
 
-/// Serves event requests on an admitted connection until it closes.
+/// A frame on a lane: a request or reply with its id.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Tagged<T> {
+    pub(crate) id: u64,
+    pub(crate) body: T,
+}
+
+type Pending = Arc<DashMap<u64, oneshot::Sender<Reply>>>;
+
+/// The client side of an event connection.
+pub(crate) struct EventLink {
+    conn: quinn::Connection,
+    lanes: Vec<(mpsc::UnboundedSender<Vec<u8>>, Pending)>,
+    slots: Arc<Semaphore>,
+    next_id: AtomicU64,
+}
+
+impl EventLink {
+    async fn open(shared: &Arc<Shared>, conn: quinn::Connection) -> Result<Self, DialError> {
+        let mut lanes = Vec::with_capacity(LANES);
+        for _ in 0..LANES {
+            let (send, recv) = conn.open_bi().await.map_err(|e| DialError::Lost {
+                peer: shared.node_id,
+                reason: e.to_string(),
+            })?;
+            let (queue, frames) = mpsc::unbounded_channel();
+            let pending: Pending = Arc::new(DashMap::new());
+            shared.tasks.spawn(write_lane(send, frames));
+            shared.tasks.spawn(read_replies(
+                recv,
+                Arc::clone(&pending),
+                shared.config.max_frame,
+                conn.clone(),
+            ));
+            lanes.push((queue, pending));
+        }
+        Ok(Self {
+            conn,
+            lanes,
+            slots: Arc::new(Semaphore::new(
+                shared.config.max_concurrent_requests as usize,
+            )),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    async fn call(
+        &self,
+        peer: NodeId,
+        lane: usize,
+        request: &Request,
+        max: usize,
+    ) -> Result<Reply, DialError> {
+        let lost = |reason: &str| DialError::Lost {
+            peer,
+            reason: reason.to_owned(),
+        };
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| lost("link closed"))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = frame::encode(&Tagged { id, body: request }, max)
+            .map_err(|source| DialError::Frame { peer, source })?;
+        let (queue, pending) = &self.lanes[lane % LANES];
+        let (tx, rx) = oneshot::channel();
+        pending.insert(id, tx);
+        if queue.send(bytes).is_err() {
+            pending.remove(&id);
+            return Err(lost("lane closed"));
+        }
+        rx.await.map_err(|_| {
+            lost(
+                &self
+                    .conn
+                    .close_reason()
+                    .map_or_else(|| "lane closed".to_owned(), |r| r.to_string()),
+            )
+        })
+    }
+}
+
+/// Writes queued frames, coalescing whatever is queued into one write.
+async fn write_lane(mut send: quinn::SendStream, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(mut batch) = frames.recv().await {
+        while let Ok(more) = frames.try_recv() {
+            batch.extend_from_slice(&more);
+            if batch.len() > 256 << 10 {
+                break;
+            }
+        }
+        if send.write_all(&batch).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Hands each reply to its waiting request; when the lane ends, the waiters
+/// still pending learn it (their senders are dropped).
+async fn read_replies(
+    mut recv: quinn::RecvStream,
+    pending: Pending,
+    max: usize,
+    conn: quinn::Connection,
+) {
+    loop {
+        match read_frame::<Tagged<Reply>>(&mut recv, max, "reply").await {
+            Ok(Some(reply)) => {
+                if let Some((_, waiter)) = pending.remove(&reply.id) {
+                    let _ = waiter.send(reply.body);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
+                break;
+            }
+        }
+    }
+    pending.clear();
+}
+
+/// Serves lanes on an admitted connection until it closes.
 pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection, peer: NodeId) {
+    let slots = Arc::new(Semaphore::new(
+        shared.config.max_concurrent_requests as usize,
+    ));
     loop {
         let stream = tokio::select! {
             biased;
             () = shared.cancel.cancelled() => return,
             s = conn.accept_bi() => s,
         };
-        let Ok((mut send, mut recv)) = stream else {
+        let Ok((send, recv)) = stream else { return };
+        shared.tasks.spawn(serve_lane(
+            Arc::clone(&shared),
+            conn.clone(),
+            peer,
+            send,
+            recv,
+            Arc::clone(&slots),
+        ));
+    }
+}
+
+async fn serve_lane(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    peer: NodeId,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    slots: Arc<Semaphore>,
+) {
+    let (replies, frames) = mpsc::unbounded_channel();
+    shared.tasks.spawn(write_lane(send, frames));
+    let max = shared.config.max_frame;
+    loop {
+        let request: Tagged<Request> = match read_frame(&mut recv, max, "request").await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(peer = %peer.short(), error = %e, "event protocol violation");
+                conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
+                return;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let shared2 = Arc::clone(&shared);
-        let conn2 = conn.clone();
+        let replies = replies.clone();
         shared.tasks.spawn(async move {
-            let request: Request = match read_frame(
-                &mut recv,
-                shared2.config.max_frame,
-                "event request",
-            )
-            .await
-            {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(peer = %peer.short(), error = %e, "event protocol violation");
-                    conn2.close(close::PROTOCOL.into(), e.to_string().as_bytes());
-                    return;
-                }
-            };
-            let reply = match &request {
+            let body = match &request.body {
                 Request::Event(event) => Reply::Event(answer(&shared2, event)),
                 Request::Spawn(spawn) => Reply::Spawn(spawn_here(&shared2, spawn).await),
             };
-            if let Ok(bytes) = frame::encode(&reply, shared2.config.max_frame) {
-                let _ = send.write_all(&bytes).await;
-                let _ = send.finish();
+            let tagged = Tagged {
+                id: request.id,
+                body,
+            };
+            match frame::encode(&tagged, max) {
+                Ok(bytes) => {
+                    let _ = replies.send(bytes);
+                }
+                Err(e) => tracing::warn!(error = %e, "reply over the frame limit dropped"),
             }
+            drop(slot);
         });
     }
 }
 
-/// Decides the reply to one request.
+/// Decides the reply to one event request.
 fn answer(shared: &Shared, request: &EventRequest) -> EventReply {
     let Some(runtime) = runtime(shared) else {
         return EventReply::Refused(Refusal::NotReady);
@@ -119,7 +286,8 @@ async fn spawn_here(shared: &Shared, request: &SpawnRequest) -> Result<u64, Refu
 }
 
 impl Mesh {
-    /// Sends one event request to `node` and waits for its reply.
+    /// Sends one request to `node` and waits for its reply. `shard` picks
+    /// the lane (requests for one daemon use one lane).
     ///
     /// Cancel safety: cancelling abandons the request; the remote daemon
     /// may or may not have processed it (a retry is refused as a duplicate
@@ -127,44 +295,49 @@ impl Mesh {
     pub(crate) async fn request(
         &self,
         node: NodeId,
+        shard: u64,
         request: &Request,
     ) -> Result<Reply, DialError> {
         let shared = &self.shared;
-        let conn = event_link(shared, node).await?;
-        let lost = |e: &dyn std::fmt::Display| DialError::Lost {
-            peer: node,
-            reason: e.to_string(),
-        };
-        let bytes = frame::encode(request, shared.config.max_frame)
-            .map_err(|source| DialError::Frame { peer: node, source })?;
-        let result = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
-            send.write_all(&bytes).await.map_err(|e| lost(&e))?;
-            let _ = send.finish();
-            read_frame::<Reply>(&mut recv, shared.config.max_frame, "reply")
-                .await
-                .map_err(|source| DialError::Frame { peer: node, source })?
-                .ok_or_else(|| lost(&"stream closed before the reply"))
-        }
-        .await;
-        if result.is_err() {
+        let link = event_link(shared, node).await?;
+        let result = link
+            .call(
+                node,
+                (shard % LANES as u64) as usize,
+                request,
+                shared.config.max_frame,
+            )
+            .await;
+        if result.is_err() && link.conn.close_reason().is_some() {
             shared
                 .event_links
-                .remove_if(&node, |_, c| c.stable_id() == conn.stable_id());
+                .remove_if(&node, |_, l| Arc::ptr_eq(l, &link));
         }
         result
     }
 }
 
-/// The cached event connection to `node`, dialled on first use.
-async fn event_link(shared: &Arc<Shared>, node: NodeId) -> Result<quinn::Connection, DialError> {
-    if let Some(conn) = shared.event_links.get(&node) {
-        if conn.close_reason().is_none() {
-            return Ok(conn.clone());
-        }
+/// The event link to `node`, dialled once on first use (concurrent first
+/// users wait for the same dial).
+async fn event_link(shared: &Arc<Shared>, node: NodeId) -> Result<Arc<EventLink>, DialError> {
+    let cached = |shared: &Shared| {
+        shared
+            .event_links
+            .get(&node)
+            .filter(|l| l.conn.close_reason().is_none())
+            .map(|l| Arc::clone(&l))
+    };
+    if let Some(link) = cached(shared) {
+        return Ok(link);
+    }
+    let gate = Arc::clone(shared.event_dials.entry(node).or_default().value());
+    let _turn = gate.lock().await;
+    if let Some(link) = cached(shared) {
+        return Ok(link);
     }
     let addr = shared.addr_of(node).ok_or(DialError::UnknownNode(node))?;
     let (conn, _) = dial(shared, addr, Some(node), ALPN_EVENTS).await?;
-    shared.event_links.insert(node, conn.clone());
-    Ok(conn)
+    let link = Arc::new(EventLink::open(shared, conn).await?);
+    shared.event_links.insert(node, Arc::clone(&link));
+    Ok(link)
 }

@@ -79,8 +79,10 @@ pub(crate) struct Shared {
     pub(crate) local: DashSet<u64>,
     /// Addresses learned from redirects for nodes not (yet) members.
     pub(crate) redirect_addrs: DashMap<NodeId, SocketAddr>,
-    /// Cached event connections.
-    pub(crate) event_links: DashMap<NodeId, quinn::Connection>,
+    /// Cached event links.
+    pub(crate) event_links: DashMap<NodeId, Arc<super::events::EventLink>>,
+    /// One dial at a time per node for event links.
+    pub(crate) event_dials: DashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) admission_failures: AtomicU64,
