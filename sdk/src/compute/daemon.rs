@@ -27,6 +27,12 @@ pub enum ProcessError {
 /// them, links outputs into the daemon's chain, and contains panics.
 /// `process` is called with the daemon locked, one event at a time.
 ///
+/// `process` must not block: it runs on the async runtime's threads, and an
+/// event from a peer is processed inline on the stream (one of four per
+/// peer) that carries it, so a daemon that sleeps in `process` delays the
+/// other daemons sharing that stream. Hand slow work to a task of your own
+/// and emit its result on a later event.
+///
 /// ```
 /// use bytes::Bytes;
 /// use cellmesh::capabilities::CapabilityFilter;

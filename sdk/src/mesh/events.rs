@@ -3,15 +3,20 @@
 //! Each peer pair shares one connection carrying [`LANES`] long-lived
 //! bidirectional streams ("lanes"). A request is a frame `(id, Request)` on
 //! the lane its target daemon hashes to; the reply `(id, Reply)` comes back
-//! on the same lane, in any order. The server handles each request in its
-//! own task, so a slow daemon never holds up replies for other daemons; the
-//! client matches replies by id. Writers coalesce queued frames into one
-//! write. In-flight requests are bounded on both ends by
-//! `MeshConfig::max_concurrent_requests`: a sender waits for a slot, and a
-//! server stops reading (QUIC flow control then pushes back) when its slots
-//! are taken.
+//! on the same lane, in any order; the client matches replies by id.
+//!
+//! The server answers events inline, a received batch at a time, with one
+//! write for the batch's replies (daemons process synchronously, so a task
+//! per event would only add overhead); spawns, which wait on a daemon's
+//! ready fence, each get a task. Daemons on different lanes never wait for
+//! each other. Writers coalesce queued frames into one write.
+//!
+//! Backpressure is bounded end to end: a sender waits for one of
+//! `MeshConfig::max_concurrent_requests` slots; a server lane whose reply
+//! queue is full stops reading, and QUIC flow control then holds the
+//! sender's stream.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -20,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::error::DialError;
 use super::frame;
-use super::links::{dial, read_frame};
+use super::links::{dial, FrameReader};
 use super::node::{close, Mesh, Shared};
 use super::node_id::NodeId;
 use super::wire::{EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest, ALPN_EVENTS};
@@ -28,6 +33,8 @@ use crate::compute::DaemonError;
 
 /// Streams per connection.
 pub(crate) const LANES: usize = 4;
+/// Queued writes per lane before its producer waits.
+const LANE_QUEUE: usize = 256;
 /// Redirects a request may follow.
 pub(crate) const MAX_REDIRECTS: u8 = 4;
 
@@ -43,20 +50,23 @@ type Pending = Arc<DashMap<u64, oneshot::Sender<Reply>>>;
 /// The client side of an event connection.
 pub(crate) struct EventLink {
     conn: quinn::Connection,
-    lanes: Vec<(mpsc::UnboundedSender<Vec<u8>>, Pending)>,
+    lanes: Vec<(mpsc::Sender<Vec<u8>>, Pending)>,
     slots: Arc<Semaphore>,
     next_id: AtomicU64,
+    /// Set when a lane's reply reader ends (the connection is unusable).
+    closed: Arc<AtomicBool>,
 }
 
 impl EventLink {
     async fn open(shared: &Arc<Shared>, conn: quinn::Connection) -> Result<Self, DialError> {
         let mut lanes = Vec::with_capacity(LANES);
+        let closed = Arc::new(AtomicBool::new(false));
         for _ in 0..LANES {
             let (send, recv) = conn.open_bi().await.map_err(|e| DialError::Lost {
                 peer: shared.node_id,
                 reason: e.to_string(),
             })?;
-            let (queue, frames) = mpsc::unbounded_channel();
+            let (queue, frames) = mpsc::channel(LANE_QUEUE);
             let pending: Pending = Arc::new(DashMap::new());
             shared.tasks.spawn(write_lane(send, frames));
             shared.tasks.spawn(read_replies(
@@ -64,6 +74,7 @@ impl EventLink {
                 Arc::clone(&pending),
                 shared.config.max_frame,
                 conn.clone(),
+                Arc::clone(&closed),
             ));
             lanes.push((queue, pending));
         }
@@ -74,6 +85,7 @@ impl EventLink {
                 shared.config.max_concurrent_requests as usize,
             )),
             next_id: AtomicU64::new(1),
+            closed,
         })
     }
 
@@ -99,7 +111,9 @@ impl EventLink {
         let (queue, pending) = &self.lanes[lane % LANES];
         let (tx, rx) = oneshot::channel();
         pending.insert(id, tx);
-        if queue.send(bytes).is_err() {
+        // The reader marks the link closed before it drops the waiters, so
+        // a waiter inserted after that drop is caught here.
+        if self.closed.load(Ordering::Acquire) || queue.send(bytes).await.is_err() {
             pending.remove(&id);
             return Err(lost("lane closed"));
         }
@@ -115,8 +129,10 @@ impl EventLink {
 }
 
 /// Writes queued frames, coalescing whatever is queued into one write.
-async fn write_lane(mut send: quinn::SendStream, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_lane(mut send: quinn::SendStream, mut frames: mpsc::Receiver<Vec<u8>>) {
     while let Some(mut batch) = frames.recv().await {
+        // One yield lets producers woken in the same tick join the batch.
+        tokio::task::yield_now().await;
         while let Ok(more) = frames.try_recv() {
             batch.extend_from_slice(&more);
             if batch.len() > 256 << 10 {
@@ -133,13 +149,15 @@ async fn write_lane(mut send: quinn::SendStream, mut frames: mpsc::UnboundedRece
 /// Hands each reply to its waiting request; when the lane ends, the waiters
 /// still pending learn it (their senders are dropped).
 async fn read_replies(
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     pending: Pending,
     max: usize,
     conn: quinn::Connection,
+    closed: Arc<AtomicBool>,
 ) {
+    let mut reader = FrameReader::new(recv, max);
     loop {
-        match read_frame::<Tagged<Reply>>(&mut recv, max, "reply").await {
+        match reader.next::<Tagged<Reply>>("reply").await {
             Ok(Some(reply)) => {
                 if let Some((_, waiter)) = pending.remove(&reply.id) {
                     let _ = waiter.send(reply.body);
@@ -152,6 +170,7 @@ async fn read_replies(
             }
         }
     }
+    closed.store(true, Ordering::Release);
     pending.clear();
 }
 
@@ -183,44 +202,88 @@ async fn serve_lane(
     conn: quinn::Connection,
     peer: NodeId,
     send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     slots: Arc<Semaphore>,
 ) {
-    let (replies, frames) = mpsc::unbounded_channel();
+    let (replies, frames) = mpsc::channel(LANE_QUEUE);
     shared.tasks.spawn(write_lane(send, frames));
     let max = shared.config.max_frame;
+    let mut reader = FrameReader::new(recv, max);
+    let violation = |e: super::frame::FrameError| {
+        tracing::warn!(peer = %peer.short(), error = %e, "event protocol violation");
+        conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
+    };
     loop {
-        let request: Tagged<Request> = match read_frame(&mut recv, max, "request").await {
+        let first: Tagged<Request> = match reader.next("request").await {
             Ok(Some(r)) => r,
             Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(peer = %peer.short(), error = %e, "event protocol violation");
-                conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
-                return;
-            }
+            Err(e) => return violation(e),
         };
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let shared2 = Arc::clone(&shared);
-        let replies = replies.clone();
-        shared.tasks.spawn(async move {
-            let body = match &request.body {
-                Request::Event(event) => Reply::Event(answer(&shared2, event)),
-                Request::Spawn(spawn) => Reply::Spawn(spawn_here(&shared2, spawn).await),
-            };
-            let tagged = Tagged {
-                id: request.id,
-                body,
-            };
-            match frame::encode(&tagged, max) {
-                Ok(bytes) => {
-                    let _ = replies.send(bytes);
+        // Events are answered inline, a whole received batch at a time, with
+        // one write for all their replies; spawns wait on a daemon's fence
+        // and get a task of their own.
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request.body {
+                Request::Event(event) => {
+                    let tagged = Tagged {
+                        id: request.id,
+                        body: Reply::Event(answer(&shared, &event)),
+                    };
+                    push_reply(&mut batch, &tagged, max);
                 }
-                Err(e) => tracing::warn!(error = %e, "reply over the frame limit dropped"),
+                Request::Spawn(spawn) => {
+                    let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                        return;
+                    };
+                    let shared2 = Arc::clone(&shared);
+                    let replies = replies.clone();
+                    let id = request.id;
+                    shared.tasks.spawn(async move {
+                        let tagged = Tagged {
+                            id,
+                            body: Reply::Spawn(spawn_here(&shared2, &spawn).await),
+                        };
+                        let mut bytes = Vec::new();
+                        push_reply(&mut bytes, &tagged, max);
+                        let _ = replies.send(bytes).await;
+                        drop(slot);
+                    });
+                }
             }
-            drop(slot);
-        });
+            if batch.len() >= 256 << 10 {
+                break;
+            }
+            next = match reader.buffered("request") {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = replies.send(batch).await;
+                    return violation(e);
+                }
+            };
+        }
+        if !batch.is_empty() && replies.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Appends one encoded reply to `out`; a reply over the frame limit is
+/// replaced by a refusal saying so, so the sender never waits in vain.
+fn push_reply(out: &mut Vec<u8>, reply: &Tagged<Reply>, max: usize) {
+    match frame::encode(reply, max) {
+        Ok(bytes) => out.extend_from_slice(&bytes),
+        Err(e) => {
+            let refusal = Refusal::Failed(format!("reply not sent: {e}"));
+            let body = match reply.body {
+                Reply::Event(_) => Reply::Event(EventReply::Refused(refusal)),
+                Reply::Spawn(_) => Reply::Spawn(Err(refusal)),
+            };
+            if let Ok(bytes) = frame::encode(&Tagged { id: reply.id, body }, max) {
+                out.extend_from_slice(&bytes);
+            }
+        }
     }
 }
 
@@ -308,7 +371,7 @@ impl Mesh {
                 shared.config.max_frame,
             )
             .await;
-        if result.is_err() && link.conn.close_reason().is_some() {
+        if result.is_err() && link.closed.load(Ordering::Acquire) {
             shared
                 .event_links
                 .remove_if(&node, |_, l| Arc::ptr_eq(l, &link));
@@ -324,7 +387,7 @@ async fn event_link(shared: &Arc<Shared>, node: NodeId) -> Result<Arc<EventLink>
         shared
             .event_links
             .get(&node)
-            .filter(|l| l.conn.close_reason().is_none())
+            .filter(|l| !l.closed.load(Ordering::Acquire))
             .map(|l| Arc::clone(&l))
     };
     if let Some(link) = cached(shared) {

@@ -98,6 +98,70 @@ pub fn decode_frame<T: DeserializeOwned>(
     decode_body(body, what)
 }
 
+/// An incremental frame decoder: push received bytes, pop whole frames.
+///
+/// Sans-IO: the caller owns the reads. The length prefix is checked against
+/// the maximum as soon as it is complete, before the body is buffered.
+#[derive(Debug)]
+pub struct FrameBuf {
+    buf: bytes::BytesMut,
+    max: usize,
+}
+
+impl FrameBuf {
+    /// An empty decoder accepting bodies up to `max` bytes.
+    #[must_use]
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: bytes::BytesMut::new(),
+            max,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame body, `Ok(None)` if more bytes are needed.
+    ///
+    /// # Errors
+    /// [`FrameError::Oversized`] as soon as a prefix announces too much.
+    pub fn next_body(&mut self) -> Result<Option<bytes::Bytes>, FrameError> {
+        let Some(prefix) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let prefix: [u8; 4] = [prefix[0], prefix[1], prefix[2], prefix[3]];
+        let len = check_len(prefix, self.max)?;
+        if self.buf.len() < 4 + len {
+            self.buf.reserve(4 + len - self.buf.len());
+            return Ok(None);
+        }
+        let mut whole = self.buf.split_to(4 + len);
+        Ok(Some(whole.split_off(4).freeze()))
+    }
+
+    /// The next whole frame decoded as `T`.
+    ///
+    /// # Errors
+    /// [`FrameError::Oversized`] or [`FrameError::Malformed`] naming `what`.
+    pub fn next<T: DeserializeOwned>(
+        &mut self,
+        what: &'static str,
+    ) -> Result<Option<T>, FrameError> {
+        match self.next_body()? {
+            Some(body) => decode_body(&body, what).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether bytes of an incomplete frame are buffered.
+    #[must_use]
+    pub fn is_mid_frame(&self) -> bool {
+        !self.buf.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -121,6 +185,39 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn frame_buf_reassembles_any_split(
+            messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 1..8),
+            cuts in proptest::collection::vec(1usize..16, 1..64),
+        ) {
+            let mut stream = Vec::new();
+            for m in &messages {
+                stream.extend(encode(m, 4096).unwrap());
+            }
+            let mut fb = FrameBuf::new(4096);
+            let mut out: Vec<Vec<u8>> = Vec::new();
+            let mut rest = &stream[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                fb.push(&rest[..n]);
+                rest = &rest[n..];
+                i += 1;
+                while let Some(m) = fb.next::<Vec<u8>>("bytes").unwrap() {
+                    out.push(m);
+                }
+            }
+            prop_assert_eq!(out, messages);
+            prop_assert!(!fb.is_mid_frame());
+        }
+
+        #[test]
+        fn frame_buf_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut fb = FrameBuf::new(256);
+            fb.push(&bytes);
+            while let Ok(Some(_)) = fb.next::<crate::mesh::wire::Request>("request") {}
+        }
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -212,11 +212,12 @@ async fn write_feed(
 }
 
 async fn read_feed(shared: Arc<Shared>, conn: quinn::Connection, peer: NodeId) {
-    let Ok(mut recv) = conn.accept_uni().await else {
+    let Ok(recv) = conn.accept_uni().await else {
         return;
     };
+    let mut reader = FrameReader::new(recv, shared.config.max_frame);
     loop {
-        let msg: Ctrl = match read_frame(&mut recv, shared.config.max_frame, "control").await {
+        let msg: Ctrl = match reader.next("control").await {
             Ok(Some(msg)) => msg,
             Ok(None) => return,
             Err(e) => {
@@ -288,27 +289,46 @@ fn learn_members(shared: &Arc<Shared>, from: NodeId, records: Vec<SignedRecord>)
     shared.bump();
 }
 
-/// Reads one frame; `Ok(None)` at a clean end of stream.
-pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-    what: &'static str,
-) -> Result<Option<T>, FrameError> {
-    let mut prefix = [0u8; 4];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => {
-            return Err(FrameError::Truncated("length prefix"))
+/// Reads frames from a stream through a [`frame::FrameBuf`], a chunk at a
+/// time, so many small frames cost one read.
+pub(crate) struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: frame::FrameBuf,
+}
+
+impl FrameReader {
+    pub(crate) fn new(recv: quinn::RecvStream, max: usize) -> Self {
+        Self {
+            recv,
+            buf: frame::FrameBuf::new(max),
         }
-        Err(quinn::ReadExactError::ReadError(_)) => return Ok(None),
     }
-    let len = frame::check_len(prefix, max)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|_| FrameError::Truncated("body"))?;
-    frame::decode_body(&body, what).map(Some)
+
+    /// The next frame: `Ok(None)` when the stream ends cleanly (or is
+    /// reset) between frames.
+    pub(crate) async fn next<T: serde::de::DeserializeOwned>(
+        &mut self,
+        what: &'static str,
+    ) -> Result<Option<T>, FrameError> {
+        loop {
+            if let Some(message) = self.buf.next(what)? {
+                return Ok(Some(message));
+            }
+            match self.recv.read_chunk(256 << 10, true).await {
+                Ok(Some(chunk)) => self.buf.push(&chunk.bytes),
+                Ok(None) if self.buf.is_mid_frame() => return Err(FrameError::Truncated("frame")),
+                Ok(None) | Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// A frame already received, without waiting for more bytes.
+    pub(crate) fn buffered<T: serde::de::DeserializeOwned>(
+        &mut self,
+        what: &'static str,
+    ) -> Result<Option<T>, FrameError> {
+        self.buf.next(what)
+    }
 }
 
 /// Accepts connections until the node is cancelled.
