@@ -398,3 +398,28 @@ impl cellmesh::compute::MeshDaemon for NeedsGpu {
         Ok(vec![])
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_is_reachable_as_soon_as_it_is_admitted() {
+    use cellmesh::compute::Placement;
+
+    // The dialling side sends at once, before any membership record for
+    // its peer can have arrived: the live connection gives the address.
+    for _ in 0..5 {
+        let b = node().await;
+        let a = node_with(PSK, CapabilitySet::new(), vec![b.local_addr()]).await;
+        let (rt_a, rt_b) = (runtime(a).await, runtime(b).await);
+        assert!(rt_a.mesh().wait_for_peers(1, WAIT).await);
+        let placed = rt_a
+            .spawn_on(
+                "counter",
+                Identity::generate(),
+                DaemonHostConfig::default(),
+                Placement::Node(rt_b.mesh().node_id()),
+            )
+            .await
+            .expect("placed on the peer just admitted");
+        let out = rt_a.send(placed.origin_hash, tick(9, 1)).await.unwrap();
+        assert_eq!(count_of(&out[0]), Some(1));
+    }
+}

@@ -14,7 +14,7 @@ use cellmesh::mesh::MeshBuilder;
 use cellmesh::Identity;
 
 /// Counts events; its state is the count.
-struct Counter(u64);
+pub(crate) struct Counter(pub(crate) u64);
 
 impl MeshDaemon for Counter {
     fn name(&self) -> &str {

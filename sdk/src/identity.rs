@@ -180,6 +180,14 @@ impl Identity {
         self.keypair.entity_id()
     }
 
+    /// The 32-byte secret seed, to persist the identity (for example a
+    /// node's key file); [`Identity::from_seed`] restores it. Whoever holds
+    /// these bytes can act as this identity: store them with care.
+    #[must_use]
+    pub fn secret_seed(&self) -> [u8; 32] {
+        *self.keypair.secret_seed()
+    }
+
     /// The key pair (signing, `origin_hash`).
     pub fn keypair(&self) -> &Keypair {
         &self.keypair

@@ -17,8 +17,11 @@ pub struct MeshConfig {
     pub max_frame: usize,
     /// How long a peer may take to prove the mesh key. Default 5 s.
     pub admission_timeout: Duration,
-    /// Event requests in flight per connection; further senders wait for a
-    /// slot (backpressure). Default 1024.
+    /// Requests this node's senders may have in flight to one peer;
+    /// further senders wait for a slot (backpressure). On the serving side
+    /// it bounds concurrent spawns per connection; events are answered
+    /// inline, and a lane whose replies are not read stops reading.
+    /// Default 1024.
     pub max_concurrent_requests: u32,
 }
 

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::error::DialError;
@@ -28,7 +27,9 @@ use super::frame;
 use super::links::{dial, FrameReader};
 use super::node::{close, Mesh, Shared};
 use super::node_id::NodeId;
-use super::wire::{EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest, ALPN_EVENTS};
+use super::wire::{
+    EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest, Tagged, ALPN_EVENTS,
+};
 use crate::compute::DaemonError;
 
 /// Streams per connection.
@@ -37,13 +38,6 @@ pub(crate) const LANES: usize = 4;
 const LANE_QUEUE: usize = 256;
 /// Redirects a request may follow.
 pub(crate) const MAX_REDIRECTS: u8 = 4;
-
-/// A frame on a lane: a request or reply with its id.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Tagged<T> {
-    pub(crate) id: u64,
-    pub(crate) body: T,
-}
 
 type Pending = Arc<DashMap<u64, oneshot::Sender<Reply>>>;
 

@@ -6,7 +6,8 @@
 //!   MAC bound to the TLS session (sans-IO machine).
 //! - Protocols, one ALPN each: `cellmesh/ctrl/1` (signed membership records,
 //!   the daemon location directory, graceful leave) and `cellmesh/events/1`
-//!   (one stream per event request).
+//!   (a few long-lived streams per peer carrying tagged requests and
+//!   replies).
 //! - Frames are length-prefixed with a checked maximum ([`frame`]).
 
 pub(crate) mod admission;
@@ -30,4 +31,4 @@ pub(crate) use handler::MigrationHandler;
 pub use node::Mesh;
 pub use node_id::NodeId;
 pub use tls::TlsError;
-pub use wire::{EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest};
+pub use wire::{EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest, Tagged};

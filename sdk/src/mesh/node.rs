@@ -116,10 +116,15 @@ impl Shared {
         self.bump();
     }
 
+    /// Where to dial `node`: the address its live control connection comes
+    /// from (one endpoint serves both directions, so that is its listening
+    /// socket), else the address its membership record advertises, else
+    /// one a redirect named.
     pub(crate) fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
-        self.members
+        self.peers
             .get(&node)
-            .map(|r| r.record.addr)
+            .map(|p| p.conn.remote_address())
+            .or_else(|| self.members.get(&node).map(|r| r.record.addr))
             .or_else(|| self.redirect_addrs.get(&node).map(|a| *a))
     }
 }

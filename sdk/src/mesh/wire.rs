@@ -181,3 +181,13 @@ pub enum Refusal {
         unmet: String,
     },
 }
+
+/// A frame on an event lane: a [`Request`] or [`Reply`] with the id that
+/// pairs them (replies may come back in any order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tagged<T> {
+    /// Chosen by the requester, unique per connection.
+    pub id: u64,
+    /// The message.
+    pub body: T,
+}
