@@ -40,6 +40,11 @@ pub enum DaemonError {
     /// No daemon with this origin hash runs on this node.
     #[error("daemon {0:016x} not found on this node")]
     NotFound(u64),
+    /// The daemon is being migrated: the synchronous `deliver` cannot wait
+    /// for the hand-over, so the event was not accepted. Retry, or use the
+    /// async `send`, which queues the event and waits.
+    #[error("daemon {0:016x} is migrating; the event was not accepted (retry, or use send)")]
+    Migrating(u64),
     /// The event's sequence is at or below the high-water mark of its
     /// origin: it was accepted before (or is sequence 0). The daemon's
     /// state is untouched.

@@ -82,6 +82,14 @@ impl DaemonHost {
         self.stats
     }
 
+    pub(crate) fn keypair(&self) -> &Keypair {
+        &self.keypair
+    }
+
+    pub(crate) fn config(&self) -> DaemonHostConfig {
+        self.config.clone()
+    }
+
     /// Delivers one event: refuses it if its sequence is at or below its
     /// origin's mark, otherwise processes it, advances the mark and links
     /// the outputs into the chain. A failed or panicking `process` leaves

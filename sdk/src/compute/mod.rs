@@ -12,6 +12,7 @@ mod daemon;
 mod error;
 mod handle;
 mod host;
+pub mod migration;
 mod remote;
 mod runtime;
 mod snapshot;
@@ -20,6 +21,9 @@ pub use causal::{CausalEvent, CausalLink};
 pub use daemon::{MeshDaemon, ProcessError};
 pub use error::DaemonError;
 pub use handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
+pub use migration::{
+    MigrateError, MigrationHandle, MigrationOpts, MigrationPhase, MigrationReport,
+};
 pub use remote::{PlacedDaemon, Placement};
 pub use runtime::DaemonRuntime;
 pub use snapshot::{SnapshotError, StateSnapshot, MAX_SNAPSHOT_BYTES};

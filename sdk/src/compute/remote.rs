@@ -58,7 +58,11 @@ impl DaemonRuntime {
         origin_hash: u64,
         event: CausalEvent,
     ) -> Result<Vec<CausalEvent>, DaemonError> {
-        match self.deliver(origin_hash, &event) {
+        match self
+            .deliver_or_queue(origin_hash, &event, false)
+            .outcome(origin_hash)
+            .await
+        {
             Err(DaemonError::NotFound(_)) => {}
             local => return local,
         }
@@ -67,6 +71,7 @@ impl DaemonRuntime {
             target: origin_hash,
             event,
             hops: 0,
+            forwarded: false,
         };
         loop {
             let node = mesh
@@ -86,7 +91,10 @@ impl DaemonRuntime {
                         return Err(DaemonError::TooManyRedirects(origin_hash));
                     }
                     if next == mesh.node_id() {
-                        return self.deliver(origin_hash, &request.event);
+                        return self
+                            .deliver_or_queue(origin_hash, &request.event, false)
+                            .outcome(origin_hash)
+                            .await;
                     }
                     mesh.learn_location(origin_hash, next, addr);
                 }
@@ -177,7 +185,7 @@ impl DaemonRuntime {
             })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         node: NodeId,
         origin_hash: u64,
@@ -202,7 +210,7 @@ fn unexpected(origin_hash: u64, node: NodeId) -> DaemonError {
     }
 }
 
-fn from_refusal(refusal: Refusal, origin_hash: u64, node: NodeId) -> DaemonError {
+pub(crate) fn from_refusal(refusal: Refusal, origin_hash: u64, node: NodeId) -> DaemonError {
     match refusal {
         Refusal::NotFound(o) => DaemonError::NotFound(o),
         Refusal::Duplicate {

@@ -13,7 +13,7 @@
 //!   sweeps, either the sweep sees the entry or the spawner sees the state:
 //!   no daemon survives a shutdown.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use dashmap::mapref::entry::Entry;
@@ -24,12 +24,13 @@ use super::daemon::MeshDaemon;
 use super::error::{panic_message, DaemonError};
 use super::handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
 use super::host::DaemonHost;
+use super::migration::gate::Gate;
 use super::snapshot::StateSnapshot;
 use crate::identity::Identity;
 use crate::mesh::{Mesh, MigrationHandler};
 
 type Factory = Arc<dyn Fn() -> Box<dyn MeshDaemon> + Send + Sync>;
-type Hasher = foldhash::fast::RandomState;
+pub(crate) type Hasher = foldhash::fast::RandomState;
 
 const REGISTERING: u8 = 0;
 const READY: u8 = 1;
@@ -38,16 +39,25 @@ const SHUTTING_DOWN: u8 = 2;
 static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A hosted daemon as the registry holds it.
-struct Slot {
-    kind: Arc<str>,
+pub(crate) struct Slot {
+    pub(crate) kind: Arc<str>,
     host: Mutex<DaemonHost>,
+    /// Set (under the host lock) while a migration holds the daemon's
+    /// events in [`Slot::gate`]; read under the host lock by every delivery.
+    pub(crate) gated: AtomicBool,
+    /// The migration gate; locked only while the host lock is held.
+    pub(crate) gate: Mutex<Gate>,
 }
 
 impl Slot {
-    fn lock(&self) -> MutexGuard<'_, DaemonHost> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, DaemonHost> {
         // User code never runs unwinding through this guard (panics are
         // caught inside), so a poisoned lock still guards consistent data.
         self.host.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn lock_gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -55,7 +65,6 @@ impl Slot {
 #[derive(Debug, Clone)]
 pub(crate) struct Expected {
     pub(crate) kind: Arc<str>,
-    #[expect(dead_code, reason = "read by the inbound migration path")]
     pub(crate) config: DaemonHostConfig,
 }
 
@@ -66,6 +75,12 @@ struct Inner {
     factories: DashMap<Arc<str>, Factory, Hasher>,
     daemons: DashMap<u64, Arc<Slot>, Hasher>,
     expected: DashMap<u64, Expected, Hasher>,
+    /// Daemons migrated away whose late events are still forwarded.
+    forwarding: DashMap<u64, Arc<Slot>, Hasher>,
+    /// Outgoing migrations in progress: origin → migration id.
+    migrations: DashMap<u64, u64, Hasher>,
+    /// Verdicts of incoming migrations, by migration id (for `Status`).
+    verdicts: DashMap<u64, super::migration::wire::Verdict, Hasher>,
     #[cfg(feature = "test-utils")]
     stalls: test_hooks::Stalls,
 }
@@ -100,6 +115,9 @@ impl DaemonRuntime {
                 factories: DashMap::with_hasher(Hasher::default()),
                 daemons: DashMap::with_hasher(Hasher::default()),
                 expected: DashMap::with_hasher(Hasher::default()),
+                migrations: DashMap::with_hasher(Hasher::default()),
+                forwarding: DashMap::with_hasher(Hasher::default()),
+                verdicts: DashMap::with_hasher(Hasher::default()),
                 #[cfg(feature = "test-utils")]
                 stalls: test_hooks::Stalls::default(),
             }),
@@ -197,9 +215,18 @@ impl DaemonRuntime {
         self.inner.state.store(SHUTTING_DOWN, Ordering::SeqCst);
         self.inner.mesh.clear_migration_handler(self.inner.id);
         self.inner.expected.clear();
+        self.inner.forwarding.retain(|_, slot| {
+            slot.lock_gate().close();
+            false
+        });
         let mesh = &self.inner.mesh;
         self.inner.daemons.retain(|origin, slot| {
-            slot.lock().retire();
+            let mut host = slot.lock();
+            host.retire();
+            // Queued events learn the shutdown (their waiters are dropped).
+            slot.lock_gate().close();
+            slot.gated.store(false, Ordering::Release);
+            drop(host);
             mesh.retract(*origin);
             false
         });
@@ -326,6 +353,9 @@ impl DaemonRuntime {
         self.require_ready()?;
         let slot = self.slot(origin_hash)?;
         let mut host = slot.lock();
+        if slot.gated.load(Ordering::Acquire) {
+            return Err(DaemonError::Migrating(origin_hash));
+        }
         if host.is_retired() {
             return Err(DaemonError::NotFound(origin_hash));
         }
@@ -462,9 +492,28 @@ impl DaemonRuntime {
         kind: Arc<str>,
         host: DaemonHost,
     ) -> Result<DaemonHandle, DaemonError> {
+        self.insert_slot(origin_hash, kind, host, None)
+            .map(|_| DaemonHandle {
+                origin_hash,
+                runtime: self.clone(),
+            })
+    }
+
+    /// Inserts a host; with a `gate` the daemon starts gated and is not
+    /// announced (a migration target before commit).
+    pub(crate) fn insert_slot(
+        &self,
+        origin_hash: u64,
+        kind: Arc<str>,
+        host: DaemonHost,
+        gate: Option<Gate>,
+    ) -> Result<Arc<Slot>, DaemonError> {
+        let gated = gate.is_some();
         let slot = Arc::new(Slot {
             kind,
             host: Mutex::new(host),
+            gated: AtomicBool::new(gated),
+            gate: Mutex::new(gate.unwrap_or_default()),
         });
         match self.inner.daemons.entry(origin_hash) {
             Entry::Occupied(_) => return Err(DaemonError::AlreadyRegistered(origin_hash)),
@@ -481,11 +530,65 @@ impl DaemonRuntime {
             slot.lock().retire();
             return Err(DaemonError::ShuttingDown);
         }
-        self.inner.mesh.announce(origin_hash);
-        Ok(DaemonHandle {
-            origin_hash,
-            runtime: self.clone(),
-        })
+        // Back after migrating away: the new copy supersedes the forwarder.
+        self.inner.forwarding.remove(&origin_hash);
+        if !gated {
+            self.inner.mesh.announce(origin_hash);
+        }
+        Ok(slot)
+    }
+
+    /// Daemons migrated away, still forwarding late events.
+    pub(crate) fn forwarding(&self) -> &DashMap<u64, Arc<Slot>, Hasher> {
+        &self.inner.forwarding
+    }
+
+    /// The slot of `origin_hash`, for the migration paths.
+    pub(crate) fn slot_of(&self, origin_hash: u64) -> Result<Arc<Slot>, DaemonError> {
+        self.slot(origin_hash)
+    }
+
+    /// Removes `slot` from the registry if it still holds `origin_hash`.
+    pub(crate) fn remove_slot(&self, origin_hash: u64, slot: &Arc<Slot>) -> bool {
+        self.inner
+            .daemons
+            .remove_if(&origin_hash, |_, held| Arc::ptr_eq(held, slot))
+            .is_some()
+    }
+
+    /// The factory for `kind`, checked against this node's capabilities.
+    pub(crate) fn build_kind(
+        &self,
+        kind: &str,
+    ) -> Result<(Arc<str>, Box<dyn MeshDaemon>), DaemonError> {
+        let (kind, factory) = self.factory(kind)?;
+        let daemon = self.build(&kind, &factory)?;
+        Ok((kind, daemon))
+    }
+
+    /// The reservation made by `expect_migration`, consumed.
+    pub(crate) fn take_expectation(&self, origin_hash: u64) -> Option<Expected> {
+        self.inner.expected.remove(&origin_hash).map(|(_, e)| e)
+    }
+
+    /// The reservation made by `expect_migration`, if any.
+    pub(crate) fn expectation(&self, origin_hash: u64) -> Option<Expected> {
+        self.inner.expected.get(&origin_hash).map(|e| e.clone())
+    }
+
+    /// The node's current migrations, by origin.
+    pub(crate) fn migrations(&self) -> &DashMap<u64, u64, Hasher> {
+        &self.inner.migrations
+    }
+
+    /// Incoming migrations' verdicts, by migration id.
+    pub(crate) fn verdicts(&self) -> &DashMap<u64, super::migration::wire::Verdict, Hasher> {
+        &self.inner.verdicts
+    }
+
+    /// Whether the runtime is ready (for the migration paths).
+    pub(crate) fn check_ready(&self) -> Result<(), DaemonError> {
+        self.require_ready()
     }
 }
 

@@ -18,6 +18,7 @@ use super::node_id::NodeId;
 use super::tls::{self, Credentials};
 use super::wire::{ALPN_CTRL, ALPN_EVENTS};
 use crate::capabilities::CapabilitySet;
+use crate::compute::migration::wire::ALPN_MIGRATE;
 use crate::identity::Identity;
 
 /// Configures a [`Mesh`] node.
@@ -124,7 +125,7 @@ impl MeshBuilder {
         }
         let identity = self.identity.unwrap_or_else(Identity::generate);
         let credentials = Credentials::new(identity.keypair())?;
-        let server_tls = tls::server_config(&credentials, &[ALPN_CTRL, ALPN_EVENTS])?;
+        let server_tls = tls::server_config(&credentials, &[ALPN_CTRL, ALPN_EVENTS, ALPN_MIGRATE])?;
         let crypto = QuicServerConfig::try_from(server_tls)
             .map_err(|e| MeshError::Tls(tls::TlsError::Config(e.to_string())))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -160,6 +161,7 @@ impl MeshBuilder {
             redirect_addrs: DashMap::new(),
             event_links: DashMap::new(),
             event_dials: DashMap::new(),
+            migrate_conns: DashMap::new(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             admission_failures: AtomicU64::new(0),

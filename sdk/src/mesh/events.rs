@@ -30,6 +30,7 @@ use super::node_id::NodeId;
 use super::wire::{
     EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest, Tagged, ALPN_EVENTS,
 };
+use crate::compute::migration::gate::Delivery;
 use crate::compute::DaemonError;
 
 /// Streams per connection.
@@ -220,13 +221,31 @@ async fn serve_lane(
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request.body {
-                Request::Event(event) => {
-                    let tagged = Tagged {
-                        id: request.id,
-                        body: Reply::Event(answer(&shared, &event)),
-                    };
-                    push_reply(&mut batch, &tagged, max);
-                }
+                Request::Event(event) => match answer(&shared, &event) {
+                    Answer::Now(reply) => {
+                        let tagged = Tagged {
+                            id: request.id,
+                            body: Reply::Event(reply),
+                        };
+                        push_reply(&mut batch, &tagged, max);
+                    }
+                    Answer::Later(delivery) => {
+                        // Held at a migration gate: answer when it opens.
+                        let shared2 = Arc::clone(&shared);
+                        let replies = replies.clone();
+                        let id = request.id;
+                        shared.tasks.spawn(async move {
+                            let outcome = delivery.outcome(event.target).await;
+                            let tagged = Tagged {
+                                id,
+                                body: Reply::Event(reply_for(&shared2, &event, outcome)),
+                            };
+                            let mut bytes = Vec::new();
+                            push_reply(&mut bytes, &tagged, max);
+                            let _ = replies.send(bytes).await;
+                        });
+                    }
+                },
                 Request::Spawn(spawn) => {
                     let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                         return;
@@ -281,12 +300,30 @@ fn push_reply(out: &mut Vec<u8>, reply: &Tagged<Reply>, max: usize) {
     }
 }
 
-/// Decides the reply to one event request.
-fn answer(shared: &Shared, request: &EventRequest) -> EventReply {
+enum Answer {
+    Now(EventReply),
+    Later(Delivery),
+}
+
+/// Decides the reply to one event request, or defers it while the target
+/// daemon is held at a migration gate.
+fn answer(shared: &Shared, request: &EventRequest) -> Answer {
     let Some(runtime) = runtime(shared) else {
-        return EventReply::Refused(Refusal::NotReady);
+        return Answer::Now(EventReply::Refused(Refusal::NotReady));
     };
-    match runtime.deliver(request.target, &request.event) {
+    match runtime.deliver_or_queue(request.target, &request.event, request.forwarded) {
+        Delivery::Done(outcome) => Answer::Now(reply_for(shared, request, outcome)),
+        pending @ Delivery::Pending(_) => Answer::Later(pending),
+    }
+}
+
+/// The reply for a delivery's outcome: outputs, a redirect or a refusal.
+fn reply_for(
+    shared: &Shared,
+    request: &EventRequest,
+    outcome: Result<Vec<crate::compute::CausalEvent>, DaemonError>,
+) -> EventReply {
+    match outcome {
         Ok(outputs) => EventReply::Outputs(outputs),
         Err(DaemonError::NotFound(origin)) => {
             let elsewhere = shared

@@ -238,6 +238,7 @@ mod tests {
                     received_at: 3,
                 },
                 hops: 0,
+                forwarded: false,
             };
             let frame = encode(&req, 4096).unwrap();
             let back: EventRequest = decode_frame(&frame, 4096, "event").unwrap();

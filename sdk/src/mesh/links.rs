@@ -377,6 +377,10 @@ async fn handle_incoming(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Res
             super::events::serve(Arc::clone(shared), conn, peer).await;
             Ok(())
         }
+        crate::compute::migration::wire::ALPN_MIGRATE => {
+            super::migrate_link::serve(Arc::clone(shared), conn, peer).await;
+            Ok(())
+        }
         other => {
             conn.close(close::PROTOCOL.into(), b"unknown protocol");
             Err(format!("unknown ALPN {:?}", String::from_utf8_lossy(other)))

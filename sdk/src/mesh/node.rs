@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) event_links: DashMap<NodeId, Arc<super::events::EventLink>>,
     /// One dial at a time per node for event links.
     pub(crate) event_dials: DashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
+    /// Migration connections by peer (one stream per migration).
+    pub(crate) migrate_conns: DashMap<NodeId, quinn::Connection>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) admission_failures: AtomicU64,
@@ -298,6 +300,15 @@ impl Mesh {
         }
     }
 
+    /// Records that daemon `origin` moved from here to `node` (migration
+    /// commit) and tells peers it is gone from here; `node` announces it.
+    pub(crate) fn moved_to(&self, origin: u64, node: NodeId) {
+        self.shared.directory.insert(origin, node);
+        if self.shared.local.remove(&origin).is_some() && !self.shared.peers.is_empty() {
+            self.shared.broadcast(&Ctrl::Gone(vec![origin]));
+        }
+    }
+
     /// Where the mesh believes daemon `origin` lives (not counting here).
     pub fn locate(&self, origin: u64) -> Option<NodeId> {
         self.shared.directory.get(&origin).map(|n| *n)
@@ -326,6 +337,11 @@ impl Mesh {
 
     pub(crate) fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
         self.shared.addr_of(node)
+    }
+
+    /// Whether this node knows how to reach `node`.
+    pub(crate) fn knows(&self, node: NodeId) -> bool {
+        self.shared.addr_of(node).is_some()
     }
 
     /// Drops the belief that `origin` lives on `node`.

@@ -137,6 +137,9 @@ pub struct EventRequest {
     pub event: CausalEvent,
     /// Redirects followed so far.
     pub hops: u8,
+    /// Set by a daemon's former owner forwarding an event it queued during
+    /// a migration: it goes ahead of events sent to the new owner directly.
+    pub forwarded: bool,
 }
 
 /// The answer to an [`EventRequest`].

@@ -1,0 +1,531 @@
+//! The source's quinn task: runs a [`Source`] machine over one stream of
+//! the migration protocol, performs its steps on the runtime, forwards the
+//! events queued during the hand-over, and publishes the outcome.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::api::{
+    CancelRequest, MigrateError, MigrationHandle, MigrationOpts, MigrationPhase, MigrationReport,
+    Progress,
+};
+use super::gate::{FreezeError, Queued};
+use super::source::{self, Failure, Source, Step, Timing};
+use super::wire::{Body, Msg, Prepare, Refusal, VERSIONS};
+use crate::compute::remote::from_refusal;
+use crate::compute::runtime::Slot;
+use crate::compute::{DaemonError, DaemonRuntime};
+use crate::mesh::{frame, EventReply, EventRequest, FrameReader, NodeId, Reply, Request};
+
+impl DaemonRuntime {
+    /// Starts migrating the daemon `origin_hash` to `target` and returns at
+    /// once; the work runs in the background (`handle.wait()` reports).
+    ///
+    /// Only local preconditions are checked here; every failure on the
+    /// target's side is reported by `wait()`. A failed migration leaves the
+    /// daemon running here with its state and every event it accepted.
+    ///
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// `UnknownDaemon`, `AlreadyMigrating`, `TargetIsSelf`, `TargetUnknown`.
+    pub fn start_migration(
+        &self,
+        origin_hash: u64,
+        target: NodeId,
+        opts: MigrationOpts,
+    ) -> Result<MigrationHandle, MigrateError> {
+        let slot = self
+            .slot_of(origin_hash)
+            .map_err(|_| MigrateError::UnknownDaemon(origin_hash))?;
+        if slot.lock().is_retired() {
+            return Err(MigrateError::UnknownDaemon(origin_hash));
+        }
+        if target == self.mesh().node_id() {
+            return Err(MigrateError::TargetIsSelf(origin_hash));
+        }
+        if !self.mesh().knows(target) {
+            return Err(MigrateError::TargetUnknown(target));
+        }
+        if slot.gated.load(Ordering::Acquire) {
+            return Err(MigrateError::AlreadyMigrating(origin_hash));
+        }
+        let id = loop {
+            let id = rand_id();
+            if id != 0 {
+                break id;
+            }
+        };
+        match self.migrations().entry(origin_hash) {
+            dashmap::mapref::entry::Entry::Occupied(_) => {
+                return Err(MigrateError::AlreadyMigrating(origin_hash))
+            }
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                v.insert(id);
+            }
+        }
+        let (phase_tx, phase) = watch::channel(MigrationPhase::Prepare);
+        let (outcome_tx, outcome) = watch::channel(None);
+        let (cancel, cancel_rx) = mpsc::unbounded_channel();
+        let progress = Arc::new(Progress {
+            sent: 0.into(),
+            total: 0.into(),
+        });
+        let run = Run {
+            rt: self.clone(),
+            id,
+            origin_hash,
+            target,
+            kind: slot.kind.to_string(),
+            opts,
+            started: Instant::now(),
+            phase_tx,
+            outcome_tx,
+            progress: Arc::clone(&progress),
+            phases: Vec::new(),
+            phase_since: Instant::now(),
+            attempt_no: 0,
+        };
+        tokio::spawn(run.drive(cancel_rx));
+        Ok(MigrationHandle {
+            id,
+            origin_hash,
+            phase,
+            outcome,
+            cancel,
+            progress,
+        })
+    }
+}
+
+fn rand_id() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source is available");
+    u64::from_le_bytes(b)
+}
+
+struct Run {
+    rt: DaemonRuntime,
+    id: u64,
+    origin_hash: u64,
+    target: NodeId,
+    kind: String,
+    opts: MigrationOpts,
+    started: Instant,
+    phase_tx: watch::Sender<MigrationPhase>,
+    outcome_tx: watch::Sender<Option<Result<MigrationReport, MigrateError>>>,
+    progress: Arc<Progress>,
+    phases: Vec<(MigrationPhase, std::time::Duration)>,
+    phase_since: Instant,
+    attempt_no: u32,
+}
+
+/// What one attempt measured.
+#[derive(Default)]
+struct Measured {
+    freeze_at: Option<Instant>,
+    committed_at: Option<Instant>,
+    snapshot_bytes: u64,
+    forwarded: u64,
+}
+
+impl Run {
+    async fn drive(mut self, mut cancel_rx: mpsc::UnboundedReceiver<CancelRequest>) {
+        loop {
+            self.attempt_no += 1;
+            let failure = self.attempt(&mut cancel_rx).await;
+            match failure {
+                Some(Failure::Refused(Refusal::NotReady)) if !self.is_last_attempt() => {
+                    tokio::time::sleep(self.opts.retry_backoff).await;
+                }
+                _ => break,
+            }
+        }
+        self.rt
+            .migrations()
+            .remove_if(&self.origin_hash, |_, id| *id == self.id);
+    }
+
+    fn set_phase(&mut self, phase: MigrationPhase) {
+        if *self.phase_tx.borrow() != phase {
+            let now = Instant::now();
+            let was = *self.phase_tx.borrow();
+            self.phases.push((was, now - self.phase_since));
+            self.phase_since = now;
+            self.phase_tx.send_replace(phase);
+        }
+    }
+
+    /// One attempt; `Some(failure)` if it failed before any outcome that
+    /// should end the migration was published (retriable refusals).
+    async fn attempt(
+        &mut self,
+        cancel_rx: &mut mpsc::UnboundedReceiver<CancelRequest>,
+    ) -> Option<Failure> {
+        let rt = self.rt.clone();
+        let mesh = Arc::clone(rt.mesh());
+        let max = mesh.config().max_frame;
+        let slot = match rt.slot_of(self.origin_hash) {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.publish(Err(MigrateError::UnknownDaemon(self.origin_hash)), None);
+                return None;
+            }
+        };
+        let (seed, max_snapshot_bytes) = {
+            let host = slot.lock();
+            (
+                *host.keypair().secret_seed(),
+                host.config().max_snapshot_bytes,
+            )
+        };
+        let entity = *slot.lock().keypair().entity_id().as_bytes();
+        let prepare = Prepare {
+            versions: VERSIONS,
+            kind: self.kind.clone(),
+            entity,
+            origin_hash: self.origin_hash,
+            seed: self.opts.transport_identity.then_some(seed),
+            max_snapshot_bytes,
+        };
+        let now = Instant::now();
+        let timing = Timing {
+            deadline: self.started + self.opts.deadline,
+            silence: self.opts.silence,
+            beat: self.opts.silence / 4,
+        };
+        let mut machine = Source::new(self.id, prepare, now, timing, self.opts.chunk_size);
+        let (mut send, recv) = match mesh.migrate_stream(self.target).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.publish(
+                    Err(MigrateError::TargetUnreachable {
+                        target: self.target,
+                        reason: e.to_string(),
+                    }),
+                    None,
+                );
+                return None;
+            }
+        };
+        let mut reader = FrameReader::new(recv, max);
+        let mut open = true;
+        let mut frozen: Option<Arc<Slot>> = None;
+        let mut measured = Measured::default();
+        let mut failure = None;
+        loop {
+            while let Some(step) = machine.poll() {
+                match step {
+                    Step::Send(msg) => {
+                        if !open {
+                            continue;
+                        }
+                        let chunk = match &msg.body {
+                            Body::Chunk { data, .. } => data.len() as u64,
+                            _ => 0,
+                        };
+                        let written = match frame::encode(&msg, max) {
+                            Ok(bytes) => send.write_all(&bytes).await.map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        match written {
+                            Ok(()) => {
+                                self.progress.sent.fetch_add(chunk, Ordering::Relaxed);
+                            }
+                            Err(reason) => {
+                                open = false;
+                                machine.connection_lost(Instant::now(), reason);
+                            }
+                        }
+                    }
+                    Step::Freeze => {
+                        let sealed = match rt.freeze(self.origin_hash) {
+                            Ok(slot) => {
+                                measured.freeze_at = Some(Instant::now());
+                                let snapshot = slot.lock().capture();
+                                frozen = Some(slot);
+                                snapshot.map(|s| s.to_bytes()).map_err(|e| e.to_string())
+                            }
+                            Err(FreezeError::NotFound) => Err("the daemon was stopped".into()),
+                            Err(FreezeError::AlreadyMigrating) => {
+                                Err("the daemon is held by another migration".into())
+                            }
+                        };
+                        if let Ok(bytes) = &sealed {
+                            measured.snapshot_bytes = bytes.len() as u64;
+                            self.progress
+                                .total
+                                .store(bytes.len() as u64, Ordering::Relaxed);
+                        }
+                        machine.sealed(Instant::now(), sealed);
+                    }
+                    Step::Resume => {
+                        if let Some(slot) = frozen.take() {
+                            rt.resume(&slot);
+                        }
+                    }
+                    Step::Release => {
+                        measured.committed_at = Some(Instant::now());
+                        if let Some(slot) = frozen.take() {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            let queued = rt.release(self.origin_hash, &slot, self.target, tx);
+                            measured.forwarded = queued as u64;
+                            let (drained_tx, drained) = oneshot::channel();
+                            tokio::spawn(forward(
+                                rt.clone(),
+                                self.origin_hash,
+                                self.target,
+                                rx,
+                                slot,
+                                queued,
+                                drained_tx,
+                                self.opts.straggler_grace,
+                            ));
+                            let _ = tokio::time::timeout(self.opts.silence, drained).await;
+                            if open {
+                                let msg = Msg {
+                                    id: self.id,
+                                    body: Body::Drained,
+                                };
+                                if let Ok(bytes) = frame::encode(&msg, max) {
+                                    let _ = send.write_all(&bytes).await;
+                                }
+                                let _ = send.finish();
+                            }
+                        }
+                    }
+                    Step::Resolve => {
+                        if let Some(verdict) = self.ask_status(&mesh, max).await {
+                            machine.handle(Instant::now(), verdict);
+                        }
+                    }
+                    Step::Finish(outcome) => {
+                        failure = outcome.as_ref().err().cloned();
+                        let retry_later =
+                            matches!(failure, Some(Failure::Refused(Refusal::NotReady)));
+                        if !retry_later || self.is_last_attempt() {
+                            self.finish(outcome, &measured);
+                        }
+                    }
+                }
+                self.set_phase(machine.phase());
+            }
+            if matches!(
+                machine.phase(),
+                source::Phase::Committed | source::Phase::Failed
+            ) {
+                return failure;
+            }
+            let wake = machine.poll_timeout().map_or_else(
+                || tokio::time::Instant::now() + timing.beat,
+                tokio::time::Instant::from_std,
+            );
+            tokio::select! {
+                frame = reader.next::<Msg>("migration"), if open => match frame {
+                    Ok(Some(msg)) => machine.handle(Instant::now(), msg),
+                    Ok(None) => {
+                        open = false;
+                        machine.connection_lost(Instant::now(), "the target closed the stream".into());
+                    }
+                    Err(e) => {
+                        open = false;
+                        machine.connection_lost(Instant::now(), format!("protocol violation: {e}"));
+                    }
+                },
+                () = tokio::time::sleep_until(wake) => machine.handle_timeout(Instant::now()),
+                Some(request) = cancel_rx.recv() => {
+                    let took = machine.cancel(Instant::now());
+                    let _ = request.send(took);
+                }
+            }
+        }
+    }
+
+    /// "Not ready" refusals are retried by `drive`; its last attempt
+    /// publishes.
+    fn is_last_attempt(&self) -> bool {
+        self.attempt_no >= self.opts.retries.max(1)
+    }
+
+    /// Asks the target what became of this migration, on a fresh stream.
+    async fn ask_status(&self, mesh: &crate::mesh::Mesh, max: usize) -> Option<Msg> {
+        let ask = async {
+            let (mut send, recv) = mesh.migrate_stream(self.target).await.ok()?;
+            let bytes = frame::encode(
+                &Msg {
+                    id: self.id,
+                    body: Body::Status,
+                },
+                max,
+            )
+            .ok()?;
+            send.write_all(&bytes).await.ok()?;
+            let _ = send.finish();
+            let mut reader = FrameReader::new(recv, max);
+            reader.next::<Msg>("migration").await.ok().flatten()
+        };
+        tokio::time::timeout(self.opts.silence, ask)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn finish(&mut self, outcome: Result<(), Failure>, measured: &Measured) {
+        let result = match outcome {
+            Ok(()) => {
+                let now = Instant::now();
+                let committed = measured.committed_at.unwrap_or(now);
+                Ok(MigrationReport {
+                    migration_id: self.id,
+                    origin_hash: self.origin_hash,
+                    target: self.target,
+                    total: committed - self.started,
+                    phases: {
+                        let mut phases = self.phases.clone();
+                        phases.push((*self.phase_tx.borrow(), now - self.phase_since));
+                        phases
+                    },
+                    blackout: measured
+                        .freeze_at
+                        .map_or(std::time::Duration::ZERO, |f| committed - f),
+                    snapshot_bytes: measured.snapshot_bytes,
+                    events_forwarded: measured.forwarded,
+                })
+            }
+            Err(failure) => Err(self.error(failure)),
+        };
+        self.publish(result, None);
+    }
+
+    fn publish(&self, result: Result<MigrationReport, MigrateError>, _: Option<()>) {
+        // The daemon is free for another migration before anyone waiting
+        // hears the outcome (unless it is held, in doubt).
+        if !matches!(result, Err(MigrateError::InDoubt { .. })) {
+            self.rt
+                .migrations()
+                .remove_if(&self.origin_hash, |_, id| *id == self.id);
+        }
+        if result.is_err() {
+            self.phase_tx.send_replace(MigrationPhase::Failed);
+        }
+        self.outcome_tx.send_replace(Some(result));
+    }
+
+    fn error(&self, failure: Failure) -> MigrateError {
+        let (origin, target) = (self.origin_hash, self.target);
+        match failure {
+            Failure::Refused(refusal) => match refusal {
+                Refusal::NotReady => MigrateError::TargetNotReady(target),
+                Refusal::FactoryNotFound(kind) => MigrateError::FactoryNotFound { target, kind },
+                Refusal::CapabilityMismatch(unmet) => {
+                    MigrateError::CapabilityMismatch { target, unmet }
+                }
+                Refusal::AlreadyHosted => MigrateError::AlreadyHosted(target),
+                Refusal::IdentityMissing => MigrateError::IdentityMismatch {
+                    target,
+                    reason: Refusal::IdentityMissing.to_string(),
+                },
+                Refusal::IdentityMismatch(reason) => {
+                    MigrateError::IdentityMismatch { target, reason }
+                }
+                Refusal::TooLarge { .. } | Refusal::RestoreFailed(_) => {
+                    MigrateError::RestoreFailed {
+                        target,
+                        reason: refusal.to_string(),
+                    }
+                }
+                Refusal::Cancelled => MigrateError::Cancelled(origin),
+                Refusal::Deadline => MigrateError::DeadlineExceeded(origin),
+                Refusal::Version { .. } | Refusal::Protocol(_) => MigrateError::Protocol {
+                    target,
+                    reason: refusal.to_string(),
+                },
+            },
+            Failure::Protocol(reason) => MigrateError::Protocol { target, reason },
+            Failure::Deadline => MigrateError::DeadlineExceeded(origin),
+            Failure::Silence => MigrateError::TargetUnreachable {
+                target,
+                reason: format!("silent for {:?}", self.opts.silence),
+            },
+            Failure::Cancelled => MigrateError::Cancelled(origin),
+            Failure::SnapshotFailed(reason) => MigrateError::SnapshotFailed {
+                origin_hash: origin,
+                reason,
+            },
+            Failure::ConnectionLost(reason) => MigrateError::TargetUnreachable { target, reason },
+            Failure::InDoubt => MigrateError::InDoubt {
+                origin_hash: origin,
+                target,
+            },
+        }
+    }
+}
+
+/// Forwards, in order, the events queued at commit and then the late ones,
+/// to the new owner; after the grace the slot leaves the registry.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    rt: DaemonRuntime,
+    origin_hash: u64,
+    target: NodeId,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    slot: Arc<Slot>,
+    initial: usize,
+    drained: oneshot::Sender<()>,
+    grace: std::time::Duration,
+) {
+    let mut drained = Some(drained);
+    if initial == 0 {
+        let _ = drained.take().map(|d| d.send(()));
+    }
+    let until = tokio::time::Instant::now() + grace;
+    let mut retired = false;
+    let mut sent = 0;
+    loop {
+        let item = tokio::select! {
+            item = queue.recv() => item,
+            () = tokio::time::sleep_until(until), if !retired => {
+                retired = true;
+                rt.retire_forwarding(origin_hash, &slot);
+                continue;
+            }
+        };
+        let Some(item) = item else { break };
+        let outcome = forward_one(&rt, origin_hash, target, item.event).await;
+        let _ = item.reply.send(outcome);
+        sent += 1;
+        if sent == initial {
+            let _ = drained.take().map(|d| d.send(()));
+        }
+    }
+    if !retired {
+        rt.retire_forwarding(origin_hash, &slot);
+    }
+}
+
+async fn forward_one(
+    rt: &DaemonRuntime,
+    origin_hash: u64,
+    target: NodeId,
+    event: crate::compute::CausalEvent,
+) -> Result<Vec<crate::compute::CausalEvent>, DaemonError> {
+    let request = Request::Event(EventRequest {
+        target: origin_hash,
+        event,
+        hops: 0,
+        forwarded: true,
+    });
+    match rt.call(target, origin_hash, request).await? {
+        Reply::Event(EventReply::Outputs(outputs)) => Ok(outputs),
+        Reply::Event(EventReply::Refused(refusal)) => {
+            Err(from_refusal(refusal, origin_hash, target))
+        }
+        // The new owner moved it on already: the sender routes again.
+        Reply::Event(EventReply::Redirect { .. }) | Reply::Spawn(_) => {
+            Err(DaemonError::NotFound(origin_hash))
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The target side of a migration as a sans-IO state machine.
+//!
+//! Before `Commit` the target holds at most a restored, gated, unannounced
+//! copy that it discards on any failure; on `Commit` it takes ownership
+//! (announces the daemon) and answers `Committed`; direct events wait until
+//! the source reports its queue forwarded (`Drained`) or the hand-over
+//! times out.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::source::body_name;
+use super::wire::{Body, Msg, Prepare, Refusal, Verdict, VERSIONS};
+
+/// Where a target stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    AwaitPrepare,
+    Check,
+    Receive,
+    Restore,
+    AwaitCommit,
+    Handover,
+    Done,
+    Aborted,
+}
+
+/// What the driver must do.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    Send(Msg),
+    /// Check readiness, factory, capabilities, identity; answer `checked`.
+    Check(Prepare),
+    /// Decode and restore the snapshot (gated, unannounced); answer
+    /// `restored`.
+    Restore(Bytes),
+    /// Take ownership: announce the daemon; forwarded events pass.
+    Activate,
+    /// Process the waiting direct events and open the gate.
+    OpenGate,
+    /// Drop the restored copy, if any.
+    Discard,
+    /// The verdict, for `Status` queries.
+    Settle(Verdict),
+}
+
+/// The target machine.
+#[derive(Debug)]
+pub(crate) struct Target {
+    id: u64,
+    phase: Phase,
+    version: u16,
+    silence: Duration,
+    beat: Duration,
+    handover: Duration,
+    handover_until: Option<Instant>,
+    last_heard: Instant,
+    next_beat: Instant,
+    max: u64,
+    buf: BytesMut,
+    restored: bool,
+    out: VecDeque<Step>,
+}
+
+impl Target {
+    pub(crate) fn new(now: Instant, silence: Duration, beat: Duration, handover: Duration) -> Self {
+        Self {
+            id: 0,
+            phase: Phase::AwaitPrepare,
+            version: 0,
+            silence,
+            beat,
+            handover,
+            handover_until: None,
+            last_heard: now,
+            next_beat: now + beat,
+            max: 0,
+            buf: BytesMut::new(),
+            restored: false,
+            out: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub(crate) fn poll(&mut self) -> Option<Step> {
+        self.out.pop_front()
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Done | Phase::Aborted => None,
+            Phase::Handover => self.handover_until,
+            _ => Some((self.last_heard + self.silence).min(self.next_beat)),
+        }
+    }
+
+    pub(crate) fn handle(&mut self, now: Instant, msg: Msg) {
+        if matches!(self.phase, Phase::Done | Phase::Aborted) {
+            return;
+        }
+        self.last_heard = now;
+        if self.phase == Phase::AwaitPrepare {
+            return match msg.body {
+                Body::Prepare(prepare) => {
+                    self.id = msg.id;
+                    let (lo, hi) = prepare.versions;
+                    let version = hi.min(VERSIONS.1);
+                    if version < lo.max(VERSIONS.0) {
+                        return self.abort(Refusal::Version {
+                            supported: VERSIONS,
+                        });
+                    }
+                    self.version = version;
+                    // The sealed form adds the marks, the chain and a signature.
+                    self.max = prepare.max_snapshot_bytes.saturating_add(64 << 20);
+                    self.phase = Phase::Check;
+                    self.out.push_back(Step::Check(prepare));
+                }
+                other => {
+                    self.id = msg.id;
+                    self.abort(Refusal::Protocol(format!(
+                        "{} before Prepare",
+                        body_name(&other)
+                    )));
+                }
+            };
+        }
+        if msg.id != self.id {
+            if self.phase == Phase::Handover {
+                return;
+            }
+            return self.abort(Refusal::Protocol(format!(
+                "message for migration {:016x} on migration {:016x}",
+                msg.id, self.id
+            )));
+        }
+        match (self.phase, msg.body) {
+            (_, Body::Heartbeat) => {}
+            (Phase::Receive, Body::Chunk { offset, data }) => {
+                if offset != self.buf.len() as u64 {
+                    return self.abort(Refusal::Protocol(format!(
+                        "chunk at {offset}, expected {}",
+                        self.buf.len()
+                    )));
+                }
+                let len = self.buf.len() as u64 + data.len() as u64;
+                if len > self.max {
+                    return self.abort(Refusal::TooLarge { len, max: self.max });
+                }
+                self.buf.extend_from_slice(&data);
+            }
+            (Phase::Receive, Body::Sealed { total }) => {
+                if total != self.buf.len() as u64 {
+                    return self.abort(Refusal::Protocol(format!(
+                        "sealed at {total} bytes, received {}",
+                        self.buf.len()
+                    )));
+                }
+                self.phase = Phase::Restore;
+                let bytes = std::mem::take(&mut self.buf).freeze();
+                self.out.push_back(Step::Restore(bytes));
+            }
+            (Phase::AwaitCommit, Body::Commit) => {
+                self.phase = Phase::Handover;
+                self.handover_until = Some(now + self.handover);
+                self.out.push_back(Step::Activate);
+                self.out.push_back(Step::Settle(Verdict::Committed));
+                self.send(Body::Committed);
+            }
+            (Phase::Handover, Body::Drained) => self.open(),
+            (Phase::Handover, _) => {}
+            (_, Body::Abort(_)) => self.abort_quietly(),
+            (phase, body) => self.abort(Refusal::Protocol(format!(
+                "unexpected {} in phase {phase:?}",
+                body_name(&body)
+            ))),
+        }
+    }
+
+    /// The driver's readiness check.
+    pub(crate) fn checked(&mut self, _now: Instant, result: Result<(), Refusal>) {
+        if self.phase != Phase::Check {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.phase = Phase::Receive;
+                self.send(Body::Ready {
+                    version: self.version,
+                });
+            }
+            Err(refusal) => self.abort(refusal),
+        }
+    }
+
+    /// The driver's restore (the copy is installed, gated, when `Ok`).
+    pub(crate) fn restored(&mut self, _now: Instant, result: Result<(), Refusal>) {
+        if self.phase != Phase::Restore {
+            if result.is_ok() {
+                // Aborted meanwhile: the copy must go.
+                self.out.push_back(Step::Discard);
+            }
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.restored = true;
+                self.phase = Phase::AwaitCommit;
+                self.send(Body::Restored);
+            }
+            Err(refusal) => self.abort(refusal),
+        }
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Done | Phase::Aborted => {}
+            Phase::Handover => {
+                if self.handover_until.is_some_and(|t| now >= t) {
+                    self.open();
+                }
+            }
+            _ => {
+                if now >= self.last_heard + self.silence {
+                    return self.abort(Refusal::Deadline);
+                }
+                if now >= self.next_beat {
+                    self.next_beat = now + self.beat;
+                    self.send(Body::Heartbeat);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn connection_lost(&mut self, _now: Instant) {
+        match self.phase {
+            Phase::Handover => self.open(),
+            Phase::Done | Phase::Aborted => {}
+            _ => self.abort_quietly(),
+        }
+    }
+
+    fn open(&mut self) {
+        self.phase = Phase::Done;
+        self.out.push_back(Step::OpenGate);
+    }
+
+    fn abort(&mut self, refusal: Refusal) {
+        self.send(Body::Abort(refusal));
+        self.abort_quietly();
+    }
+
+    fn abort_quietly(&mut self) {
+        if self.restored {
+            self.restored = false;
+            self.out.push_back(Step::Discard);
+        }
+        self.phase = Phase::Aborted;
+        self.out.push_back(Step::Settle(Verdict::Aborted));
+    }
+
+    fn send(&mut self, body: Body) {
+        self.out.push_back(Step::Send(Msg { id: self.id, body }));
+    }
+}

@@ -1,0 +1,173 @@
+//! Messages of the migration protocol (`cellmesh/migrate/1`). Every message
+//! carries the migration id; each travels as one frame on the migration's
+//! own stream.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// ALPN of the migration protocol.
+pub const ALPN_MIGRATE: &[u8] = b"cellmesh/migrate/1";
+/// Protocol versions this build speaks (lowest, highest).
+pub(crate) const VERSIONS: (u16, u16) = (1, 1);
+
+/// What the source asks the target to prepare for.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepare {
+    /// Versions the source speaks (lowest, highest).
+    pub versions: (u16, u16),
+    /// The daemon's kind (the target needs its factory).
+    pub kind: String,
+    /// The daemon's public key.
+    pub entity: [u8; 32],
+    /// The daemon's origin hash.
+    pub origin_hash: u64,
+    /// The daemon's secret key, when the identity travels.
+    pub seed: Option<[u8; 32]>,
+    /// The largest snapshot the daemon may produce.
+    pub max_snapshot_bytes: u64,
+}
+
+impl std::fmt::Debug for Prepare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepare")
+            .field("versions", &self.versions)
+            .field("kind", &self.kind)
+            .field("origin_hash", &format_args!("{:016x}", self.origin_hash))
+            .field("seed", &self.seed.map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Prepare {
+    fn drop(&mut self) {
+        if let Some(seed) = self.seed.as_mut() {
+            zeroize::Zeroize::zeroize(seed);
+        }
+    }
+}
+
+/// Why a target refused or a side aborted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The target's runtime is not started or is shutting down.
+    NotReady,
+    /// No common protocol version.
+    Version {
+        /// What the target speaks.
+        supported: (u16, u16),
+    },
+    /// The target has no factory for the kind.
+    FactoryNotFound(String),
+    /// The target does not meet the daemon's requirements.
+    CapabilityMismatch(String),
+    /// The target hosts (or has reserved) this daemon already.
+    AlreadyHosted,
+    /// The identity did not travel and the target was not given it.
+    IdentityMissing,
+    /// The snapshot is bound to another identity, or does not verify.
+    IdentityMismatch(String),
+    /// The state is larger than the target accepts.
+    TooLarge {
+        /// Bytes offered.
+        len: u64,
+        /// The target's limit.
+        max: u64,
+    },
+    /// Restoring on the target failed.
+    RestoreFailed(String),
+    /// A message arrived out of phase or for another migration.
+    Protocol(String),
+    /// The source cancelled.
+    Cancelled,
+    /// A deadline passed.
+    Deadline,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotReady => write!(f, "the target runtime is not ready"),
+            Self::Version { supported } => write!(
+                f,
+                "no common protocol version (target speaks {}..={})",
+                supported.0, supported.1
+            ),
+            Self::FactoryNotFound(kind) => write!(f, "no factory for kind {kind:?} on the target"),
+            Self::CapabilityMismatch(m) => write!(f, "target lacks {m}"),
+            Self::AlreadyHosted => write!(f, "the target already hosts this daemon"),
+            Self::IdentityMissing => {
+                write!(f, "the identity key did not travel and the target lacks it")
+            }
+            Self::IdentityMismatch(m) => write!(f, "identity mismatch: {m}"),
+            Self::TooLarge { len, max } => {
+                write!(f, "state of {len} bytes above the target's {max}")
+            }
+            Self::RestoreFailed(m) => write!(f, "restore failed on the target: {m}"),
+            Self::Protocol(m) => write!(f, "protocol violation: {m}"),
+            Self::Cancelled => write!(f, "cancelled"),
+            Self::Deadline => write!(f, "deadline exceeded"),
+        }
+    }
+}
+
+/// The outcome of a migration as the target remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Still in progress.
+    Pending,
+    /// Committed: the target owns the daemon.
+    Committed,
+    /// Aborted: the target holds nothing for it.
+    Aborted,
+    /// The target has no record (never seen, or restarted since).
+    Unknown,
+}
+
+/// The body of a migration message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Source → target: check readiness and reserve.
+    Prepare(Prepare),
+    /// Target → source: prepared, speaking `version`.
+    Ready {
+        /// The agreed version.
+        version: u16,
+    },
+    /// Source → target: bytes of the sealed snapshot at `offset`.
+    Chunk {
+        /// Where these bytes start.
+        offset: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Source → target: the snapshot is complete at `total` bytes.
+    Sealed {
+        /// Its length.
+        total: u64,
+    },
+    /// Target → source: restored, waiting for commit.
+    Restored,
+    /// Source → target: ownership flips to the target.
+    Commit,
+    /// Target → source: the target owns the daemon.
+    Committed,
+    /// Source → target: every event queued at the source was forwarded.
+    Drained,
+    /// Either way: the migration is over, unsuccessfully.
+    Abort(Refusal),
+    /// Either way: still alive.
+    Heartbeat,
+    /// Source → target, on a fresh stream: what became of the migration?
+    Status,
+    /// Target → source: the answer to `Status`.
+    Verdict(Verdict),
+}
+
+/// One migration message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Msg {
+    /// The migration it belongs to.
+    pub id: u64,
+    /// What it says.
+    pub body: Body,
+}
