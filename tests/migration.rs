@@ -471,3 +471,58 @@ async fn cancel_after_commit_is_refused_and_expect_migration_is_optional() {
     // A later spawn of the same identity on B is refused: it lives there.
     assert!(rt_b.kind_of(daemon).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_node_spreads_a_thousand_daemons_over_two_peers() {
+    let a = node(CapabilitySet::new(), vec![]).await;
+    let b = node(CapabilitySet::new(), vec![a.local_addr()]).await;
+    let c = node(CapabilitySet::new(), vec![a.local_addr()]).await;
+    let rts: Vec<DaemonRuntime> = [a, b, c]
+        .into_iter()
+        .map(|m| DaemonRuntime::new(Arc::new(m)))
+        .collect();
+    for rt in &rts {
+        counter_kinds(rt, 0);
+        rt.start().await.unwrap();
+    }
+    assert!(rts[0].mesh().wait_for_peers(2, WAIT).await);
+    let mut daemons = Vec::new();
+    for _ in 0..1000 {
+        let d = rts[0]
+            .spawn("counter", Identity::generate(), DaemonHostConfig::default())
+            .await
+            .unwrap()
+            .origin_hash;
+        rts[0].send(d, event(5, 1, Bytes::new())).await.unwrap();
+        daemons.push(d);
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut opts = cellmesh::compute::DrainOpts::default();
+    let log = Arc::clone(&seen);
+    opts.on_progress = Some(Arc::new(move |p| log.lock().unwrap().push(p)));
+    let report = tokio::time::timeout(WAIT, rts[0].drain(opts))
+        .await
+        .expect("the drain ends");
+    assert!(
+        report.failed.is_empty(),
+        "{:?}",
+        &report.failed[..report.failed.len().min(3)]
+    );
+    assert_eq!(report.migrated(), 1000);
+    assert_eq!(rts[0].daemon_count(), 0);
+    // Spread: each peer took a fair share.
+    assert_eq!(report.placed.len(), 2);
+    for (_, n) in &report.placed {
+        assert!((400..=600).contains(n), "unbalanced: {:?}", report.placed);
+    }
+    assert_eq!(rts[1].daemon_count() + rts[2].daemon_count(), 1000);
+    let progress = seen.lock().unwrap().clone();
+    assert_eq!(progress.len(), 1000);
+    assert_eq!(progress.last().unwrap().migrated, 1000);
+    // Every daemon kept its state (count 1) wherever it went.
+    for d in daemons.iter().step_by(97) {
+        let out = rts[0].send(*d, event(5, 2, Bytes::new())).await.unwrap();
+        assert_eq!(count_of(&out[0]), Some(2));
+    }
+    println!("drained 1000 daemons in {:?}", report.elapsed);
+}

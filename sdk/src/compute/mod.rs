@@ -22,7 +22,8 @@ pub use daemon::{MeshDaemon, ProcessError};
 pub use error::DaemonError;
 pub use handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
 pub use migration::{
-    MigrateError, MigrationHandle, MigrationOpts, MigrationPhase, MigrationReport,
+    DrainOpts, DrainProgress, DrainReport, MigrateError, MigrationHandle, MigrationOpts,
+    MigrationPhase, MigrationReport,
 };
 pub use remote::{PlacedDaemon, Placement};
 pub use runtime::DaemonRuntime;

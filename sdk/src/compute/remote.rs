@@ -58,6 +58,10 @@ impl DaemonRuntime {
         origin_hash: u64,
         event: CausalEvent,
     ) -> Result<Vec<CausalEvent>, DaemonError> {
+        // A local delivery completes without awaiting anything; spend
+        // cooperative budget so a loop of sends cannot starve the node's
+        // other tasks (its transport, a migration) on the same threads.
+        tokio::task::coop::consume_budget().await;
         match self
             .deliver_or_queue(origin_hash, &event, false)
             .outcome(origin_hash)

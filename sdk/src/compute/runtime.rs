@@ -538,6 +538,15 @@ impl DaemonRuntime {
         Ok(slot)
     }
 
+    /// The daemons hosted here with their kinds.
+    pub(crate) fn local_daemons(&self) -> Vec<(u64, Arc<str>)> {
+        self.inner
+            .daemons
+            .iter()
+            .map(|e| (*e.key(), Arc::clone(&e.value().kind)))
+            .collect()
+    }
+
     /// Daemons migrated away, still forwarding late events.
     pub(crate) fn forwarding(&self) -> &DashMap<u64, Arc<Slot>, Hasher> {
         &self.inner.forwarding

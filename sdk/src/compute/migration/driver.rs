@@ -14,7 +14,7 @@ use super::api::{
 };
 use super::gate::{FreezeError, Queued};
 use super::source::{self, Failure, Source, Step, Timing};
-use super::wire::{Body, Msg, Prepare, Refusal, VERSIONS};
+use super::wire::{encode_chunk_header, Body, Msg, Prepare, Refusal, VERSIONS};
 use crate::compute::remote::from_refusal;
 use crate::compute::runtime::Slot;
 use crate::compute::{DaemonError, DaemonRuntime};
@@ -50,7 +50,7 @@ impl DaemonRuntime {
         if !self.mesh().knows(target) {
             return Err(MigrateError::TargetUnknown(target));
         }
-        if slot.gated.load(Ordering::Acquire) {
+        if !self.migratable(&slot) {
             return Err(MigrateError::AlreadyMigrating(origin_hash));
         }
         let id = loop {
@@ -197,7 +197,8 @@ impl Run {
             silence: self.opts.silence,
             beat: self.opts.silence / 4,
         };
-        let mut machine = Source::new(self.id, prepare, now, timing, self.opts.chunk_size);
+        let chunk = self.opts.chunk_size.min(max.saturating_sub(1024)).max(1);
+        let mut machine = Source::new(self.id, prepare, now, timing, chunk);
         let (mut send, recv) = match mesh.migrate_stream(self.target).await {
             Ok(s) => s,
             Err(e) => {
@@ -227,9 +228,29 @@ impl Run {
                             Body::Chunk { data, .. } => data.len() as u64,
                             _ => 0,
                         };
-                        let written = match frame::encode(&msg, max) {
-                            Ok(bytes) => send.write_all(&bytes).await.map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
+                        let written = match &msg.body {
+                            // Large states go out without a copy into frames.
+                            Body::Chunk {
+                                offset,
+                                total,
+                                data,
+                            } => {
+                                let header =
+                                    encode_chunk_header(msg.id, *offset, *total, data.len());
+                                match send.write_all(&header).await {
+                                    Ok(()) => send
+                                        .write_chunk(data.clone())
+                                        .await
+                                        .map_err(|e| e.to_string()),
+                                    Err(e) => Err(e.to_string()),
+                                }
+                            }
+                            _ => match frame::encode(&msg, max) {
+                                Ok(bytes) => {
+                                    send.write_all(&bytes).await.map_err(|e| e.to_string())
+                                }
+                                Err(e) => Err(e.to_string()),
+                            },
                         };
                         match written {
                             Ok(()) => {

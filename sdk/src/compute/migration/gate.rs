@@ -128,7 +128,20 @@ impl DaemonRuntime {
         }
     }
 
-    /// Source, drain: stops processing the daemon; its events queue.
+    /// Whether a migration may start from this slot: it is not held by
+    /// another one (a daemon still in hand-over from its previous move
+    /// counts as free: its gate turns into the new migration's).
+    pub(crate) fn migratable(&self, slot: &Slot) -> bool {
+        let host = slot.lock();
+        let free = !host.is_retired()
+            && (!slot.gated.load(Ordering::Acquire)
+                || matches!(*slot.lock_gate(), Gate::Handover(_)));
+        drop(host);
+        free
+    }
+
+    /// Source, drain: stops processing the daemon; its events queue. A
+    /// daemon still in hand-over keeps its waiting events, in order.
     pub(crate) fn freeze(&self, origin_hash: u64) -> Result<Arc<Slot>, FreezeError> {
         let slot = self
             .slot_of(origin_hash)
@@ -137,11 +150,20 @@ impl DaemonRuntime {
         if host.is_retired() {
             return Err(FreezeError::NotFound);
         }
+        let mut gate = slot.lock_gate();
         if slot.gated.load(Ordering::Acquire) {
-            return Err(FreezeError::AlreadyMigrating);
+            match &mut *gate {
+                Gate::Handover(queue) => {
+                    let queue = std::mem::take(queue);
+                    *gate = Gate::Frozen(queue);
+                }
+                _ => return Err(FreezeError::AlreadyMigrating),
+            }
+        } else {
+            *gate = Gate::Frozen(VecDeque::new());
         }
-        *slot.lock_gate() = Gate::Frozen(VecDeque::new());
         slot.gated.store(true, Ordering::Release);
+        drop(gate);
         drop(host);
         Ok(slot)
     }
@@ -149,8 +171,19 @@ impl DaemonRuntime {
     /// Source, abort: processes the queued events in order and reopens.
     /// Returns how many were processed.
     pub(crate) fn resume(&self, slot: &Slot) -> usize {
+        self.reopen(slot, |g| matches!(g, Gate::Frozen(_)))
+    }
+
+    /// Processes the queued events in order and opens the gate, if the gate
+    /// is in the state `expected` accepts (a later migration may own it).
+    fn reopen(&self, slot: &Slot, expected: impl Fn(&Gate) -> bool) -> usize {
         let mut host = slot.lock();
-        let queue = slot.lock_gate().take_queue();
+        let mut gate = slot.lock_gate();
+        if !expected(&gate) {
+            return 0;
+        }
+        let queue = gate.take_queue();
+        drop(gate);
         let n = queue.len();
         for queued in queue {
             let outcome = if host.is_retired() {
@@ -221,13 +254,16 @@ impl DaemonRuntime {
     /// Target, hand-over complete: processes the waiting direct events in
     /// order and opens the gate.
     pub(crate) fn open_gate(&self, slot: &Slot) -> usize {
-        self.resume(slot)
+        self.reopen(slot, |g| matches!(g, Gate::Handover(_)))
     }
 
     /// Target, abort before commit: the restored daemon is dropped and its
     /// waiters told it is not here.
     pub(crate) fn discard(&self, origin_hash: u64, slot: &Arc<Slot>) {
         let mut host = slot.lock();
+        if !matches!(*slot.lock_gate(), Gate::Incoming(_)) {
+            return;
+        }
         host.retire();
         slot.lock_gate().close();
         slot.gated.store(false, Ordering::Release);

@@ -9,6 +9,7 @@
 //! - `driver` / `serve`: the thin quinn tasks that run the machines.
 
 mod api;
+mod drain;
 mod driver;
 pub(crate) mod gate;
 pub(crate) mod serve;
@@ -20,3 +21,4 @@ pub mod wire;
 mod sim;
 
 pub use api::{MigrateError, MigrationHandle, MigrationOpts, MigrationPhase, MigrationReport};
+pub use drain::{DrainOpts, DrainProgress, DrainReport, ProgressFn};

@@ -189,6 +189,7 @@ impl Source {
                     let end = (offset + self.chunk).min(bytes.len());
                     self.send(Body::Chunk {
                         offset: offset as u64,
+                        total,
                         data: bytes.slice(offset..end),
                     });
                     offset = end;

@@ -145,7 +145,14 @@ impl Target {
         }
         match (self.phase, msg.body) {
             (_, Body::Heartbeat) => {}
-            (Phase::Receive, Body::Chunk { offset, data }) => {
+            (
+                Phase::Receive,
+                Body::Chunk {
+                    offset,
+                    total,
+                    data,
+                },
+            ) => {
                 if offset != self.buf.len() as u64 {
                     return self.abort(Refusal::Protocol(format!(
                         "chunk at {offset}, expected {}",
@@ -153,8 +160,15 @@ impl Target {
                     )));
                 }
                 let len = self.buf.len() as u64 + data.len() as u64;
-                if len > self.max {
-                    return self.abort(Refusal::TooLarge { len, max: self.max });
+                if len > self.max || total > self.max {
+                    return self.abort(Refusal::TooLarge {
+                        len: len.max(total),
+                        max: self.max,
+                    });
+                }
+                if offset == 0 {
+                    // One allocation for the whole state (bounded by max).
+                    self.buf.reserve(total as usize);
                 }
                 self.buf.extend_from_slice(&data);
             }

@@ -137,7 +137,10 @@ pub enum Body {
     Chunk {
         /// Where these bytes start.
         offset: u64,
-        /// The bytes.
+        /// The whole snapshot's length (so the target allocates once).
+        total: u64,
+        /// The bytes (the last field: senders may write them without
+        /// copying, see `encode_chunk_header`).
         data: Bytes,
     },
     /// Source → target: the snapshot is complete at `total` bytes.
@@ -170,4 +173,65 @@ pub struct Msg {
     pub id: u64,
     /// What it says.
     pub body: Body,
+}
+
+/// The frame of a `Chunk` message without its data: length prefix and
+/// postcard header, to be followed on the wire by the `data_len` bytes
+/// themselves (postcard encodes a byte string as a varint length and the
+/// bytes, and `data` is the message's last field), so large states are
+/// written without being copied into frames.
+pub(crate) fn encode_chunk_header(id: u64, offset: u64, total: u64, data_len: usize) -> Vec<u8> {
+    let empty = Msg {
+        id,
+        body: Body::Chunk {
+            offset,
+            total,
+            data: Bytes::new(),
+        },
+    };
+    let mut header = postcard::to_stdvec(&empty).expect("a chunk header always encodes");
+    // Drop the empty data's varint length (one zero byte); write the real one.
+    header.pop();
+    let mut len = data_len as u64;
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            header.push(byte);
+            break;
+        }
+        header.push(byte | 0x80);
+    }
+    let body = header.len() + data_len;
+    let mut frame = Vec::with_capacity(4 + header.len());
+    frame.extend_from_slice(&(body as u32).to_le_bytes());
+    frame.extend_from_slice(&header);
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_header_plus_its_data_is_the_encoded_message() {
+        for len in [0usize, 1, 127, 128, 300, 1 << 20] {
+            let data = Bytes::from(vec![0x5a; len]);
+            let msg = Msg {
+                id: 0xfeed_beef,
+                body: Body::Chunk {
+                    offset: 1 << 33,
+                    total: 1 << 34,
+                    data: data.clone(),
+                },
+            };
+            let mut wire = encode_chunk_header(0xfeed_beef, 1 << 33, 1 << 34, len);
+            wire.extend_from_slice(&data);
+            assert_eq!(
+                wire,
+                crate::mesh::frame::encode(&msg, 2 << 20).unwrap(),
+                "len {len}"
+            );
+        }
+    }
 }

@@ -1,0 +1,268 @@
+//! Migration benchmarks on loopback. Prints figures; asserts nothing except
+//! that no event was lost or duplicated (a broken run is not a figure).
+//!
+//! Run: `cargo bench --bench migration` (add `-- quick` for a shorter run).
+//!
+//! - raw quinn bulk throughput on one connection, same run (the limit);
+//! - migration time and blackout for 1 KiB, 1 MiB, 16 MiB and 64 MiB
+//!   states, idle and with 10 000 events/s flowing, with loss and
+//!   duplication counts;
+//! - drain of 1 000 small daemons onto two peers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cellmesh::capabilities::CapabilitySet;
+use cellmesh::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, DrainOpts, MigrationOpts};
+use cellmesh::mesh::{Mesh, MeshBuilder};
+use cellmesh::Identity;
+use cellmesh_suite::{count_of, event, CounterDaemon};
+
+const PSK: [u8; 32] = [0x42; 32];
+
+async fn node(seeds: Vec<std::net::SocketAddr>) -> Mesh {
+    MeshBuilder::new("127.0.0.1:0", &PSK)
+        .expect("address")
+        .capabilities(CapabilitySet::new())
+        .seed_peers(seeds)
+        .build()
+        .await
+        .expect("node")
+}
+
+async fn runtimes(n: usize, ballast: usize) -> Vec<DaemonRuntime> {
+    let first = node(vec![]).await;
+    let seed = first.local_addr();
+    let mut meshes = vec![first];
+    for _ in 1..n {
+        meshes.push(node(vec![seed]).await);
+    }
+    let mut rts = Vec::new();
+    for m in meshes {
+        let rt = DaemonRuntime::new(Arc::new(m));
+        rt.register_factory("counter", move || {
+            Box::new(CounterDaemon::with_ballast(ballast))
+        })
+        .expect("register");
+        rt.start().await.expect("start");
+        rts.push(rt);
+    }
+    for rt in &rts {
+        assert!(
+            rt.mesh()
+                .wait_for_peers(n - 1, Duration::from_secs(10))
+                .await
+        );
+    }
+    rts
+}
+
+/// Raw quinn: one connection, one stream, `bytes` bytes; MB/s.
+async fn raw_quinn_bulk(bytes: usize) -> f64 {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let cert_der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let server_cfg =
+        quinn::ServerConfig::with_single_cert(vec![cert_der.clone()], key).expect("server config");
+    let server =
+        quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().expect("addr")).expect("server");
+    let addr = server.local_addr().expect("addr");
+    tokio::spawn(async move {
+        if let Some(incoming) = server.accept().await {
+            let conn = incoming.await.expect("conn");
+            let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
+            let mut total = 0usize;
+            while let Ok(Some(chunk)) = recv.read_chunk(1 << 20, true).await {
+                total += chunk.bytes.len();
+            }
+            let _ = send.write_all(&(total as u64).to_le_bytes()).await;
+            let _ = send.finish();
+            let _ = conn.closed().await;
+        }
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der).expect("root");
+    let client_cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client");
+    let mut client =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+    client.set_default_client_config(client_cfg);
+    let conn = client
+        .connect(addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let data = Bytes::from(vec![7u8; 1 << 20]);
+    let start = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let mut sent = 0;
+    while sent < bytes {
+        send.write_chunk(data.clone()).await.expect("write");
+        sent += data.len();
+    }
+    send.finish().expect("finish");
+    let mut ack = [0u8; 8];
+    recv.read_exact(&mut ack).await.expect("ack");
+    let secs = start.elapsed().as_secs_f64();
+    conn.close(0u32.into(), b"done");
+    bytes as f64 / secs / 1e6
+}
+
+/// Sends sequential events to `daemon` at about `rate`/s until stopped;
+/// returns (accepted, lost-or-duplicated) where the daemon's count proves
+/// each accepted event counted exactly once.
+async fn load(
+    rt: DaemonRuntime,
+    daemon: u64,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    base: u64,
+) -> (u64, u64) {
+    let origin = Identity::generate().keypair().origin_hash();
+    let mut seq = 0;
+    let mut bad = 0;
+    let mut last = base;
+    let pace = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut next = tokio::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        loop {
+            match rt.send(daemon, event(origin, seq, Bytes::new())).await {
+                Ok(out) => {
+                    let count = count_of(&out[0]).unwrap_or(0);
+                    if count != last + 1 {
+                        bad += 1;
+                    }
+                    last = count;
+                    break;
+                }
+                Err(DaemonError::Duplicate { .. }) => {
+                    bad += 1;
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_micros(200)).await,
+            }
+        }
+        next += pace;
+        tokio::time::sleep_until(next).await;
+    }
+    (seq, bad)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+async fn migrations(size: usize, rounds: usize, with_load: bool, raw_mbs: f64) {
+    let rts = runtimes(2, size).await;
+    let daemon = rts[0]
+        .spawn("counter", Identity::generate(), DaemonHostConfig::default())
+        .await
+        .expect("spawn")
+        .origin_hash;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader =
+        with_load.then(|| tokio::spawn(load(rts[0].clone(), daemon, 10_000, Arc::clone(&stop), 0)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut totals = Vec::new();
+    let mut blackouts = Vec::new();
+    let mut bytes = 0;
+    let forwarded = AtomicU64::new(0);
+    for round in 0..rounds {
+        let (from, to) = (&rts[round % 2], &rts[(round + 1) % 2]);
+        let handle = from
+            .start_migration(daemon, to.mesh().node_id(), MigrationOpts::default())
+            .expect("start");
+        let report = handle.wait().await.expect("migration");
+        totals.push(report.total);
+        blackouts.push(report.blackout);
+        bytes = report.snapshot_bytes;
+        forwarded.fetch_add(report.events_forwarded, Ordering::Relaxed);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (sent, bad) = match loader {
+        Some(l) => l.await.expect("loader"),
+        None => (0, 0),
+    };
+    totals.sort_unstable();
+    blackouts.sort_unstable();
+    let p50 = pct(&totals, 0.5);
+    let mbs = bytes as f64 / p50.as_secs_f64() / 1e6;
+    println!(
+        "{:>7} {:>5} x{:<3} total p50 {:>10.2?} p99 {:>10.2?}  blackout p50 {:>10.2?} p99 {:>10.2?}  {:>7.1} MB/s ({:>3.0}% of raw){}",
+        human(size),
+        if with_load { "load" } else { "idle" },
+        rounds,
+        p50,
+        pct(&totals, 0.99),
+        pct(&blackouts, 0.5),
+        pct(&blackouts, 0.99),
+        mbs,
+        mbs / raw_mbs * 100.0,
+        if with_load {
+            format!(
+                "  events {sent}, forwarded {}, lost+dup {bad}",
+                forwarded.load(Ordering::Relaxed)
+            )
+        } else {
+            String::new()
+        }
+    );
+    assert_eq!(bad, 0, "events lost or duplicated during migration");
+}
+
+fn human(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{} MiB", size >> 20)
+    } else {
+        format!("{} KiB", size >> 10)
+    }
+}
+
+async fn drain(n: usize) {
+    let rts = runtimes(3, 0).await;
+    for _ in 0..n {
+        rts[0]
+            .spawn("counter", Identity::generate(), DaemonHostConfig::default())
+            .await
+            .expect("spawn");
+    }
+    let report = rts[0].drain(DrainOpts::default()).await;
+    println!(
+        "drain {n} daemons onto 2 peers: {:?} ({} moved, {} failed, {:?})",
+        report.elapsed,
+        report.migrated(),
+        report.failed.len(),
+        report.placed.iter().map(|(_, n)| n).collect::<Vec<_>>()
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        println!(
+            "# cellmesh migration benchmarks (loopback){}",
+            if quick { " (quick)" } else { "" }
+        );
+        let raw = raw_quinn_bulk(256 << 20).await;
+        println!("\nraw quinn bulk, one connection, 256 MiB: {raw:.0} MB/s\n");
+        let sizes: &[(usize, usize)] = if quick {
+            &[(1 << 10, 20), (1 << 20, 5), (16 << 20, 2), (64 << 20, 1)]
+        } else {
+            &[(1 << 10, 200), (1 << 20, 20), (16 << 20, 6), (64 << 20, 4)]
+        };
+        for with_load in [false, true] {
+            for &(size, rounds) in sizes {
+                migrations(size, rounds, with_load, raw).await;
+            }
+        }
+        println!();
+        drain(1000).await;
+    });
+}

@@ -1,0 +1,169 @@
+//! Draining a node: migrate every local daemon to peers that meet its
+//! requirements, spreading them, before the node is taken down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::api::{MigrateError, MigrationOpts};
+use crate::compute::DaemonRuntime;
+use crate::mesh::NodeId;
+
+/// Progress of a drain, reported after every finished migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainProgress {
+    /// Daemons to move.
+    pub total: usize,
+    /// Moved so far.
+    pub migrated: usize,
+    /// Failed so far (they keep running here).
+    pub failed: usize,
+}
+
+/// A progress callback.
+pub type ProgressFn = Arc<dyn Fn(DrainProgress) + Send + Sync>;
+
+/// How a drain runs.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct DrainOpts {
+    /// Options of each migration.
+    pub migration: MigrationOpts,
+    /// Migrations in flight at once. Default 64.
+    pub concurrency: usize,
+    /// Called after each migration ends.
+    pub on_progress: Option<ProgressFn>,
+}
+
+impl Default for DrainOpts {
+    fn default() -> Self {
+        Self {
+            migration: MigrationOpts::default(),
+            concurrency: 64,
+            on_progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for DrainOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainOpts")
+            .field("migration", &self.migration)
+            .field("concurrency", &self.concurrency)
+            .field("on_progress", &self.on_progress.is_some())
+            .finish()
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Clone)]
+pub struct DrainReport {
+    /// Daemons moved, by target node.
+    pub placed: Vec<(NodeId, usize)>,
+    /// Daemons that could not move (they keep running here), with why.
+    pub failed: Vec<(u64, MigrateError)>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl DrainReport {
+    /// Daemons moved in total.
+    pub fn migrated(&self) -> usize {
+        self.placed.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl DaemonRuntime {
+    /// Migrates every daemon on this node to connected peers whose
+    /// capabilities meet its `requirements()`, each to the candidate with
+    /// the fewest daemons (known to the directory, plus those this drain
+    /// sent it). A daemon no peer can take, or whose migration fails, keeps
+    /// running here and is listed in `failed`.
+    pub async fn drain(&self, opts: DrainOpts) -> DrainReport {
+        let started = Instant::now();
+        let daemons = self.local_daemons();
+        let total = daemons.len();
+        let mesh = Arc::clone(self.mesh());
+        let me = mesh.node_id();
+        let mut load: HashMap<NodeId, usize> = HashMap::new();
+        let mut requirements = HashMap::new();
+        let mut plan = Vec::with_capacity(total);
+        let mut failed = Vec::new();
+        for (origin, kind) in daemons {
+            let filter = match requirements.get(&kind) {
+                Some(f) => Some(f),
+                None => match self.requirements_of(&kind) {
+                    Ok(f) => Some(&*requirements.entry(Arc::clone(&kind)).or_insert(f)),
+                    Err(_) => None,
+                },
+            };
+            let candidates: Vec<NodeId> = filter
+                .map(|f| mesh.find_nodes(f))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| *n != me)
+                .collect();
+            let best = candidates
+                .into_iter()
+                .min_by_key(|n| *load.entry(*n).or_insert_with(|| mesh.located_on(*n)));
+            match best {
+                Some(node) => {
+                    *load.entry(node).or_default() += 1;
+                    plan.push((origin, node));
+                }
+                None => failed.push((
+                    origin,
+                    MigrateError::CapabilityMismatch {
+                        target: me,
+                        unmet: format!("no connected peer can host kind {kind:?}"),
+                    },
+                )),
+            }
+        }
+        let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+        let mut running = tokio::task::JoinSet::new();
+        for (origin, node) in plan {
+            let permit = Arc::clone(&slots)
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let rt = self.clone();
+            let mopts = opts.migration.clone();
+            running.spawn(async move {
+                let result = match rt.start_migration(origin, node, mopts) {
+                    Ok(handle) => handle.wait().await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                drop(permit);
+                (origin, node, result)
+            });
+        }
+        let mut placed: HashMap<NodeId, usize> = HashMap::new();
+        let report = |placed: &HashMap<NodeId, usize>, failed: usize| {
+            if let Some(f) = &opts.on_progress {
+                f(DrainProgress {
+                    total,
+                    migrated: placed.values().sum(),
+                    failed,
+                });
+            }
+        };
+        while let Some(done) = running.join_next().await {
+            match done {
+                Ok((_, node, Ok(()))) => *placed.entry(node).or_default() += 1,
+                Ok((origin, _, Err(e))) => failed.push((origin, e)),
+                Err(e) => tracing::warn!(error = %e, "a drain task failed"),
+            }
+            report(&placed, failed.len());
+        }
+        let mut placed: Vec<(NodeId, usize)> = placed.into_iter().collect();
+        placed.sort_unstable();
+        DrainReport {
+            placed,
+            failed,
+            elapsed: started.elapsed(),
+        }
+    }
+}
