@@ -149,8 +149,8 @@ async fn migrating_under_load_loses_duplicates_and_reorders_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn states_of_1k_1m_and_16m_arrive_whole() {
-    for size in [1usize << 10, 1 << 20, 16 << 20] {
+async fn states_of_1k_1m_16m_and_64m_arrive_whole() {
+    for size in [1usize << 10, 1 << 20, 16 << 20, 64 << 20] {
         let a = node(CapabilitySet::new(), vec![]).await;
         let b = node(CapabilitySet::new(), vec![a.local_addr()]).await;
         let (rt_a, rt_b) = (
@@ -456,6 +456,24 @@ async fn cancel_after_commit_is_refused_and_expect_migration_is_optional() {
         .await
         .unwrap()
         .origin_hash;
+    // The key need not travel when the target was given the identity.
+    let keyed = Identity::generate();
+    let quiet = rt_a
+        .spawn("counter", keyed.clone(), DaemonHostConfig::default())
+        .await
+        .unwrap()
+        .origin_hash;
+    rt_b.expect_migration_with_identity("counter", keyed, DaemonHostConfig::default())
+        .unwrap();
+    let mut opts = MigrationOpts::default();
+    opts.transport_identity = false;
+    let h = rt_a
+        .start_migration(quiet, rt_b.mesh().node_id(), opts)
+        .unwrap();
+    wait(&h)
+        .await
+        .expect("restored with the pre-provisioned identity");
+    assert!(rt_b.kind_of(quiet).is_ok());
     // Pre-provisioning on the target is consumed by the migration.
     rt_b.expect_migration("counter", daemon, DaemonHostConfig::default())
         .unwrap();
@@ -467,7 +485,7 @@ async fn cancel_after_commit_is_refused_and_expect_migration_is_optional() {
         h.cancel().await.unwrap_err(),
         MigrateError::PastCommit(daemon)
     );
-    assert_eq!(rt_b.daemon_count(), 1);
+    assert_eq!(rt_b.daemon_count(), 2);
     // A later spawn of the same identity on B is refused: it lives there.
     assert!(rt_b.kind_of(daemon).is_ok());
 }

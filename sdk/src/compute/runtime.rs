@@ -66,6 +66,8 @@ impl Slot {
 pub(crate) struct Expected {
     pub(crate) kind: Arc<str>,
     pub(crate) config: DaemonHostConfig,
+    /// The daemon's identity, for migrations that do not transport it.
+    pub(crate) identity: Option<Identity>,
 }
 
 struct Inner {
@@ -316,6 +318,33 @@ impl DaemonRuntime {
         origin_hash: u64,
         config: DaemonHostConfig,
     ) -> Result<(), DaemonError> {
+        self.reserve(kind, origin_hash, config, None)
+    }
+
+    /// Like [`expect_migration`](Self::expect_migration), and hands this
+    /// node the daemon's identity, so that a migration with
+    /// `MigrationOpts::transport_identity = false` (the secret key never
+    /// leaves the source) can be restored here.
+    ///
+    /// # Errors
+    /// As `expect_migration`.
+    pub fn expect_migration_with_identity(
+        &self,
+        kind: &str,
+        identity: Identity,
+        config: DaemonHostConfig,
+    ) -> Result<(), DaemonError> {
+        let origin_hash = identity.keypair().origin_hash();
+        self.reserve(kind, origin_hash, config, Some(identity))
+    }
+
+    fn reserve(
+        &self,
+        kind: &str,
+        origin_hash: u64,
+        config: DaemonHostConfig,
+        identity: Option<Identity>,
+    ) -> Result<(), DaemonError> {
         self.require_ready()?;
         let (kind, _) = self.factory(kind)?;
         if self.inner.daemons.contains_key(&origin_hash) {
@@ -324,7 +353,11 @@ impl DaemonRuntime {
         match self.inner.expected.entry(origin_hash) {
             Entry::Occupied(_) => return Err(DaemonError::AlreadyRegistered(origin_hash)),
             Entry::Vacant(slot) => {
-                slot.insert(Expected { kind, config });
+                slot.insert(Expected {
+                    kind,
+                    config,
+                    identity,
+                });
             }
         }
         if self.state() != READY {

@@ -18,8 +18,9 @@ pub struct MigrationOpts {
     pub chunk_size: usize,
     /// Send the daemon's secret key to the target (over the encrypted,
     /// admitted connection), so the target needs no prior call. Default
-    /// `true`; with `false` the target must already hold the identity,
-    /// which this version does not support yet (the target refuses with
+    /// `true`; with `false` the key never leaves the source and the target
+    /// must have been given the identity with
+    /// `expect_migration_with_identity` (otherwise it refuses:
     /// `IdentityMismatch`).
     pub transport_identity: bool,
     /// Attempts (including the first) while the target answers "not ready".

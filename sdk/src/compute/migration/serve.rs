@@ -157,10 +157,7 @@ fn check(rt: &DaemonRuntime, p: &Prepare) -> Result<(), Refusal> {
     {
         return Err(Refusal::AlreadyHosted);
     }
-    let Some(seed) = p.seed else {
-        return Err(Refusal::IdentityMissing);
-    };
-    let identity = Identity::from_seed(seed);
+    let identity = identity_for(rt, p)?;
     if identity.entity_id().as_bytes() != &p.entity
         || identity.keypair().origin_hash() != p.origin_hash
     {
@@ -169,6 +166,18 @@ fn check(rt: &DaemonRuntime, p: &Prepare) -> Result<(), Refusal> {
         ));
     }
     Ok(())
+}
+
+/// The daemon's identity: transported, or handed over beforehand with
+/// `expect_migration_with_identity`.
+fn identity_for(rt: &DaemonRuntime, p: &Prepare) -> Result<Identity, Refusal> {
+    match p.seed {
+        Some(seed) => Ok(Identity::from_seed(seed)),
+        None => rt
+            .expectation(p.origin_hash)
+            .and_then(|e| e.identity)
+            .ok_or(Refusal::IdentityMissing),
+    }
 }
 
 /// Restore: verify the sealed snapshot and install the daemon, gated and
@@ -182,8 +191,7 @@ fn restore(rt: &DaemonRuntime, p: &Prepare, bytes: &Bytes) -> Result<Arc<Slot>, 
             snapshot.entity_id()
         )));
     }
-    let seed = p.seed.ok_or(Refusal::IdentityMissing)?;
-    let identity = Identity::from_seed(seed);
+    let identity = identity_for(rt, p)?;
     let (kind, daemon) = rt
         .build_kind(&p.kind)
         .map_err(|e| Refusal::RestoreFailed(e.to_string()))?;
