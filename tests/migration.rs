@@ -544,3 +544,57 @@ async fn draining_a_node_spreads_a_thousand_daemons_over_two_peers() {
     }
     println!("drained 1000 daemons in {:?}", report.elapsed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_and_restore_failures_leave_the_daemon_on_the_source() {
+    let a = node(CapabilitySet::new(), vec![]).await;
+    let b = node(CapabilitySet::new(), vec![a.local_addr()]).await;
+    let (rt_a, rt_b) = (
+        DaemonRuntime::new(Arc::new(a)),
+        DaemonRuntime::new(Arc::new(b)),
+    );
+    counter_kinds(&rt_a, 64);
+    // On B the kind builds a stateless daemon: restoring a counter fails.
+    rt_b.register_factory("counter", || Box::new(cellmesh_suite::EchoDaemon))
+        .unwrap();
+    rt_a.start().await.unwrap();
+    rt_b.start().await.unwrap();
+    assert!(rt_a.mesh().wait_for_peers(1, WAIT).await);
+    let target = rt_b.mesh().node_id();
+
+    // The state exceeds the daemon's snapshot limit: sealing fails.
+    let mut small = DaemonHostConfig::default();
+    small.max_snapshot_bytes = 16;
+    let capped = rt_a
+        .spawn("counter", Identity::generate(), small)
+        .await
+        .unwrap()
+        .origin_hash;
+    still_serving(&rt_a, capped, 1).await;
+    let h = rt_a
+        .start_migration(capped, target, MigrationOpts::default())
+        .unwrap();
+    let err = wait(&h).await.unwrap_err();
+    assert!(
+        matches!(err, MigrateError::SnapshotFailed { origin_hash, .. } if origin_hash == capped),
+        "{err}"
+    );
+    still_serving(&rt_a, capped, 2).await;
+
+    // The target's daemon rejects the state: restore fails there.
+    let daemon = rt_a
+        .spawn("counter", Identity::generate(), DaemonHostConfig::default())
+        .await
+        .unwrap()
+        .origin_hash;
+    still_serving(&rt_a, daemon, 1).await;
+    let h = rt_a
+        .start_migration(daemon, target, MigrationOpts::default())
+        .unwrap();
+    let err = wait(&h).await.unwrap_err();
+    assert!(matches!(err, MigrateError::RestoreFailed { .. }), "{err}");
+    assert!(err.to_string().contains("keeps running on the source"));
+    assert_eq!(rt_b.daemon_count(), 0, "the target keeps nothing");
+    let out = rt_a.send(daemon, event(77, 2, Bytes::new())).await.unwrap();
+    assert_eq!(count_of(&out[0]), Some(2), "state and marks intact");
+}
