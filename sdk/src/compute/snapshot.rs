@@ -222,6 +222,19 @@ impl StateSnapshot {
     /// A [`SnapshotError`] for truncated, oversized, malformed, unsigned or
     /// tampered input; never panics.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        Self::decode(bytes, None)
+    }
+
+    /// As [`from_bytes`](Self::from_bytes), sharing the state with `bytes`
+    /// instead of copying it (for large states received whole).
+    ///
+    /// # Errors
+    /// As `from_bytes`.
+    pub fn from_shared(bytes: &Bytes) -> Result<Self, SnapshotError> {
+        Self::decode(bytes, Some(bytes))
+    }
+
+    fn decode(bytes: &[u8], shared: Option<&Bytes>) -> Result<Self, SnapshotError> {
         if bytes.len() > MAX_SNAPSHOT_BYTES {
             return Err(SnapshotError::Oversized {
                 len: bytes.len() as u64,
@@ -293,7 +306,10 @@ impl StateSnapshot {
             horizon,
             stats,
             marks,
-            state: has_state.then(|| Bytes::copy_from_slice(state_bytes)),
+            state: has_state.then(|| match shared {
+                Some(whole) => whole.slice_ref(state_bytes),
+                None => Bytes::copy_from_slice(state_bytes),
+            }),
             seal: Seal::Verified(signature),
         })
     }

@@ -184,7 +184,7 @@ fn identity_for(rt: &DaemonRuntime, p: &Prepare) -> Result<Identity, Refusal> {
 /// unannounced.
 fn restore(rt: &DaemonRuntime, p: &Prepare, bytes: &Bytes) -> Result<Arc<Slot>, Refusal> {
     let snapshot =
-        StateSnapshot::from_bytes(bytes).map_err(|e| Refusal::IdentityMismatch(e.to_string()))?;
+        StateSnapshot::from_shared(bytes).map_err(|e| Refusal::IdentityMismatch(e.to_string()))?;
     if snapshot.entity_id().as_bytes() != &p.entity {
         return Err(Refusal::IdentityMismatch(format!(
             "snapshot is bound to {}, not the migrating daemon",
