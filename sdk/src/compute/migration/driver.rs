@@ -171,7 +171,7 @@ impl Run {
         let slot = match rt.slot_of(self.origin_hash) {
             Ok(slot) => slot,
             Err(_) => {
-                self.publish(Err(MigrateError::UnknownDaemon(self.origin_hash)), None);
+                self.publish(Err(MigrateError::UnknownDaemon(self.origin_hash)));
                 return None;
             }
         };
@@ -202,13 +202,10 @@ impl Run {
         let (mut send, recv) = match mesh.migrate_stream(self.target).await {
             Ok(s) => s,
             Err(e) => {
-                self.publish(
-                    Err(MigrateError::TargetUnreachable {
-                        target: self.target,
-                        reason: e.to_string(),
-                    }),
-                    None,
-                );
+                self.publish(Err(MigrateError::TargetUnreachable {
+                    target: self.target,
+                    reason: e.to_string(),
+                }));
                 return None;
             }
         };
@@ -418,10 +415,10 @@ impl Run {
             }
             Err(failure) => Err(self.error(failure)),
         };
-        self.publish(result, None);
+        self.publish(result);
     }
 
-    fn publish(&self, result: Result<MigrationReport, MigrateError>, _: Option<()>) {
+    fn publish(&self, result: Result<MigrationReport, MigrateError>) {
         // The daemon is free for another migration before anyone waiting
         // hears the outcome (unless it is held, in doubt).
         if !matches!(result, Err(MigrateError::InDoubt { .. })) {

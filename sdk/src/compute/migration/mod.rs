@@ -19,6 +19,8 @@ pub mod wire;
 
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod violations;
 
 pub use api::{MigrateError, MigrationHandle, MigrationOpts, MigrationPhase, MigrationReport};
 pub use drain::{DrainOpts, DrainProgress, DrainReport, ProgressFn};

@@ -29,6 +29,8 @@ use super::snapshot::StateSnapshot;
 use crate::identity::Identity;
 use crate::mesh::{Mesh, MigrationHandler};
 
+mod access;
+
 type Factory = Arc<dyn Fn() -> Box<dyn MeshDaemon> + Send + Sync>;
 pub(crate) type Hasher = foldhash::fast::RandomState;
 
@@ -444,22 +446,6 @@ impl DaemonRuntime {
         Ok(host.stats())
     }
 
-    /// The requirements of a daemon of `kind`, read from a throw-away
-    /// instance built by its factory.
-    pub(crate) fn requirements_of(
-        &self,
-        kind: &str,
-    ) -> Result<crate::capabilities::CapabilityFilter, DaemonError> {
-        let (kind, factory) = self.factory(kind)?;
-        let daemon = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory())).map_err(
-            |payload| DaemonError::FactoryPanicked {
-                kind: kind.to_string(),
-                message: panic_message(payload.as_ref()),
-            },
-        )?;
-        Ok(daemon.requirements())
-    }
-
     fn state(&self) -> u8 {
         self.inner.state.load(Ordering::SeqCst)
     }
@@ -570,68 +556,6 @@ impl DaemonRuntime {
         }
         Ok(slot)
     }
-
-    /// The daemons hosted here with their kinds.
-    pub(crate) fn local_daemons(&self) -> Vec<(u64, Arc<str>)> {
-        self.inner
-            .daemons
-            .iter()
-            .map(|e| (*e.key(), Arc::clone(&e.value().kind)))
-            .collect()
-    }
-
-    /// Daemons migrated away, still forwarding late events.
-    pub(crate) fn forwarding(&self) -> &DashMap<u64, Arc<Slot>, Hasher> {
-        &self.inner.forwarding
-    }
-
-    /// The slot of `origin_hash`, for the migration paths.
-    pub(crate) fn slot_of(&self, origin_hash: u64) -> Result<Arc<Slot>, DaemonError> {
-        self.slot(origin_hash)
-    }
-
-    /// Removes `slot` from the registry if it still holds `origin_hash`.
-    pub(crate) fn remove_slot(&self, origin_hash: u64, slot: &Arc<Slot>) -> bool {
-        self.inner
-            .daemons
-            .remove_if(&origin_hash, |_, held| Arc::ptr_eq(held, slot))
-            .is_some()
-    }
-
-    /// The factory for `kind`, checked against this node's capabilities.
-    pub(crate) fn build_kind(
-        &self,
-        kind: &str,
-    ) -> Result<(Arc<str>, Box<dyn MeshDaemon>), DaemonError> {
-        let (kind, factory) = self.factory(kind)?;
-        let daemon = self.build(&kind, &factory)?;
-        Ok((kind, daemon))
-    }
-
-    /// The reservation made by `expect_migration`, consumed.
-    pub(crate) fn take_expectation(&self, origin_hash: u64) -> Option<Expected> {
-        self.inner.expected.remove(&origin_hash).map(|(_, e)| e)
-    }
-
-    /// The reservation made by `expect_migration`, if any.
-    pub(crate) fn expectation(&self, origin_hash: u64) -> Option<Expected> {
-        self.inner.expected.get(&origin_hash).map(|e| e.clone())
-    }
-
-    /// The node's current migrations, by origin.
-    pub(crate) fn migrations(&self) -> &DashMap<u64, u64, Hasher> {
-        &self.inner.migrations
-    }
-
-    /// Incoming migrations' verdicts, by migration id.
-    pub(crate) fn verdicts(&self) -> &DashMap<u64, super::migration::wire::Verdict, Hasher> {
-        &self.inner.verdicts
-    }
-
-    /// Whether the runtime is ready (for the migration paths).
-    pub(crate) fn check_ready(&self) -> Result<(), DaemonError> {
-        self.require_ready()
-    }
 }
 
 impl std::fmt::Debug for DaemonRuntime {
@@ -645,36 +569,7 @@ impl std::fmt::Debug for DaemonRuntime {
 }
 
 #[cfg(feature = "test-utils")]
-mod test_hooks {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::Duration;
-
-    /// Injected stalls that widen race windows for the fence tests.
-    #[derive(Default)]
-    pub(super) struct Stalls {
-        pub(super) start_ms: AtomicU64,
-        pub(super) spawn_ms: AtomicU64,
-    }
-
-    impl Stalls {
-        async fn stall(ms: &AtomicU64) {
-            let ms = ms.load(Ordering::SeqCst);
-            if ms > 0 {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
-        }
-
-        /// Between installing the handler and publishing `Ready`.
-        pub(super) async fn start(&self) {
-            Self::stall(&self.start_ms).await;
-        }
-
-        /// Between the readiness check and the registry insert.
-        pub(super) async fn spawn(&self) {
-            Self::stall(&self.spawn_ms).await;
-        }
-    }
-}
+mod test_hooks;
 
 #[cfg(feature = "test-utils")]
 impl DaemonRuntime {

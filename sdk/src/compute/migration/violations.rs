@@ -1,0 +1,80 @@
+//! Explicit protocol-violation cases for both migration machines.
+
+use std::time::{Duration, Instant};
+
+use super::source::{self, Source, Timing};
+use super::target::{self, Target};
+use super::wire::{Body, Msg, Prepare, Refusal, Verdict, VERSIONS};
+use crate::identity::Identity;
+
+#[test]
+fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
+    let base = Instant::now();
+    let timing = Timing {
+        deadline: base + Duration::from_secs(1),
+        silence: Duration::from_millis(200),
+        beat: Duration::from_millis(50),
+    };
+    let identity = Identity::from_seed([3; 32]);
+    let prepare = Prepare {
+        versions: VERSIONS,
+        kind: "counter".into(),
+        entity: *identity.entity_id().as_bytes(),
+        origin_hash: identity.keypair().origin_hash(),
+        seed: None,
+        max_snapshot_bytes: 1 << 20,
+    };
+    // Source: a Ready for another migration id.
+    let mut s = Source::new(1, prepare.clone(), base, timing, 8);
+    let _ = s.poll();
+    s.handle(
+        base,
+        Msg {
+            id: 2,
+            body: Body::Ready { version: 1 },
+        },
+    );
+    let steps: Vec<_> = std::iter::from_fn(|| s.poll()).collect();
+    assert!(matches!(
+        &steps[0],
+        source::Step::Send(Msg {
+            body: Body::Abort(Refusal::Protocol(_)),
+            ..
+        })
+    ));
+    assert!(
+        matches!(&steps[1], source::Step::Finish(Err(source::Failure::Protocol(r))) if r.contains("migration 0000000000000002"))
+    );
+    assert_eq!(s.phase(), source::Phase::Failed);
+
+    // Target: a Commit before anything was restored.
+    let mut t = Target::new(
+        base,
+        Duration::from_millis(200),
+        Duration::from_millis(50),
+        Duration::from_millis(200),
+    );
+    t.handle(
+        base,
+        Msg {
+            id: 9,
+            body: Body::Prepare(prepare),
+        },
+    );
+    let _ = t.poll();
+    t.checked(base, Ok(()));
+    let _ = t.poll();
+    t.handle(
+        base,
+        Msg {
+            id: 9,
+            body: Body::Commit,
+        },
+    );
+    let steps: Vec<_> = std::iter::from_fn(|| t.poll()).collect();
+    assert!(
+        matches!(&steps[0], target::Step::Send(Msg { id: 9, body: Body::Abort(Refusal::Protocol(r)) }) if r.contains("Commit"))
+    );
+    assert_eq!(steps[1], target::Step::Settle(Verdict::Aborted));
+    assert_eq!(t.phase(), target::Phase::Aborted);
+}

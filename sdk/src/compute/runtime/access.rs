@@ -1,0 +1,92 @@
+//! What the migration paths need from the runtime's registry: slots,
+//! reservations, the forwarding table, verdicts and outgoing migrations.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::{DaemonRuntime, Expected, Hasher, Slot};
+use crate::compute::daemon::MeshDaemon;
+use crate::compute::error::panic_message;
+use crate::compute::migration::wire::Verdict;
+use crate::compute::DaemonError;
+
+impl DaemonRuntime {
+    /// The requirements of a daemon of `kind`, read from a throw-away
+    /// instance built by its factory.
+    pub(crate) fn requirements_of(
+        &self,
+        kind: &str,
+    ) -> Result<crate::capabilities::CapabilityFilter, DaemonError> {
+        let (kind, factory) = self.factory(kind)?;
+        let daemon = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory())).map_err(
+            |payload| DaemonError::FactoryPanicked {
+                kind: kind.to_string(),
+                message: panic_message(payload.as_ref()),
+            },
+        )?;
+        Ok(daemon.requirements())
+    }
+
+    /// The daemons hosted here with their kinds.
+    pub(crate) fn local_daemons(&self) -> Vec<(u64, Arc<str>)> {
+        self.inner
+            .daemons
+            .iter()
+            .map(|e| (*e.key(), Arc::clone(&e.value().kind)))
+            .collect()
+    }
+
+    /// Daemons migrated away, still forwarding late events.
+    pub(crate) fn forwarding(&self) -> &DashMap<u64, Arc<Slot>, Hasher> {
+        &self.inner.forwarding
+    }
+
+    /// The slot of `origin_hash`, for the migration paths.
+    pub(crate) fn slot_of(&self, origin_hash: u64) -> Result<Arc<Slot>, DaemonError> {
+        self.slot(origin_hash)
+    }
+
+    /// Removes `slot` from the registry if it still holds `origin_hash`.
+    pub(crate) fn remove_slot(&self, origin_hash: u64, slot: &Arc<Slot>) -> bool {
+        self.inner
+            .daemons
+            .remove_if(&origin_hash, |_, held| Arc::ptr_eq(held, slot))
+            .is_some()
+    }
+
+    /// The factory for `kind`, checked against this node's capabilities.
+    pub(crate) fn build_kind(
+        &self,
+        kind: &str,
+    ) -> Result<(Arc<str>, Box<dyn MeshDaemon>), DaemonError> {
+        let (kind, factory) = self.factory(kind)?;
+        let daemon = self.build(&kind, &factory)?;
+        Ok((kind, daemon))
+    }
+
+    /// The reservation made by `expect_migration`, consumed.
+    pub(crate) fn take_expectation(&self, origin_hash: u64) -> Option<Expected> {
+        self.inner.expected.remove(&origin_hash).map(|(_, e)| e)
+    }
+
+    /// The reservation made by `expect_migration`, if any.
+    pub(crate) fn expectation(&self, origin_hash: u64) -> Option<Expected> {
+        self.inner.expected.get(&origin_hash).map(|e| e.clone())
+    }
+
+    /// The node's current migrations, by origin.
+    pub(crate) fn migrations(&self) -> &DashMap<u64, u64, Hasher> {
+        &self.inner.migrations
+    }
+
+    /// Incoming migrations' verdicts, by migration id.
+    pub(crate) fn verdicts(&self) -> &DashMap<u64, Verdict, Hasher> {
+        &self.inner.verdicts
+    }
+
+    /// Whether the runtime is ready (for the migration paths).
+    pub(crate) fn check_ready(&self) -> Result<(), DaemonError> {
+        self.require_ready()
+    }
+}
