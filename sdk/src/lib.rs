@@ -57,6 +57,7 @@
 
 mod assertions;
 pub mod capabilities;
+pub mod cell;
 pub mod compute;
 mod identity;
 pub mod mesh;

@@ -151,6 +151,7 @@ impl MeshBuilder {
             psk: self.psk,
             config: self.config,
             credentials,
+            keypair: identity.keypair().clone(),
             endpoint,
             local_addr,
             handler: ArcSwapOption::empty(),

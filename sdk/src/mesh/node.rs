@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) psk: Psk,
     pub(crate) config: MeshConfig,
     pub(crate) credentials: Credentials,
+    /// The node's own key: signs what the node emits (cell events).
+    pub(crate) keypair: crate::Keypair,
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) local_addr: SocketAddr,
     pub(crate) own_record: SignedRecord,
@@ -263,6 +265,12 @@ impl Mesh {
     /// Whether a started runtime's handler is installed.
     pub fn has_migration_handler(&self) -> bool {
         self.shared.handler.load().is_some()
+    }
+
+    /// The node's key pair, for signing what this node emits.
+    #[allow(dead_code)] // read by the cell supervisor
+    pub(crate) fn keypair(&self) -> &crate::Keypair {
+        &self.shared.keypair
     }
 
     /// Installs `handler` unless another owner's handler is there. Returns

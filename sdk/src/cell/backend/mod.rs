@@ -1,0 +1,210 @@
+//! Host backends: where a cell's command actually runs.
+//!
+//! A [`CellBackend`] creates a cell (for [`ProcessBackend`], starts its
+//! command), tears it down and reports how its command exited. The contract
+//! every backend honours, pinned by one shared test suite:
+//!
+//! - `create` validates the document ([`CellError::InvalidSpec`] for an
+//!   empty id) and tracks the cell from the moment it returns;
+//! - a second live cell with the same id is [`CellError::AlreadyExists`];
+//!   after `destroy` the id is free again;
+//! - `destroy` of a live cell returns a [`TeardownReport`] and the cell is
+//!   no longer tracked; a repeat `destroy` or one of a handle the backend
+//!   never created is [`CellError::UnknownCell`] naming the id;
+//! - of two concurrent `destroy`s of one cell exactly one succeeds.
+
+mod process;
+#[cfg(any(test, feature = "test-utils"))]
+mod stub;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::event::TerminalState;
+use super::spec::{ExecutionCellDocument, SpecError};
+use crate::mesh::NodeId;
+
+pub use process::{ProcessBackend, ProcessBackendConfig};
+#[cfg(any(test, feature = "test-utils"))]
+pub use stub::StubBackend;
+
+/// The future a [`CellBackend`] method returns.
+pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, CellError>> + Send + 'a>>;
+
+/// Where a tracked cell runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CellHost {
+    /// On the backend's own node.
+    Local,
+    /// On a peer node, as the cell daemon `origin_hash` there.
+    Remote {
+        /// The peer the cell was placed on.
+        node: NodeId,
+        /// The cell daemon's origin hash (routing follows it if it moves).
+        origin_hash: u64,
+    },
+}
+
+/// A backend's handle on a cell it created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellHandle {
+    /// The cell's id.
+    pub cell_id: String,
+    /// Where it runs.
+    pub host: CellHost,
+}
+
+/// How a cell's command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitReport {
+    /// Exit code; [`FORCED_EXIT_CODE`](super::FORCED_EXIT_CODE) when killed.
+    pub exit_code: i32,
+    /// Whether the command exited by itself or was killed.
+    pub terminal_state: TerminalState,
+    /// Why it was killed, if it was (`timeout`, `destroyed`).
+    pub forced_reason: Option<String>,
+    /// Milliseconds from start to exit.
+    pub duration_ms: u64,
+    /// Captured stdout, at most the output bound.
+    pub stdout: Bytes,
+    /// Captured stderr, at most the output bound.
+    pub stderr: Bytes,
+    /// Whether output beyond the bound was discarded.
+    pub output_truncated: bool,
+}
+
+/// What [`CellBackend::destroy`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeardownReport {
+    /// The cell torn down.
+    pub cell_id: String,
+    /// Whether a live cell was torn down (always `true` on success).
+    pub destroyed: bool,
+    /// Cells the backend still tracks afterwards.
+    pub peers_tracked_after: usize,
+    /// How its command ended, if it had one and it had started.
+    pub exit: Option<ExitReport>,
+}
+
+/// Why a cell operation failed. Every variant names the cell.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CellError {
+    /// The document breaks a rule.
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    /// A live cell with this id exists on the backend.
+    #[error("cell {0:?} already exists on this backend")]
+    AlreadyExists(String),
+    /// The backend does not track this cell: never created, or already
+    /// destroyed.
+    #[error("cell {0:?} is unknown or already destroyed")]
+    UnknownCell(String),
+    /// The command could not be started.
+    #[error("cell {id:?}: cannot start {program:?}: {source}")]
+    Spawn {
+        /// The cell.
+        id: String,
+        /// `argv[0]`.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No node of the mesh meets the cell's placement.
+    #[error("cell {id:?}: no peer meets its placement ({why})")]
+    NoCapableNode {
+        /// The cell.
+        id: String,
+        /// What was missing.
+        why: String,
+    },
+    /// The node hosting the cell could not be reached or stopped answering.
+    #[error("cell {id:?}: host node {node} is unreachable: {reason}")]
+    PeerLost {
+        /// The cell.
+        id: String,
+        /// The node.
+        node: NodeId,
+        /// What failed.
+        reason: String,
+    },
+    /// The remote host refused or failed the operation.
+    #[error("cell {id:?}: remote host refused: {reason}")]
+    Remote {
+        /// The cell.
+        id: String,
+        /// Its answer.
+        reason: String,
+    },
+    /// The cell's command is running, which the operation does not allow.
+    #[error("cell {0:?} has a running command")]
+    CommandRunning(String),
+    /// A handle of another kind of host was passed to this backend.
+    #[error("cell {id:?}: this backend cannot take a handle hosted {host:?}")]
+    WrongHost {
+        /// The cell.
+        id: String,
+        /// The handle's host.
+        host: CellHost,
+    },
+}
+
+/// A host for cells. See the module docs for the contract.
+pub trait CellBackend: Send + Sync + 'static {
+    /// A short name for logs (`process`, `federated`).
+    fn name(&self) -> &'static str;
+
+    /// Creates the cell `doc` describes and starts its command, if any.
+    ///
+    /// # Errors
+    /// `InvalidSpec`, `AlreadyExists`, `Spawn`, or a placement error.
+    fn create<'a>(&'a self, doc: &'a ExecutionCellDocument) -> BackendFuture<'a, CellHandle>;
+
+    /// Tears the cell down, killing its command if it still runs.
+    ///
+    /// # Errors
+    /// `UnknownCell` for a handle not tracked (repeat destroy included).
+    fn destroy<'a>(&'a self, handle: &'a CellHandle) -> BackendFuture<'a, TeardownReport>;
+
+    /// Waits until the cell's command exits; `None` when it has no command.
+    /// Cancel safe: dropping the future leaves the cell as it was.
+    ///
+    /// # Errors
+    /// `UnknownCell`, or `PeerLost` for a remote host.
+    fn wait_for_exit<'a>(&'a self, handle: &'a CellHandle)
+        -> BackendFuture<'a, Option<ExitReport>>;
+
+    /// Cells tracked now.
+    fn tracked_cell_count(&self) -> usize;
+
+    /// Whether the backend holds state for `cell_id`.
+    fn has_tracked_state(&self, cell_id: &str) -> bool;
+
+    /// Takes over a cell that moved here from another node, without
+    /// starting its command again (`exit` is how it ended there, if it ran).
+    ///
+    /// # Errors
+    /// `AlreadyExists`, or `WrongHost` if `host` is not one this backend runs.
+    fn adopt(
+        &self,
+        doc: &ExecutionCellDocument,
+        host: CellHost,
+        exit: Option<ExitReport>,
+    ) -> Result<CellHandle, CellError>;
+
+    /// Forgets a cell that moved to another node, without tearing it down.
+    ///
+    /// # Errors
+    /// `UnknownCell`, or `CommandRunning` (a running process cannot move).
+    fn release(&self, handle: &CellHandle) -> Result<(), CellError>;
+}
+
+/// `create`'s common precondition: a valid document.
+pub(crate) fn check_doc(doc: &ExecutionCellDocument) -> Result<(), CellError> {
+    doc.validate().map_err(CellError::InvalidSpec)
+}

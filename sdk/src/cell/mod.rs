@@ -1,0 +1,34 @@
+//! Execution cells: a document saying what to run, host backends that run
+//! it, a signed CloudEvent lifecycle and the projection folded from it.
+//!
+//! - [`ExecutionCellDocument`] — the spec, parsed strictly and validated
+//!   rule by rule.
+//! - [`CloudEventV1`] and [`CellEvents`] — the lifecycle catalogue
+//!   (`dev.cellmesh.events.cell.*`); [`SignedCloudEvent`] — every emitted
+//!   event signed by the emitting node.
+//! - [`CellStateProjection`] — the per-cell reducer.
+
+pub mod backend;
+mod event;
+mod projection;
+mod sign;
+mod spec;
+
+pub use backend::{
+    CellBackend, CellError, CellHandle, CellHost, ExitReport, ProcessBackend, ProcessBackendConfig,
+    TeardownReport,
+};
+pub use event::{
+    rfc3339, CellEventKind, CellEvents, CloudEventV1, EventContext, TerminalState,
+    FORCED_EXIT_CODE, LEGACY_TYPE_PREFIX, TYPE_PREFIX,
+};
+pub use projection::{
+    CellStateProjection, CellStateSnapshot, CurrentState, ExportRecord, ExportStage, IdentityStage,
+    LifecycleStage, ProjectionError,
+};
+pub use sign::{EventSignatureError, SignedCloudEvent};
+pub use spec::{
+    Authority, Correlation, EgressRule, ExecutionCellDocument, ExecutionCellSpec, Lifetime,
+    PlacementSpec, Rule, RunLimits, RunSpec, SpecError, Violation, ACCEPTED_API_VERSIONS,
+    API_VERSION, KIND, MAX_DOCUMENT_BYTES, MAX_ID_LEN,
+};
