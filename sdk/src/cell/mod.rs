@@ -7,9 +7,15 @@
 //!   (`dev.cellmesh.events.cell.*`); [`SignedCloudEvent`] — every emitted
 //!   event signed by the emitting node.
 //! - [`CellStateProjection`] — the per-cell reducer.
+//! - [`CellEventLog`] — the node's durable event log (redb) and
+//!   [`NodeCellProjection`], the node-level view rebuilt from it.
+//! - [`CellBackend`] — hosts: [`ProcessBackend`] runs the command as a
+//!   child process.
 
 pub mod backend;
 mod event;
+mod log;
+mod node_view;
 mod projection;
 mod sign;
 mod spec;
@@ -22,6 +28,8 @@ pub use event::{
     rfc3339, CellEventKind, CellEvents, CloudEventV1, EventContext, TerminalState,
     FORCED_EXIT_CODE, LEGACY_TYPE_PREFIX, TYPE_PREFIX,
 };
+pub use log::{CellEventLog, LogError, LOG_FILE};
+pub use node_view::{ApplyOutcome, CellRecord, CellRecordState, NodeCellProjection};
 pub use projection::{
     CellStateProjection, CellStateSnapshot, CurrentState, ExportRecord, ExportStage, IdentityStage,
     LifecycleStage, ProjectionError,
