@@ -13,6 +13,9 @@ use cellmesh::cell::{
 
 #[path = "cells/contract.rs"]
 mod contract;
+#[path = "cells/support.rs"]
+#[allow(dead_code)]
+mod support;
 
 fn doc(id: &str, ttl: u64, argv: Option<&[&str]>) -> ExecutionCellDocument {
     ExecutionCellDocument::new(ExecutionCellSpec {
@@ -47,6 +50,28 @@ mod process {
         Arc::new(ProcessBackend::default())
     }
     // A live command, so destroy really has something to kill.
+    fn make_doc(id: &str) -> ExecutionCellDocument {
+        doc(id, 60, Some(&["/bin/sleep", "30"]))
+    }
+    crate::contract_suite!(backend, make_doc);
+}
+
+mod federated {
+    use super::*;
+    use cellmesh::capabilities::CapabilitySet;
+    use cellmesh::cell::FederatedBackend;
+
+    // The cell runs on a peer under that peer's process backend; this node
+    // only places it and tracks the remote handle.
+    async fn backend() -> Arc<dyn CellBackend> {
+        let origin = support::runtime(CapabilitySet::new()).await;
+        let (peer, cells) = support::process_node("federated-contract").await;
+        support::connect(&origin, &peer).await;
+        let backend = Arc::new(FederatedBackend::new(&origin));
+        // The nodes live as long as the test's runtime.
+        std::mem::forget((peer, cells, origin));
+        backend
+    }
     fn make_doc(id: &str) -> ExecutionCellDocument {
         doc(id, 60, Some(&["/bin/sleep", "30"]))
     }

@@ -14,6 +14,7 @@
 
 pub mod backend;
 mod event;
+mod host;
 mod log;
 mod node_view;
 mod projection;
@@ -21,13 +22,14 @@ mod sign;
 mod spec;
 
 pub use backend::{
-    CellBackend, CellError, CellHandle, CellHost, ExitReport, ProcessBackend, ProcessBackendConfig,
-    TeardownReport,
+    CellBackend, CellError, CellHandle, CellHost, ExitReport, FederatedBackend, ProcessBackend,
+    ProcessBackendConfig, TeardownReport,
 };
 pub use event::{
     rfc3339, CellEventKind, CellEvents, CloudEventV1, EventContext, TerminalState,
     FORCED_EXIT_CODE, LEGACY_TYPE_PREFIX, TYPE_PREFIX,
 };
+pub use host::{CellMigrateError, Cells, CellsStartError, CELL_KIND};
 pub use log::{CellEventLog, LogError, LOG_FILE};
 pub use node_view::{ApplyOutcome, CellRecord, CellRecordState, NodeCellProjection};
 pub use projection::{

@@ -268,7 +268,6 @@ impl Mesh {
     }
 
     /// The node's key pair, for signing what this node emits.
-    #[allow(dead_code)] // read by the cell supervisor
     pub(crate) fn keypair(&self) -> &crate::Keypair {
         &self.shared.keypair
     }

@@ -13,6 +13,7 @@
 //!   never created is [`CellError::UnknownCell`] naming the id;
 //! - of two concurrent `destroy`s of one cell exactly one succeeds.
 
+mod federated;
 mod process;
 #[cfg(any(test, feature = "test-utils"))]
 mod stub;
@@ -27,6 +28,7 @@ use super::event::TerminalState;
 use super::spec::{ExecutionCellDocument, SpecError};
 use crate::mesh::NodeId;
 
+pub use federated::FederatedBackend;
 pub use process::{ProcessBackend, ProcessBackendConfig};
 #[cfg(any(test, feature = "test-utils"))]
 pub use stub::StubBackend;

@@ -1,0 +1,453 @@
+//! [`Cells`]: the cell API of one node.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::client::CellClient;
+use super::command::{Command, Reply, Step};
+use super::daemon::{CellDaemon, CELL_KIND};
+use super::node::{CellNode, Notice};
+use super::supervisor::{record, run_cell, Begin, Control, Hosted};
+use crate::cell::backend::{CellBackend, CellError, ExitReport};
+use crate::cell::log::{CellEventLog, LogError};
+use crate::cell::node_view::{CellRecord, NodeCellProjection};
+use crate::cell::projection::CellStateSnapshot;
+use crate::cell::spec::ExecutionCellDocument;
+use crate::compute::{
+    DaemonError, DaemonHostConfig, DaemonRuntime, MigrateError, MigrationOpts, MigrationReport,
+};
+use crate::mesh::NodeId;
+use crate::Identity;
+
+/// Why [`Cells::start`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CellsStartError {
+    /// The event log could not be opened or replayed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The cell daemon kind could not be registered (another `Cells` runs
+    /// on this runtime).
+    #[error("cannot register the cell daemon kind: {0}")]
+    Runtime(#[from] DaemonError),
+}
+
+/// Why moving a cell failed. The cell keeps running where it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CellMigrateError {
+    /// The cell cannot move (not hosted here, or its command is running).
+    #[error(transparent)]
+    Cell(#[from] CellError),
+    /// The daemon migration failed; the cell stays on this node.
+    #[error("cell {id:?} stays on this node: {source}")]
+    Migrate {
+        /// The cell.
+        id: String,
+        /// Why.
+        #[source]
+        source: MigrateError,
+    },
+}
+
+pub(crate) struct CellsInner {
+    pub(crate) rt: DaemonRuntime,
+    pub(crate) node: Arc<CellNode>,
+    pub(crate) backend: Arc<dyn CellBackend>,
+    pub(crate) client: CellClient,
+    /// Cell id → origin hash of its daemon, for every cell applied or
+    /// hosted here.
+    pub(crate) known: DashMap<String, u64>,
+    /// Cells this node's supervisor runs.
+    pub(crate) hosted: DashMap<String, Hosted>,
+    /// Destroys that arrived for a cell before its task (a migration in
+    /// flight).
+    pending_destroy: DashMap<String, Option<String>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The cells of one node: apply documents, read projections, destroy and
+/// migrate cells. Each cell runs as a daemon of kind
+/// [`CELL_KIND`](crate::cell::CELL_KIND) on the node's [`DaemonRuntime`];
+/// the node's supervisor runs it on the node's [`CellBackend`], and every
+/// lifecycle event is signed by the node, applied to the cell's projection
+/// and appended to the node's durable log.
+///
+/// **Migration** ([`migrate`](Self::migrate)) moves the cell daemon with
+/// its projection, document and event history; the target records a
+/// `migrated` event and its backend takes the cell over, and the source's
+/// backend forgets it. A cell whose command is still running is refused
+/// with [`CellError::CommandRunning`]: a running OS process cannot be moved
+/// between machines, and waiting for it could hold the migration past any
+/// deadline; migrate it once the command has completed.
+#[derive(Clone)]
+pub struct Cells {
+    inner: Arc<CellsInner>,
+}
+
+impl std::fmt::Debug for Cells {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cells")
+            .field("backend", &self.inner.backend.name())
+            .field("hosted", &self.inner.hosted.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cells {
+    /// Starts cells on `rt`'s node: opens (or creates) the event log in
+    /// `data_dir`, rebuilds the node projection from it, registers the cell
+    /// daemon kind and starts the supervisor. `rt` may be started before or
+    /// after.
+    ///
+    /// # Errors
+    /// [`CellsStartError`].
+    pub fn start(
+        rt: &DaemonRuntime,
+        backend: Arc<dyn CellBackend>,
+        data_dir: &Path,
+    ) -> Result<Self, CellsStartError> {
+        let log = Arc::new(CellEventLog::open(data_dir)?);
+        let view = NodeCellProjection::replay(&log)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mesh = rt.mesh();
+        let node = Arc::new(CellNode::new(
+            mesh.node_id().to_string(),
+            mesh.keypair().clone(),
+            log,
+            view,
+            tx,
+        ));
+        let for_factory = Arc::clone(&node);
+        rt.register_factory(CELL_KIND, move || {
+            Box::new(CellDaemon::new(Arc::clone(&for_factory)))
+        })?;
+        let inner = Arc::new(CellsInner {
+            rt: rt.clone(),
+            node,
+            backend,
+            client: CellClient::new(rt.clone()),
+            known: DashMap::new(),
+            hosted: DashMap::new(),
+            pending_destroy: DashMap::new(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        inner.tasks.spawn(supervise(Arc::clone(&inner), rx));
+        Ok(Self { inner })
+    }
+
+    /// Applies `doc`: validates it, spawns its cell daemon on this node and
+    /// starts the cell on this node's backend. Returns the daemon's origin
+    /// hash.
+    ///
+    /// # Errors
+    /// `InvalidSpec`; `AlreadyExists` if a live cell with this id is known
+    /// here; a runtime error as `Remote`.
+    pub async fn apply(&self, doc: ExecutionCellDocument) -> Result<u64, CellError> {
+        doc.validate()?;
+        let id = doc.id().to_string();
+        if self.inner.known.contains_key(&id) && !self.is_destroyed(&id) {
+            return Err(CellError::AlreadyExists(id));
+        }
+        let rt = &self.inner.rt;
+        let daemon = rt
+            .spawn(CELL_KIND, Identity::generate(), DaemonHostConfig::default())
+            .await
+            .map_err(|e| CellError::Remote {
+                id: id.clone(),
+                reason: e.to_string(),
+            })?;
+        let origin = daemon.origin_hash;
+        self.inner.known.insert(id.clone(), origin);
+        let command = Command::Apply {
+            doc: Box::new(doc),
+            origin,
+        };
+        if let Err(e) = self.inner.client.call_ok(&id, origin, &command).await {
+            self.inner.known.remove(&id);
+            let _ = rt.stop(origin).await;
+            return Err(e);
+        }
+        Ok(origin)
+    }
+
+    fn is_destroyed(&self, id: &str) -> bool {
+        let view = self
+            .inner
+            .node
+            .view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        view.get(id)
+            .is_some_and(|r| r.state == crate::cell::CellRecordState::Destroyed)
+    }
+
+    fn origin_of(&self, id: &str) -> Result<u64, CellError> {
+        self.inner
+            .known
+            .get(id)
+            .map(|o| *o)
+            .ok_or_else(|| CellError::UnknownCell(id.to_string()))
+    }
+
+    /// The projection of cell `id`, read from its daemon wherever it lives.
+    ///
+    /// # Errors
+    /// `UnknownCell`, or `PeerLost` if its node does not answer.
+    pub async fn get(&self, id: &str) -> Result<CellStateSnapshot, CellError> {
+        Ok(self.query(id).await?.0)
+    }
+
+    /// The projection and how the command ended, if it has.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub async fn query(
+        &self,
+        id: &str,
+    ) -> Result<(CellStateSnapshot, Option<ExitReport>), CellError> {
+        let origin = self.origin_of(id)?;
+        match self
+            .inner
+            .client
+            .call_ok(id, origin, &Command::Query)
+            .await?
+        {
+            Reply::State { state, exit, .. } => Ok((*state, exit.map(|e| *e))),
+            other => Err(CellError::Remote {
+                id: id.to_string(),
+                reason: format!("unexpected answer to a query: {other:?}"),
+            }),
+        }
+    }
+
+    /// Waits until the projection of `id` satisfies `done`, up to `timeout`.
+    /// Returns the last projection read.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get); `Remote` naming the timeout when it passes.
+    pub async fn wait_until(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&CellStateSnapshot) -> bool,
+    ) -> Result<CellStateSnapshot, CellError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.inner.node.changes.subscribe();
+        loop {
+            let snap = self.get(id).await?;
+            if done(&snap) {
+                return Ok(snap);
+            }
+            // Local cells wake us on every event; remote ones are re-read
+            // at a short interval.
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(CellError::Remote {
+                        id: id.to_string(),
+                        reason: format!("condition not reached within {timeout:?}: {snap:?}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Every cell this node's log has seen.
+    pub fn list(&self) -> Vec<CellRecord> {
+        let view = self
+            .inner
+            .node
+            .view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        view.cells().cloned().collect()
+    }
+
+    /// The node projection, with its cursor.
+    pub fn view(&self) -> NodeCellProjection {
+        self.inner
+            .node
+            .view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The node's event log.
+    pub fn log(&self) -> &CellEventLog {
+        &self.inner.node.log
+    }
+
+    /// The backend cells run on here.
+    pub fn backend(&self) -> &Arc<dyn CellBackend> {
+        &self.inner.backend
+    }
+
+    /// Waits up to `timeout` until this node's supervisor runs cell `id`
+    /// (a migrated cell is taken over when its `migrated` event lands).
+    pub async fn wait_hosted(&self, id: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.inner.node.changes.subscribe();
+        while !self.hosts(id) {
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                () = tokio::time::sleep_until(deadline) => return self.hosts(id),
+            }
+        }
+        true
+    }
+
+    /// Whether this node's supervisor runs cell `id`.
+    pub fn hosts(&self, id: &str) -> bool {
+        self.inner.hosted.contains_key(id)
+    }
+
+    /// Asks the node hosting cell `id` to tear it down (killing a running
+    /// command). Returns once the request is accepted; the `destroyed`
+    /// event follows (see [`wait_until`](Self::wait_until)).
+    ///
+    /// # Errors
+    /// `UnknownCell` (also for a second destroy), `PeerLost`.
+    pub async fn destroy(&self, id: &str) -> Result<(), CellError> {
+        let origin = self.origin_of(id)?;
+        let command = Command::Destroy { reason: None };
+        self.inner.client.call_ok(id, origin, &command).await?;
+        Ok(())
+    }
+
+    /// Moves cell `id`, hosted here, to `target` with its projection,
+    /// document and history. See the type docs for what is refused.
+    ///
+    /// # Errors
+    /// [`CellMigrateError`]; on any error the cell stays here.
+    pub async fn migrate(
+        &self,
+        id: &str,
+        target: NodeId,
+        opts: MigrationOpts,
+    ) -> Result<MigrationReport, CellMigrateError> {
+        let origin = self.origin_of(id)?;
+        let control = self
+            .inner
+            .hosted
+            .get(id)
+            .map(|h| h.control.clone())
+            .ok_or_else(|| CellError::UnknownCell(id.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        control
+            .send(Control::Detach(tx))
+            .map_err(|_| CellError::UnknownCell(id.to_string()))?;
+        let detached = rx
+            .await
+            .map_err(|_| CellError::UnknownCell(id.to_string()))??;
+        let outcome = match self.inner.rt.start_migration(origin, target, opts) {
+            Ok(handle) => handle.wait().await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(report) => {
+                let step = Step::Migrated {
+                    from: self.inner.node.node_hex.clone(),
+                    to: target.to_string(),
+                };
+                record(&self.inner, id, origin, step).await?;
+                Ok(report)
+            }
+            Err(source) => {
+                // Still ours: take the cell over again.
+                self.inner.node.notify(Notice::Adopt {
+                    cell_id: id.to_string(),
+                    origin,
+                    doc: Box::new(detached.doc),
+                    exit: detached.exit,
+                    destroy: false,
+                });
+                Err(CellMigrateError::Migrate {
+                    id: id.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Stops the supervisor. Cells keep running on the backend; their
+    /// daemons stay with the runtime.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}
+
+async fn supervise(inner: Arc<CellsInner>, mut notices: mpsc::UnboundedReceiver<Notice>) {
+    loop {
+        let notice = tokio::select! {
+            biased;
+            () = inner.cancel.cancelled() => break,
+            notice = notices.recv() => match notice {
+                Some(n) => n,
+                None => break,
+            },
+        };
+        match notice {
+            Notice::Run {
+                cell_id,
+                origin,
+                doc,
+            } => start_task(&inner, cell_id, origin, *doc, Begin::Fresh),
+            Notice::Adopt {
+                cell_id,
+                origin,
+                doc,
+                exit,
+                destroy,
+            } => {
+                let destroy = inner.pending_destroy.remove(&cell_id).is_some() || destroy;
+                start_task(
+                    &inner,
+                    cell_id,
+                    origin,
+                    *doc,
+                    Begin::Adopted { exit, destroy },
+                );
+            }
+            Notice::Destroy { cell_id, reason } => {
+                let sent = inner
+                    .hosted
+                    .get(&cell_id)
+                    .is_some_and(|h| h.control.send(Control::Destroy(reason.clone())).is_ok());
+                if !sent {
+                    inner.pending_destroy.insert(cell_id, reason);
+                }
+            }
+        }
+    }
+    // Dropping every control sender ends the cell tasks without teardown.
+    inner.hosted.clear();
+}
+
+fn start_task(
+    inner: &Arc<CellsInner>,
+    cell_id: String,
+    origin: u64,
+    doc: ExecutionCellDocument,
+    begin: Begin,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    inner.known.insert(cell_id.clone(), origin);
+    inner.hosted.insert(cell_id, Hosted { control: tx });
+    inner
+        .tasks
+        .spawn(run_cell(Arc::clone(inner), origin, doc, begin, rx));
+}

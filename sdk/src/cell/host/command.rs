@@ -1,0 +1,125 @@
+//! What is said to a cell daemon and what it answers, as JSON payloads of
+//! causal events.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cell::backend::ExitReport;
+use crate::cell::event::TerminalState;
+use crate::cell::projection::CellStateSnapshot;
+use crate::cell::sign::SignedCloudEvent;
+use crate::cell::spec::ExecutionCellDocument;
+
+/// Largest command or reply accepted (a document plus an exit report).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// A lifecycle step the hosting node's supervisor records on the cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "camelCase")]
+pub(crate) enum Step {
+    Started,
+    Completed {
+        exit: ExitReport,
+    },
+    Destroyed {
+        outcome: String,
+        reason: Option<String>,
+        terminal: TerminalState,
+    },
+    Migrated {
+        from: String,
+        to: String,
+    },
+}
+
+/// A command to a cell daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub(crate) enum Command {
+    /// Bind the daemon to a document and start the cell on its node.
+    Apply {
+        doc: Box<ExecutionCellDocument>,
+        origin: u64,
+    },
+    /// Record a lifecycle step: emit, sign, apply, log.
+    Record {
+        step: Box<Step>,
+        event_id: String,
+        time_ms: u64,
+    },
+    /// Ask the hosting node to tear the cell down.
+    Destroy { reason: Option<String> },
+    /// Read the projection.
+    Query,
+}
+
+/// Why a cell daemon refused a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) enum RefusalCode {
+    AlreadyApplied,
+    NotApplied,
+    AlreadyDestroyed,
+    Invalid,
+}
+
+/// A cell daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "camelCase")]
+pub(crate) enum Reply {
+    Done,
+    Event {
+        event: Box<SignedCloudEvent>,
+    },
+    State {
+        state: Box<CellStateSnapshot>,
+        exit: Option<Box<ExitReport>>,
+        running: bool,
+        events: usize,
+    },
+    Refused {
+        code: RefusalCode,
+        reason: String,
+    },
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
+    // Commands and replies are plain data: they always serialize.
+    bytes::Bytes::from(serde_json::to_vec(value).expect("cell messages serialize"))
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, String> {
+    if raw.len() > MAX_MESSAGE_BYTES {
+        return Err(format!(
+            "{} bytes is over the {MAX_MESSAGE_BYTES} limit",
+            raw.len()
+        ));
+    }
+    serde_json::from_slice(raw).map_err(|e| e.to_string())
+}
+
+pub(crate) fn millis(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn at_millis(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// A fresh 128-bit event id in hex.
+pub(crate) fn event_id() -> String {
+    let mut raw = [0u8; 16];
+    // The OS RNG failing is not recoverable; fall back to the clock so the
+    // id is still unique in practice.
+    if getrandom::fill(&mut raw).is_err() {
+        raw[..16].copy_from_slice(
+            &SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+                .to_le_bytes(),
+        );
+    }
+    crate::identity::hex(&raw)
+}

@@ -1,0 +1,208 @@
+//! The node's cell supervisor: runs the cells whose daemons live on this
+//! node on the node's backend, and records their lifecycle on the daemon,
+//! in order: started → command completed → destroyed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::cells::CellsInner;
+use super::command::{event_id, millis, Command, Reply, Step};
+use crate::cell::backend::{CellError, CellHandle, CellHost, ExitReport};
+use crate::cell::event::TerminalState;
+use crate::cell::spec::ExecutionCellDocument;
+
+/// Messages to one cell's supervision task.
+pub(crate) enum Control {
+    /// Tear the cell down.
+    Destroy(Option<String>),
+    /// Hand the cell over for migration: forget it on the backend without
+    /// tearing it down. Refused while its command runs.
+    Detach(oneshot::Sender<Result<Detached, CellError>>),
+}
+
+/// What a detached cell needs to be taken over again.
+pub(crate) struct Detached {
+    pub(crate) exit: Option<ExitReport>,
+    pub(crate) doc: ExecutionCellDocument,
+}
+
+/// How a supervision task begins.
+pub(crate) enum Begin {
+    /// Create the cell on the backend and run its command.
+    Fresh,
+    /// The cell ran elsewhere: track it without running it again.
+    Adopted {
+        exit: Option<ExitReport>,
+        destroy: bool,
+    },
+}
+
+/// A cell this node's supervisor runs.
+pub(crate) struct Hosted {
+    pub(crate) control: mpsc::UnboundedSender<Control>,
+}
+
+/// Records `step` on the cell daemon `origin`.
+pub(crate) async fn record(
+    inner: &CellsInner,
+    cell_id: &str,
+    origin: u64,
+    step: Step,
+) -> Result<(), CellError> {
+    let command = Command::Record {
+        step: Box::new(step),
+        event_id: event_id(),
+        time_ms: millis(SystemTime::now()),
+    };
+    match inner.client.call_ok(cell_id, origin, &command).await? {
+        Reply::Event { .. } => Ok(()),
+        other => Err(CellError::Remote {
+            id: cell_id.to_string(),
+            reason: format!("unexpected answer to a record: {other:?}"),
+        }),
+    }
+}
+
+fn log_failure(cell_id: &str, what: &str, result: Result<(), CellError>) {
+    if let Err(e) = result {
+        tracing::warn!(cell = cell_id, error = %e, "{what} not recorded");
+    }
+}
+
+/// Supervises one cell until it is destroyed or detached.
+pub(crate) async fn run_cell(
+    inner: Arc<CellsInner>,
+    origin: u64,
+    doc: ExecutionCellDocument,
+    begin: Begin,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    let id = doc.id().to_string();
+    let ttl = Duration::from_secs(doc.spec.lifetime.ttl_seconds);
+    let (handle, mut exit, mut teardown) = match begin {
+        Begin::Fresh => match inner.backend.create(&doc).await {
+            Ok(handle) => {
+                log_failure(
+                    &id,
+                    "started",
+                    record(&inner, &id, origin, Step::Started).await,
+                );
+                (handle, None, None)
+            }
+            Err(e) => {
+                // The cell never ran: record that it started and failed, so
+                // its projection ends terminal with the reason.
+                log_failure(
+                    &id,
+                    "started",
+                    record(&inner, &id, origin, Step::Started).await,
+                );
+                let step = Step::Destroyed {
+                    outcome: "failed".into(),
+                    reason: Some(e.to_string()),
+                    terminal: TerminalState::Clean,
+                };
+                log_failure(&id, "destroyed", record(&inner, &id, origin, step).await);
+                inner.hosted.remove(&id);
+                return;
+            }
+        },
+        Begin::Adopted { exit, destroy } => {
+            match inner.backend.adopt(&doc, CellHost::Local, exit.clone()) {
+                Ok(handle) => (handle, exit, destroy.then_some(None)),
+                Err(e) => {
+                    tracing::error!(cell = %id, error = %e, "cannot take over migrated cell");
+                    inner.hosted.remove(&id);
+                    return;
+                }
+            }
+        }
+    };
+    let deadline = Instant::now() + ttl;
+    let mut waiting = doc.spec.run.is_some() && exit.is_none();
+    while teardown.is_none() {
+        tokio::select! {
+            biased;
+            msg = control.recv() => match msg {
+                Some(Control::Destroy(reason)) => {
+                    let reason = reason.or_else(|| waiting.then(|| "destroyed while running".into()));
+                    teardown = Some(reason);
+                }
+                Some(Control::Detach(reply)) => {
+                    if waiting {
+                        let _ = reply.send(Err(CellError::CommandRunning(id.clone())));
+                        continue;
+                    }
+                    match inner.backend.release(&handle) {
+                        Ok(()) => {
+                            inner.hosted.remove(&id);
+                            let _ = reply.send(Ok(Detached { exit, doc }));
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                // The node is shutting down: leave the cell to the backend.
+                None => return,
+            },
+            result = inner.backend.wait_for_exit(&handle), if waiting => {
+                waiting = false;
+                match result {
+                    Ok(Some(report)) => {
+                        let step = Step::Completed { exit: report.clone() };
+                        log_failure(&id, "completed", record(&inner, &id, origin, step).await);
+                        exit = Some(report);
+                    }
+                    Ok(None) => {}
+                    Err(e) => teardown = Some(Some(e.to_string())),
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                teardown = Some(Some("ttl expired".into()));
+            }
+        }
+    }
+    let reason = teardown.flatten();
+    destroy(&inner, &id, origin, &handle, exit, reason).await;
+}
+
+async fn destroy(
+    inner: &CellsInner,
+    id: &str,
+    origin: u64,
+    handle: &CellHandle,
+    mut exit: Option<ExitReport>,
+    reason: Option<String>,
+) {
+    match inner.backend.destroy(handle).await {
+        Ok(report) => {
+            if exit.is_none() {
+                if let Some(report) = report.exit {
+                    let step = Step::Completed {
+                        exit: report.clone(),
+                    };
+                    log_failure(id, "completed", record(inner, id, origin, step).await);
+                    exit = Some(report);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(cell = id, error = %e, "backend teardown failed"),
+    }
+    let clean = exit.as_ref().is_none_or(|e| e.exit_code == 0);
+    let step = Step::Destroyed {
+        outcome: if clean && reason.is_none() {
+            "succeeded".into()
+        } else {
+            "failed".into()
+        },
+        reason,
+        terminal: exit.map_or(TerminalState::Clean, |e| e.terminal_state),
+    };
+    log_failure(id, "destroyed", record(inner, id, origin, step).await);
+    inner.hosted.remove(id);
+}
