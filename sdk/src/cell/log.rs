@@ -13,6 +13,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::sign::{EventSignatureError, SignedCloudEvent};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("cell_events_v1");
+/// Named cursors kept with the log (how far a sink has published).
+const MARKS: TableDefinition<&str, u64> = TableDefinition::new("cell_marks_v1");
 /// File name of the log inside the data directory.
 pub const LOG_FILE: &str = "cell-events.redb";
 
@@ -79,6 +81,7 @@ impl CellEventLog {
         // Create the table so readers of an empty log find it.
         let txn = db.begin_write().map_err(|e| store(e.into()))?;
         txn.open_table(EVENTS).map_err(|e| store(e.into()))?;
+        txn.open_table(MARKS).map_err(|e| store(e.into()))?;
         txn.commit().map_err(|e| store(e.into()))?;
         Ok(Self {
             path,
@@ -132,6 +135,31 @@ impl CellEventLog {
         let table = txn.open_table(EVENTS).map_err(|e| self.store(e))?;
         let last = table.last().map_err(|e| self.store(e))?;
         Ok(last.map_or(0, |(k, _)| k.value()))
+    }
+
+    /// Durably records the cursor `name` (for example how far a sink has
+    /// published).
+    ///
+    /// # Errors
+    /// [`LogError::Store`].
+    pub fn set_mark(&self, name: &str, cursor: u64) -> Result<(), LogError> {
+        let txn = self.db.begin_write().map_err(|e| self.store(e))?;
+        {
+            let mut table = txn.open_table(MARKS).map_err(|e| self.store(e))?;
+            table.insert(name, cursor).map_err(|e| self.store(e))?;
+        }
+        txn.commit().map_err(|e| self.store(e))
+    }
+
+    /// The cursor recorded under `name`, 0 if none.
+    ///
+    /// # Errors
+    /// [`LogError::Store`].
+    pub fn mark(&self, name: &str) -> Result<u64, LogError> {
+        let txn = self.db.begin_read().map_err(|e| self.store(e))?;
+        let table = txn.open_table(MARKS).map_err(|e| self.store(e))?;
+        let value = table.get(name).map_err(|e| self.store(e))?;
+        Ok(value.map_or(0, |v| v.value()))
     }
 
     /// Up to `limit` events after `cursor`, verified, in cursor order.

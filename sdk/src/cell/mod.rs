@@ -15,6 +15,8 @@
 pub mod backend;
 mod event;
 mod host;
+#[cfg(feature = "jetstream")]
+mod jetstream;
 mod log;
 mod node_view;
 mod projection;
@@ -30,6 +32,8 @@ pub use event::{
     FORCED_EXIT_CODE, LEGACY_TYPE_PREFIX, TYPE_PREFIX,
 };
 pub use host::{CellMigrateError, Cells, CellsStartError, CELL_KIND};
+#[cfg(feature = "jetstream")]
+pub use jetstream::{JetStreamConfig, JetStreamError, JetStreamLog};
 pub use log::{CellEventLog, LogError, LOG_FILE};
 pub use node_view::{ApplyOutcome, CellRecord, CellRecordState, NodeCellProjection};
 pub use projection::{
