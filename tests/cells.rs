@@ -227,7 +227,20 @@ async fn a_cell_migrates_with_its_projection() {
     .unwrap();
     assert!(!b.backend().has_tracked_state("mover"));
     let on_b: Vec<_> = kinds(&b).into_iter().map(|(_, k)| k).collect();
-    assert_eq!(on_b, [CellEventKind::Migrated, CellEventKind::Destroyed]);
+    // B's log holds the history that came with the cell, then its own.
+    assert_eq!(
+        on_b,
+        [
+            CellEventKind::Started,
+            CellEventKind::CommandCompleted,
+            CellEventKind::Migrated,
+            CellEventKind::Destroyed
+        ]
+    );
+    let record = b.list().into_iter().find(|r| r.id == "mover").unwrap();
+    assert_eq!(record.exit_code, Some(0));
+    assert_eq!(record.state, CellRecordState::Destroyed);
+    assert_eq!(record.current_node, Some(b_rt.mesh().node_id().to_string()));
 }
 
 #[tokio::test]

@@ -140,6 +140,13 @@ impl CellDaemon {
             return Self::refuse(RefusalCode::Invalid, e.to_string());
         }
         let signed = SignedCloudEvent::sign(event, &self.node.keypair);
+        if matches!(step, Step::Migrated { .. }) {
+            // The cell's history comes with it: the node that now hosts it
+            // logs the events signed elsewhere before its own.
+            for earlier in &self.state.history {
+                self.node.append(earlier);
+            }
+        }
         self.node.append(&signed);
         self.state.projection = next;
         self.state.history.push(signed.clone());
