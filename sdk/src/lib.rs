@@ -13,6 +13,10 @@
 //!   [`DaemonRuntime`](compute::DaemonRuntime): factories by kind, spawn and
 //!   stop, exactly-once in-order delivery per origin, an unbroken output
 //!   chain, and signed snapshots bound to the daemon's identity.
+//! - [`cell`] — execution cells on top of both: a validated document, host
+//!   backends (a local process, or a peer through the mesh), a signed
+//!   CloudEvent lifecycle folded into a projection that migrates with the
+//!   cell, and a durable per-node event log.
 //!
 //! ## Example
 //!

@@ -89,6 +89,12 @@ pub(crate) struct CellsInner {
 /// with [`CellError::CommandRunning`]: a running OS process cannot be moved
 /// between machines, and waiting for it could hold the migration past any
 /// deadline; migrate it once the command has completed.
+///
+/// A cell's lifecycle events are written to the node's log by the cell
+/// daemon as it processes them (one redb transaction each, on the daemon's
+/// event lane); cells see a handful of events in their life, so this costs
+/// nothing measurable, but it is why cell daemons should not share a node
+/// with latency-critical daemons that process millions of events a second.
 #[derive(Clone)]
 pub struct Cells {
     inner: Arc<CellsInner>,
@@ -375,6 +381,7 @@ impl Cells {
                     doc: Box::new(detached.doc),
                     exit: detached.exit,
                     destroy: false,
+                    started: Some(detached.started),
                 });
                 Err(CellMigrateError::Migrate {
                     id: id.to_string(),
@@ -492,15 +499,15 @@ async fn supervise(inner: Arc<CellsInner>, mut notices: mpsc::UnboundedReceiver<
                 doc,
                 exit,
                 destroy,
+                started,
             } => {
                 let destroy = inner.pending_destroy.remove(&cell_id).is_some() || destroy;
-                start_task(
-                    &inner,
-                    cell_id,
-                    origin,
-                    *doc,
-                    Begin::Adopted { exit, destroy },
-                );
+                let begin = Begin::Adopted {
+                    exit,
+                    destroy,
+                    started,
+                };
+                start_task(&inner, cell_id, origin, *doc, begin);
             }
             Notice::Destroy { cell_id, reason } => {
                 let sent = inner

@@ -12,7 +12,7 @@ use super::command::{at_millis, decode, encode, Command, RefusalCode, Reply, Ste
 use super::node::{CellNode, Notice};
 use crate::capabilities::CapabilityFilter;
 use crate::cell::backend::ExitReport;
-use crate::cell::event::{CellEvents, EventContext};
+use crate::cell::event::{CellEventKind, CellEvents, EventContext};
 use crate::cell::projection::{CellStateProjection, LifecycleStage};
 use crate::cell::sign::SignedCloudEvent;
 use crate::cell::spec::ExecutionCellDocument;
@@ -112,6 +112,16 @@ impl CellDaemon {
         }
     }
 
+    /// When the cell's `started` event says it started.
+    fn started_at(&self) -> Option<std::time::SystemTime> {
+        self.state
+            .history
+            .iter()
+            .find(|e| e.event.kind() == Some(CellEventKind::Started))
+            .and_then(|e| e.event.time.as_deref())
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+    }
+
     fn record(&mut self, step: Step, event_id: String, time_ms: u64) -> Reply {
         let Some(doc) = &self.state.doc else {
             return Self::refuse(RefusalCode::NotApplied, "no cell is applied");
@@ -162,6 +172,7 @@ impl CellDaemon {
                     doc: Box::new(doc),
                     exit: self.state.exit.clone(),
                     destroy: self.state.destroy_requested,
+                    started: self.started_at(),
                 });
             }
             _ => {}
@@ -202,5 +213,172 @@ impl MeshDaemon for CellDaemon {
         self.state = serde_json::from_slice(&state)
             .map_err(|e| ProcessError::RestoreFailed(format!("cell state: {e}")))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::cell::host::command::{encode, RefusalCode};
+    use crate::cell::log::CellEventLog;
+    use crate::cell::node_view::NodeCellProjection;
+    use crate::cell::spec::{ExecutionCellSpec, Lifetime};
+    use crate::compute::CausalLink;
+    use crate::Identity;
+
+    fn setup(
+        tag: &str,
+    ) -> (
+        CellDaemon,
+        mpsc::UnboundedReceiver<Notice>,
+        std::path::PathBuf,
+    ) {
+        let dir =
+            std::env::temp_dir().join(format!("cellmesh-daemon-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let log = Arc::new(CellEventLog::open(&dir).unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let node = Identity::generate();
+        let node = Arc::new(CellNode::new(
+            node.entity_id().to_string(),
+            node.keypair().clone(),
+            log,
+            NodeCellProjection::new(),
+            tx,
+        ));
+        (CellDaemon::new(node), rx, dir)
+    }
+
+    fn send(d: &mut CellDaemon, payload: Bytes) -> Reply {
+        let event = CausalEvent {
+            link: CausalLink {
+                origin_hash: 1,
+                horizon_encoded: 0,
+                sequence: 1,
+                parent_hash: 0,
+            },
+            payload,
+            received_at: 0,
+        };
+        let out = d.process(&event).unwrap();
+        decode(&out[0]).unwrap()
+    }
+
+    fn doc() -> ExecutionCellDocument {
+        ExecutionCellDocument::new(ExecutionCellSpec {
+            id: "c".into(),
+            authority: Default::default(),
+            lifetime: Lifetime { ttl_seconds: 5 },
+            run: None,
+            placement: None,
+            correlation: None,
+        })
+    }
+
+    fn record(step: Step, id: &str) -> Bytes {
+        encode(&Command::Record {
+            step: Box::new(step),
+            event_id: id.into(),
+            time_ms: 1_000,
+        })
+    }
+
+    fn refused(reply: Reply) -> RefusalCode {
+        match reply {
+            Reply::Refused { code, .. } => code,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn commands_are_checked_in_order_and_bad_input_is_refused() {
+        let (mut d, mut notices, dir) = setup("order");
+        assert_eq!(
+            refused(send(&mut d, Bytes::from_static(b"\xff"))),
+            RefusalCode::Invalid
+        );
+        assert_eq!(
+            refused(send(&mut d, record(Step::Started, "e1"))),
+            RefusalCode::NotApplied
+        );
+        let apply = encode(&Command::Apply {
+            doc: Box::new(doc()),
+            origin: 7,
+        });
+        assert!(matches!(send(&mut d, apply.clone()), Reply::Done));
+        assert!(matches!(
+            notices.try_recv(),
+            Ok(Notice::Run { origin: 7, .. })
+        ));
+        assert_eq!(refused(send(&mut d, apply)), RefusalCode::AlreadyApplied);
+
+        let Reply::Event { event } = send(&mut d, record(Step::Started, "e1")) else {
+            panic!("started is recorded");
+        };
+        event.verify().unwrap();
+        assert_eq!(d.node.log.last_cursor().unwrap(), 1);
+        // An illegal transition is refused and nothing is logged.
+        assert_eq!(
+            refused(send(&mut d, record(Step::Started, "e2"))),
+            RefusalCode::Invalid
+        );
+        assert_eq!(d.node.log.last_cursor().unwrap(), 1);
+
+        let destroy = encode(&Command::Destroy { reason: None });
+        assert!(matches!(send(&mut d, destroy.clone()), Reply::Done));
+        assert!(matches!(notices.try_recv(), Ok(Notice::Destroy { .. })));
+        assert_eq!(
+            refused(send(&mut d, destroy)),
+            RefusalCode::AlreadyDestroyed
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_snapshot_carries_document_projection_and_history() {
+        let (mut d, _notices, dir) = setup("snap");
+        let apply = encode(&Command::Apply {
+            doc: Box::new(doc()),
+            origin: 7,
+        });
+        send(&mut d, apply);
+        send(&mut d, record(Step::Started, "e1"));
+        let state = d.snapshot().unwrap();
+
+        let (mut target, mut notices, dir2) = setup("snap-target");
+        target.restore(state).unwrap();
+        let moved = Step::Migrated {
+            from: "a".into(),
+            to: "b".into(),
+        };
+        assert!(matches!(
+            send(&mut target, record(moved, "m1")),
+            Reply::Event { .. }
+        ));
+        // The target takes the cell over, knowing when it started.
+        let Ok(Notice::Adopt {
+            origin, started, ..
+        }) = notices.try_recv()
+        else {
+            panic!("a migrated cell is adopted");
+        };
+        assert_eq!(origin, 7);
+        assert_eq!(
+            started,
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
+        );
+        // Its log holds the history that came along, then the new event.
+        assert_eq!(target.node.log.last_cursor().unwrap(), 2);
+        let Reply::State { state, events, .. } = send(&mut target, encode(&Command::Query)) else {
+            panic!("query answers");
+        };
+        assert_eq!(events, 2);
+        assert_eq!(state.migrations, 1);
+        assert_eq!(state.processed_events, 2);
+        assert!(target.restore(Bytes::from_static(b"nope")).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(dir2);
     }
 }

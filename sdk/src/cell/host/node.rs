@@ -34,6 +34,8 @@ pub(crate) enum Notice {
         doc: Box<ExecutionCellDocument>,
         exit: Option<ExitReport>,
         destroy: bool,
+        /// When the cell started (its TTL runs from there).
+        started: Option<std::time::SystemTime>,
     },
 }
 

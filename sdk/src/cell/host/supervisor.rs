@@ -27,6 +27,7 @@ pub(crate) enum Control {
 pub(crate) struct Detached {
     pub(crate) exit: Option<ExitReport>,
     pub(crate) doc: ExecutionCellDocument,
+    pub(crate) started: SystemTime,
 }
 
 /// How a supervision task begins.
@@ -37,6 +38,7 @@ pub(crate) enum Begin {
     Adopted {
         exit: Option<ExitReport>,
         destroy: bool,
+        started: Option<SystemTime>,
     },
 }
 
@@ -82,7 +84,7 @@ pub(crate) async fn run_cell(
 ) {
     let id = doc.id().to_string();
     let ttl = Duration::from_secs(doc.spec.lifetime.ttl_seconds);
-    let (handle, mut exit, mut teardown) = match begin {
+    let (handle, mut exit, mut teardown, started) = match begin {
         Begin::Fresh => match inner.backend.create(&doc).await {
             Ok(handle) => {
                 log_failure(
@@ -90,7 +92,7 @@ pub(crate) async fn run_cell(
                     "started",
                     record(&inner, &id, origin, Step::Started).await,
                 );
-                (handle, None, None)
+                (handle, None, None, SystemTime::now())
             }
             Err(e) => {
                 // The cell never ran: record that it started and failed, so
@@ -110,9 +112,14 @@ pub(crate) async fn run_cell(
                 return;
             }
         },
-        Begin::Adopted { exit, destroy } => {
+        Begin::Adopted {
+            exit,
+            destroy,
+            started,
+        } => {
+            let started = started.unwrap_or_else(SystemTime::now);
             match inner.backend.adopt(&doc, CellHost::Local, exit.clone()) {
-                Ok(handle) => (handle, exit, destroy.then_some(None)),
+                Ok(handle) => (handle, exit, destroy.then_some(None), started),
                 Err(e) => {
                     tracing::error!(cell = %id, error = %e, "cannot take over migrated cell");
                     inner.hosted.remove(&id);
@@ -121,7 +128,11 @@ pub(crate) async fn run_cell(
             }
         }
     };
-    let deadline = Instant::now() + ttl;
+    // The TTL runs from the start, wherever the cell has moved since.
+    let left = (started + ttl)
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    let deadline = Instant::now() + left;
     let mut waiting = doc.spec.run.is_some() && exit.is_none();
     while teardown.is_none() {
         tokio::select! {
@@ -139,7 +150,11 @@ pub(crate) async fn run_cell(
                     match inner.backend.release(&handle) {
                         Ok(()) => {
                             inner.hosted.remove(&id);
-                            let _ = reply.send(Ok(Detached { exit, doc }));
+                            let _ = reply.send(Ok(Detached {
+                                exit,
+                                doc,
+                                started,
+                            }));
                             return;
                         }
                         Err(e) => {
