@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use cellmesh::cell::backend::StubBackend;
 use cellmesh::cell::{
-    CellBackend, CellError, CellHandle, CellHost, ExecutionCellDocument, ExecutionCellSpec,
-    Lifetime, ProcessBackend, ProcessBackendConfig, RunLimits, RunSpec, TerminalState,
-    FORCED_EXIT_CODE,
+    CellBackend, CellError, CellHandle, CellHost, ExecutionCellDocument, ProcessBackend,
+    ProcessBackendConfig, RunLimits, TerminalState, FORCED_EXIT_CODE,
 };
 
 #[path = "cells/contract.rs"]
@@ -17,21 +16,7 @@ mod contract;
 #[allow(dead_code)]
 mod support;
 
-fn doc(id: &str, ttl: u64, argv: Option<&[&str]>) -> ExecutionCellDocument {
-    ExecutionCellDocument::new(ExecutionCellSpec {
-        id: id.into(),
-        authority: Default::default(),
-        lifetime: Lifetime { ttl_seconds: ttl },
-        run: argv.map(|argv| RunSpec {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            working_directory: None,
-            timeout_ms: None,
-            limits: None,
-        }),
-        placement: None,
-        correlation: None,
-    })
-}
+use support::doc;
 
 mod stub {
     use super::*;
