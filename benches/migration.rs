@@ -1,7 +1,8 @@
 //! Migration benchmarks on loopback. Prints figures; asserts nothing except
 //! that no event was lost or duplicated (a broken run is not a figure).
 //!
-//! Run: `cargo bench --bench migration` (add `-- quick` for a shorter run).
+//! Run: `cargo bench --bench migration` (add `-- quick` for a shorter run,
+//! `-- large` for only the 64 MiB migrations).
 //!
 //! - raw quinn bulk throughput on one connection, same run (the limit);
 //! - migration time and blackout for 1 KiB, 1 MiB, 16 MiB and 64 MiB
@@ -42,8 +43,14 @@ async fn runtimes(n: usize, ballast: usize) -> Vec<DaemonRuntime> {
     let mut rts = Vec::new();
     for m in meshes {
         let rt = DaemonRuntime::new(Arc::new(m));
+        // One ballast shared by every daemon the factory builds, so a
+        // factory call costs what a real one would, not a 64 MiB fill.
+        let shared = CounterDaemon::with_ballast(ballast).ballast;
         rt.register_factory("counter", move || {
-            Box::new(CounterDaemon::with_ballast(ballast))
+            Box::new(CounterDaemon {
+                count: 0,
+                ballast: shared.clone(),
+            })
         })
         .expect("register");
         rt.start().await.expect("start");
@@ -177,6 +184,9 @@ async fn migrations(size: usize, rounds: usize, with_load: bool, raw_mbs: f64) {
             .start_migration(daemon, to.mesh().node_id(), MigrationOpts::default())
             .expect("start");
         let report = handle.wait().await.expect("migration");
+        if std::env::args().any(|a| a == "large") {
+            println!("    phases: {:?}", report.phases);
+        }
         totals.push(report.total);
         blackouts.push(report.blackout);
         bytes = report.snapshot_bytes;
@@ -258,6 +268,8 @@ async fn drain(n: usize) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    // `large`: only the 64 MiB idle migrations (for profiling the bulk path).
+    let large = std::env::args().any(|a| a == "large");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -270,6 +282,10 @@ fn main() {
         );
         let raw = raw_quinn_bulk(256 << 20).await;
         println!("\nraw quinn bulk, one connection, 256 MiB: {raw:.0} MB/s\n");
+        if large {
+            migrations(64 << 20, 6, false, raw).await;
+            return;
+        }
         let sizes: &[(usize, usize)] = if quick {
             &[(1 << 10, 20), (1 << 20, 5), (16 << 20, 2), (64 << 20, 1)]
         } else {

@@ -29,7 +29,7 @@ const MAGIC: &[u8; 6] = b"CMSNAP";
 const VERSION: u8 = 1;
 const SIGNATURE_TAG: &[u8] = b"cellmesh/snapshot/v1";
 const HEADER_LEN: usize = 6 + 1 + 32 + 8 * 5 + 4;
-const SIGNATURE_LEN: usize = 64;
+pub(crate) const SIGNATURE_LEN: usize = 64;
 
 /// The largest encoded snapshot [`StateSnapshot::from_bytes`] accepts
 /// (1 GiB of state plus bookkeeping).
@@ -181,10 +181,20 @@ impl StateSnapshot {
     /// a decoded one re-emits the signature it was verified with, so a
     /// snapshot altered in memory (say, its `through_seq`) no longer decodes.
     pub fn to_bytes(&self) -> Bytes {
+        let segments = self.to_segments();
+        let mut out = BytesMut::with_capacity(segments.iter().map(Bytes::len).sum());
+        for segment in &segments {
+            out.put_slice(segment);
+        }
+        out.freeze()
+    }
+
+    /// The encoding of [`to_bytes`](Self::to_bytes) as consecutive
+    /// segments: the header, the state (shared, not copied) and the
+    /// signature.
+    pub(crate) fn to_segments(&self) -> Vec<Bytes> {
         let state_len = self.state.as_ref().map_or(0, Bytes::len);
-        let mut out = BytesMut::with_capacity(
-            HEADER_LEN + self.marks.len() * 16 + 9 + state_len + SIGNATURE_LEN,
-        );
+        let mut out = BytesMut::with_capacity(HEADER_LEN + self.marks.len() * 16 + 9);
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
         out.put_slice(self.entity.as_bytes());
@@ -205,15 +215,22 @@ impl StateSnapshot {
         }
         out.put_u8(u8::from(self.state.is_some()));
         out.put_u64_le(state_len as u64);
-        if let Some(state) = &self.state {
-            out.put_slice(state);
-        }
+        let header = out.freeze();
         let signature = match &self.seal {
-            Seal::Local(keypair) => keypair.sign(&signed_message(&out)),
+            Seal::Local(keypair) => {
+                let mut hasher = blake3::Hasher::new();
+                hasher.update(&header);
+                if let Some(state) = &self.state {
+                    hasher.update(state);
+                }
+                keypair.sign(&signed_digest(hasher.finalize().as_bytes()))
+            }
             Seal::Verified(signature) => *signature,
         };
-        out.put_slice(&signature);
-        out.freeze()
+        let mut segments = vec![header];
+        segments.extend(self.state.clone());
+        segments.push(Bytes::copy_from_slice(&signature));
+        segments
     }
 
     /// Decodes and verifies a snapshot.
@@ -234,7 +251,26 @@ impl StateSnapshot {
         Self::decode(bytes, Some(bytes))
     }
 
+    /// As [`from_shared`](Self::from_shared), with `digest` the BLAKE3 hash
+    /// of `bytes` without its trailing signature, already computed by the
+    /// caller (as the bytes arrived), so the state is not hashed again.
+    /// A wrong digest makes verification fail, never pass.
+    pub(crate) fn from_shared_digested(
+        bytes: &Bytes,
+        digest: &[u8; 32],
+    ) -> Result<Self, SnapshotError> {
+        Self::decode_with(bytes, Some(bytes), Some(digest))
+    }
+
     fn decode(bytes: &[u8], shared: Option<&Bytes>) -> Result<Self, SnapshotError> {
+        Self::decode_with(bytes, shared, None)
+    }
+
+    fn decode_with(
+        bytes: &[u8],
+        shared: Option<&Bytes>,
+        digest: Option<&[u8; 32]>,
+    ) -> Result<Self, SnapshotError> {
         if bytes.len() > MAX_SNAPSHOT_BYTES {
             return Err(SnapshotError::Oversized {
                 len: bytes.len() as u64,
@@ -296,7 +332,11 @@ impl StateSnapshot {
         if !r.rest.is_empty() {
             return Err(SnapshotError::TrailingBytes(r.rest.len() as u64));
         }
-        if !entity.verify(&signed_message(&bytes[..body_len]), &signature) {
+        let message = match digest {
+            Some(digest) => signed_digest(digest),
+            None => signed_message(&bytes[..body_len]),
+        };
+        if !entity.verify(&message, &signature) {
             return Err(SnapshotError::BadSignature(entity));
         }
         Ok(Self {
@@ -328,10 +368,13 @@ impl fmt::Debug for StateSnapshot {
 
 /// `tag || BLAKE3(body)`: what the signature covers.
 fn signed_message(body: &[u8]) -> Vec<u8> {
-    let digest = blake3::hash(body);
+    signed_digest(blake3::hash(body).as_bytes())
+}
+
+fn signed_digest(digest: &[u8; 32]) -> Vec<u8> {
     let mut message = Vec::with_capacity(SIGNATURE_TAG.len() + 32);
     message.extend_from_slice(SIGNATURE_TAG);
-    message.extend_from_slice(digest.as_bytes());
+    message.extend_from_slice(digest);
     message
 }
 

@@ -322,6 +322,21 @@ impl FrameReader {
         }
     }
 
+    /// The next frame's body, undecoded: `Ok(None)` when the stream ends
+    /// cleanly (or is reset) between frames.
+    pub(crate) async fn next_body(&mut self) -> Result<Option<bytes::Bytes>, FrameError> {
+        loop {
+            if let Some(body) = self.buf.next_body()? {
+                return Ok(Some(body));
+            }
+            match self.recv.read_chunk(256 << 10, true).await {
+                Ok(Some(chunk)) => self.buf.push(&chunk.bytes),
+                Ok(None) if self.buf.is_mid_frame() => return Err(FrameError::Truncated("frame")),
+                Ok(None) | Err(_) => return Ok(None),
+            }
+        }
+    }
+
     /// A frame already received, without waiting for more bytes.
     pub(crate) fn buffered<T: serde::de::DeserializeOwned>(
         &mut self,

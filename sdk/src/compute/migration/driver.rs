@@ -265,18 +265,17 @@ impl Run {
                                 measured.freeze_at = Some(Instant::now());
                                 let snapshot = slot.lock().capture();
                                 frozen = Some(slot);
-                                snapshot.map(|s| s.to_bytes()).map_err(|e| e.to_string())
+                                snapshot.map(|s| s.to_segments()).map_err(|e| e.to_string())
                             }
                             Err(FreezeError::NotFound) => Err("the daemon was stopped".into()),
                             Err(FreezeError::AlreadyMigrating) => {
                                 Err("the daemon is held by another migration".into())
                             }
                         };
-                        if let Ok(bytes) = &sealed {
-                            measured.snapshot_bytes = bytes.len() as u64;
-                            self.progress
-                                .total
-                                .store(bytes.len() as u64, Ordering::Relaxed);
+                        if let Ok(segments) = &sealed {
+                            let len: usize = segments.iter().map(bytes::Bytes::len).sum();
+                            measured.snapshot_bytes = len as u64;
+                            self.progress.total.store(len as u64, Ordering::Relaxed);
                         }
                         machine.sealed(Instant::now(), sealed);
                     }

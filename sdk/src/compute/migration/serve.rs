@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::gate::Gate;
 use super::target::{Phase, Step, Target};
-use super::wire::{Body, Msg, Prepare, Refusal, Verdict};
+use super::wire::{decode_msg, Body, Msg, Prepare, Refusal, Verdict};
 use crate::compute::host::DaemonHost;
 use crate::compute::runtime::Slot;
 use crate::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, StateSnapshot};
@@ -61,6 +61,8 @@ pub(crate) async fn serve_stream(
     let mut open = true;
     let mut prepare: Option<Prepare> = None;
     let mut slot: Option<Arc<Slot>> = None;
+    // The daemon the check built, restored later: one factory call.
+    let mut built: Option<Built> = None;
     loop {
         while let Some(step) = machine.poll() {
             match step {
@@ -78,13 +80,15 @@ pub(crate) async fn serve_stream(
                     }
                 }
                 Step::Check(p) => {
-                    let result = check(&rt, &p);
+                    let result = check(&rt, &p).map(|daemon| {
+                        built = Some(daemon);
+                    });
                     prepare = Some(p);
                     machine.checked(Instant::now(), result);
                 }
-                Step::Restore(bytes) => {
+                Step::Restore(bytes, digest) => {
                     let result = match prepare.as_ref() {
-                        Some(p) => restore(&rt, p, &bytes).map(|s| {
+                        Some(p) => restore(&rt, p, &bytes, &digest, built.take()).map(|s| {
                             slot = Some(s);
                         }),
                         None => Err(Refusal::Protocol("restore without prepare".into())),
@@ -123,7 +127,10 @@ pub(crate) async fn serve_stream(
             tokio::time::Instant::from_std,
         );
         tokio::select! {
-            frame = reader.next::<Msg>("migration"), if open => match frame {
+            frame = reader.next_body(), if open => match frame.and_then(|body| match body {
+                Some(body) => decode_msg(&body).map(Some),
+                None => Ok(None),
+            }) {
                 Ok(Some(msg)) => machine.handle(Instant::now(), msg),
                 Ok(None) | Err(_) => {
                     open = false;
@@ -137,17 +144,21 @@ pub(crate) async fn serve_stream(
     tracing::debug!(peer = %peer.short(), migration = machine.id(), phase = ?machine.phase(), "migration stream done");
 }
 
-/// Prepare: can this node take the daemon?
-fn check(rt: &DaemonRuntime, p: &Prepare) -> Result<(), Refusal> {
+/// A daemon built from its factory, with its kind.
+type Built = (Arc<str>, Box<dyn crate::compute::MeshDaemon>);
+
+/// Prepare: can this node take the daemon? Returns the daemon built for
+/// the check, to be restored if the migration proceeds.
+fn check(rt: &DaemonRuntime, p: &Prepare) -> Result<Built, Refusal> {
     rt.check_ready().map_err(|_| Refusal::NotReady)?;
-    match rt.build_kind(&p.kind) {
-        Ok(_) => {}
+    let built = match rt.build_kind(&p.kind) {
+        Ok(built) => built,
         Err(DaemonError::FactoryNotFound(kind)) => return Err(Refusal::FactoryNotFound(kind)),
         Err(DaemonError::CapabilityMismatch { unmet, .. }) => {
             return Err(Refusal::CapabilityMismatch(unmet))
         }
         Err(other) => return Err(Refusal::RestoreFailed(other.to_string())),
-    }
+    };
     if rt.slot_of(p.origin_hash).is_ok() {
         return Err(Refusal::AlreadyHosted);
     }
@@ -165,7 +176,7 @@ fn check(rt: &DaemonRuntime, p: &Prepare) -> Result<(), Refusal> {
             "the transported key is not the daemon's".into(),
         ));
     }
-    Ok(())
+    Ok(built)
 }
 
 /// The daemon's identity: transported, or handed over beforehand with
@@ -182,9 +193,15 @@ fn identity_for(rt: &DaemonRuntime, p: &Prepare) -> Result<Identity, Refusal> {
 
 /// Restore: verify the sealed snapshot and install the daemon, gated and
 /// unannounced.
-fn restore(rt: &DaemonRuntime, p: &Prepare, bytes: &Bytes) -> Result<Arc<Slot>, Refusal> {
-    let snapshot =
-        StateSnapshot::from_shared(bytes).map_err(|e| Refusal::IdentityMismatch(e.to_string()))?;
+fn restore(
+    rt: &DaemonRuntime,
+    p: &Prepare,
+    bytes: &Bytes,
+    digest: &[u8; 32],
+    built: Option<Built>,
+) -> Result<Arc<Slot>, Refusal> {
+    let snapshot = StateSnapshot::from_shared_digested(bytes, digest)
+        .map_err(|e| Refusal::IdentityMismatch(e.to_string()))?;
     if snapshot.entity_id().as_bytes() != &p.entity {
         return Err(Refusal::IdentityMismatch(format!(
             "snapshot is bound to {}, not the migrating daemon",
@@ -192,9 +209,12 @@ fn restore(rt: &DaemonRuntime, p: &Prepare, bytes: &Bytes) -> Result<Arc<Slot>, 
         )));
     }
     let identity = identity_for(rt, p)?;
-    let (kind, daemon) = rt
-        .build_kind(&p.kind)
-        .map_err(|e| Refusal::RestoreFailed(e.to_string()))?;
+    let (kind, daemon) = match built {
+        Some(built) => built,
+        None => rt
+            .build_kind(&p.kind)
+            .map_err(|e| Refusal::RestoreFailed(e.to_string()))?,
+    };
     let config = rt.expectation(p.origin_hash).map_or_else(
         || DaemonHostConfig {
             max_snapshot_bytes: p.max_snapshot_bytes,

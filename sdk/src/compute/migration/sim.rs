@@ -186,7 +186,7 @@ impl World {
                     self.src_gate = SrcGate::Frozen;
                     let bytes = self.src_copy.as_ref().expect("source copy").encode();
                     let now = self.now();
-                    self.src.as_mut().unwrap().sealed(now, Ok(bytes));
+                    self.src.as_mut().unwrap().sealed(now, Ok(vec![bytes]));
                 }
                 source::Step::Resume => {
                     self.src_gate = SrcGate::Open;
@@ -260,7 +260,11 @@ impl World {
                         },
                     );
                 }
-                target::Step::Restore(bytes) => {
+                target::Step::Restore(bytes, digest) => {
+                    // The digest kept while receiving is the hash of all but
+                    // the signature.
+                    let body = &bytes[..bytes.len().saturating_sub(64)];
+                    assert_eq!(digest, *blake3::hash(body).as_bytes());
                     self.tgt_copy = Some(Copy::decode(&bytes));
                     self.tgt_gate = TgtGate::Incoming;
                     let now = self.now();

@@ -175,24 +175,30 @@ impl Source {
         }
     }
 
-    /// The sealed snapshot (or why it could not be taken).
-    pub(crate) fn sealed(&mut self, _now: Instant, snapshot: Result<Bytes, String>) {
+    /// The sealed snapshot as consecutive segments (sent in order, each cut
+    /// into chunks, so a large state goes out without being copied), or why
+    /// it could not be taken.
+    pub(crate) fn sealed(&mut self, _now: Instant, snapshot: Result<Vec<Bytes>, String>) {
         if self.phase != Phase::Seal {
             return;
         }
         match snapshot {
-            Ok(bytes) => {
+            Ok(segments) => {
                 self.phase = Phase::Transfer;
-                let total = bytes.len() as u64;
-                let mut offset = 0;
-                while offset < bytes.len() {
-                    let end = (offset + self.chunk).min(bytes.len());
-                    self.send(Body::Chunk {
-                        offset: offset as u64,
-                        total,
-                        data: bytes.slice(offset..end),
-                    });
-                    offset = end;
+                let total = segments.iter().map(|s| s.len() as u64).sum();
+                let mut offset = 0u64;
+                for bytes in segments {
+                    let mut at = 0;
+                    while at < bytes.len() {
+                        let end = (at + self.chunk).min(bytes.len());
+                        self.send(Body::Chunk {
+                            offset,
+                            total,
+                            data: bytes.slice(at..end),
+                        });
+                        offset += (end - at) as u64;
+                        at = end;
+                    }
                 }
                 self.send(Body::Sealed { total });
                 self.phase = Phase::Restore;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::compute::snapshot::SIGNATURE_LEN;
+
 use super::source::body_name;
 use super::wire::{Body, Msg, Prepare, Refusal, Verdict, VERSIONS};
 
@@ -35,7 +37,9 @@ pub(crate) enum Step {
     Check(Prepare),
     /// Decode and restore the snapshot (gated, unannounced); answer
     /// `restored`.
-    Restore(Bytes),
+    /// Restore from the sealed snapshot; the digest is BLAKE3 over all of
+    /// it but the trailing signature, computed as the chunks arrived.
+    Restore(Bytes, [u8; 32]),
     /// Take ownership: announce the daemon; forwarded events pass.
     Activate,
     /// Process the waiting direct events and open the gate.
@@ -60,6 +64,10 @@ pub(crate) struct Target {
     next_beat: Instant,
     max: u64,
     buf: BytesMut,
+    /// BLAKE3 over `buf[..hashed]`, kept 64 bytes behind the end (the
+    /// signature), so verifying the snapshot needs no second pass.
+    hasher: blake3::Hasher,
+    hashed: usize,
     restored: bool,
     out: VecDeque<Step>,
 }
@@ -78,6 +86,8 @@ impl Target {
             next_beat: now + beat,
             max: 0,
             buf: BytesMut::new(),
+            hasher: blake3::Hasher::new(),
+            hashed: 0,
             restored: false,
             out: VecDeque::new(),
         }
@@ -171,6 +181,11 @@ impl Target {
                     self.buf.reserve(total as usize);
                 }
                 self.buf.extend_from_slice(&data);
+                let upto = self.buf.len().saturating_sub(SIGNATURE_LEN);
+                if upto > self.hashed {
+                    self.hasher.update(&self.buf[self.hashed..upto]);
+                    self.hashed = upto;
+                }
             }
             (Phase::Receive, Body::Sealed { total }) => {
                 if total != self.buf.len() as u64 {
@@ -181,7 +196,8 @@ impl Target {
                 }
                 self.phase = Phase::Restore;
                 let bytes = std::mem::take(&mut self.buf).freeze();
-                self.out.push_back(Step::Restore(bytes));
+                let digest = *self.hasher.finalize().as_bytes();
+                self.out.push_back(Step::Restore(bytes, digest));
             }
             (Phase::AwaitCommit, Body::Commit) => {
                 self.phase = Phase::Handover;

@@ -209,6 +209,61 @@ pub(crate) fn encode_chunk_header(id: u64, offset: u64, total: u64, data_len: us
     frame
 }
 
+/// Decodes a migration frame body. A chunk's data is taken as a slice of
+/// `body` rather than copied out of it.
+///
+/// # Errors
+/// As [`frame::decode_body`](crate::mesh::frame::decode_body).
+pub(crate) fn decode_msg(body: &Bytes) -> Result<Msg, crate::mesh::frame::FrameError> {
+    if let Some(msg) = decode_chunk(body) {
+        return Ok(msg);
+    }
+    crate::mesh::frame::decode_body(body, "migration")
+}
+
+/// The fields before a chunk's data, in postcard's order: the message id,
+/// the body's variant index, offset, total and the data's length.
+#[derive(Deserialize)]
+struct ChunkPrefix {
+    id: u64,
+    variant: u32,
+    offset: u64,
+    total: u64,
+    len: u64,
+}
+
+fn chunk_variant() -> u32 {
+    static VARIANT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *VARIANT.get_or_init(|| {
+        let empty = Body::Chunk {
+            offset: 0,
+            total: 0,
+            data: Bytes::new(),
+        };
+        let encoded = postcard::to_stdvec(&empty).expect("an empty chunk encodes");
+        // The variant index is the first varint; it is below 128.
+        u32::from(encoded[0])
+    })
+}
+
+/// The chunk `body` holds, decoded without copying its data, or `None` if it
+/// is not a well-formed chunk (the general decoder then decides).
+fn decode_chunk(body: &Bytes) -> Option<Msg> {
+    let (prefix, rest) = postcard::take_from_bytes::<ChunkPrefix>(body).ok()?;
+    if prefix.variant != chunk_variant() || prefix.len != rest.len() as u64 {
+        return None;
+    }
+    let start = body.len() - rest.len();
+    Some(Msg {
+        id: prefix.id,
+        body: Body::Chunk {
+            offset: prefix.offset,
+            total: prefix.total,
+            data: body.slice(start..),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +288,50 @@ mod tests {
                 "len {len}"
             );
         }
+    }
+
+    #[test]
+    fn chunks_decode_without_copy_and_other_messages_as_before() {
+        for len in [0usize, 1, 127, 128, 300, 1 << 16] {
+            let msg = Msg {
+                id: u64::MAX - 3,
+                body: Body::Chunk {
+                    offset: 7,
+                    total: 1 << 40,
+                    data: Bytes::from(vec![0x33; len]),
+                },
+            };
+            let frame = crate::mesh::frame::encode(&msg, 1 << 20).unwrap();
+            let body = Bytes::copy_from_slice(&frame[4..]);
+            let decoded = decode_msg(&body).unwrap();
+            assert_eq!(decoded, msg);
+            if let Body::Chunk { data, .. } = decoded.body {
+                // The data points into the frame body: no copy was made.
+                assert_eq!(data.as_ptr(), body[body.len() - len..].as_ptr());
+            }
+        }
+        for body in [Body::Heartbeat, Body::Sealed { total: 9 }, Body::Commit] {
+            let msg = Msg { id: 5, body };
+            let frame = crate::mesh::frame::encode(&msg, 1 << 20).unwrap();
+            assert_eq!(
+                decode_msg(&Bytes::copy_from_slice(&frame[4..])).unwrap(),
+                msg
+            );
+        }
+        // A chunk whose length field disagrees with its data is left to the
+        // general decoder: both paths give the same answer.
+        let msg = Msg {
+            id: 1,
+            body: Body::Chunk {
+                offset: 0,
+                total: 4,
+                data: Bytes::from_static(b"abcd"),
+            },
+        };
+        let frame = crate::mesh::frame::encode(&msg, 1 << 20).unwrap();
+        let mut body = frame[4..].to_vec();
+        body.push(0);
+        let general = crate::mesh::frame::decode_body::<Msg>(&body, "migration").ok();
+        assert_eq!(decode_msg(&Bytes::from(body)).ok(), general);
     }
 }
