@@ -214,6 +214,15 @@ async fn a_cell_migrates_with_its_projection() {
     assert!(!a.backend().has_tracked_state("mover"));
     assert!(!a.hosts("mover"));
     assert!(b.backend().has_tracked_state("mover"));
+    // A knows the cell but no longer hosts it.
+    let again = a
+        .migrate("mover", b_rt.mesh().node_id(), MigrationOpts::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&again, CellMigrateError::Cell(CellError::NotHosted(id)) if id == "mover"),
+        "{again:?}"
+    );
     // The exit report travelled with the cell.
     let (_, exit) = b.query("mover").await.unwrap();
     assert_eq!(&exit.unwrap().stdout[..], b"moved\n");
@@ -323,4 +332,37 @@ async fn the_node_projection_is_rebuilt_after_a_restart() {
             .exit_code,
         Some(4)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_applies_of_one_id_have_one_winner() {
+    let (a_rt, a) = process_node("twice-a").await;
+    let (b_rt, b) = process_node("twice-b").await;
+    connect(&a_rt, &b_rt).await;
+    let (r1, r2) = tokio::join!(
+        a.apply(doc("twice", 60, None)),
+        a.apply(doc("twice", 60, None))
+    );
+    assert_eq!(
+        [&r1, &r2].iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{r1:?} {r2:?}"
+    );
+    assert!([r1, r2]
+        .into_iter()
+        .any(|r| matches!(r, Err(CellError::AlreadyExists(id)) if id == "twice")));
+    // B does not host it: migrating from B names that.
+    let err = b
+        .migrate("twice", a_rt.mesh().node_id(), MigrationOpts::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CellMigrateError::Cell(CellError::UnknownCell(id)) if id == "twice"),
+        "{err:?}"
+    );
+    a.wait_until("twice", WAIT, |s| {
+        s.lifecycle_stage == LifecycleStage::Started
+    })
+    .await
+    .unwrap();
 }

@@ -143,6 +143,9 @@ pub enum CellError {
         /// Its answer.
         reason: String,
     },
+    /// The cell is known here but runs on another node; ask that node.
+    #[error("cell {0:?} is not hosted on this node")]
+    NotHosted(String),
     /// The cell's command is running, which the operation does not allow.
     #[error("cell {0:?} has a running command")]
     CommandRunning(String),

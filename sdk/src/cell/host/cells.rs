@@ -64,6 +64,8 @@ pub(crate) struct CellsInner {
     /// Cell id → origin hash of its daemon, for every cell applied or
     /// hosted here.
     pub(crate) known: DashMap<String, u64>,
+    /// Ids being applied right now.
+    applying: dashmap::DashSet<String>,
     /// Cells this node's supervisor runs.
     pub(crate) hosted: DashMap<String, Hosted>,
     /// Destroys that arrived for a cell before its task (a migration in
@@ -143,6 +145,7 @@ impl Cells {
             backend,
             client: CellClient::new(rt.clone()),
             known: DashMap::new(),
+            applying: dashmap::DashSet::new(),
             hosted: DashMap::new(),
             pending_destroy: DashMap::new(),
             published: tokio::sync::watch::channel(0).0,
@@ -163,6 +166,17 @@ impl Cells {
     pub async fn apply(&self, doc: ExecutionCellDocument) -> Result<u64, CellError> {
         doc.validate()?;
         let id = doc.id().to_string();
+        // One apply of an id at a time: a concurrent second one is refused.
+        if !self.inner.applying.insert(id.clone()) {
+            return Err(CellError::AlreadyExists(id));
+        }
+        let result = self.apply_reserved(&id, doc).await;
+        self.inner.applying.remove(&id);
+        result
+    }
+
+    async fn apply_reserved(&self, id: &str, doc: ExecutionCellDocument) -> Result<u64, CellError> {
+        let id = id.to_string();
         if self.inner.known.contains_key(&id) && !self.is_destroyed(&id) {
             return Err(CellError::AlreadyExists(id));
         }
@@ -352,7 +366,7 @@ impl Cells {
             .hosted
             .get(id)
             .map(|h| h.control.clone())
-            .ok_or_else(|| CellError::UnknownCell(id.to_string()))?;
+            .ok_or_else(|| CellError::NotHosted(id.to_string()))?;
         let (tx, rx) = oneshot::channel();
         control
             .send(Control::Detach(tx))
