@@ -155,6 +155,29 @@ impl FrameBuf {
         }
     }
 
+    /// The body length the buffered frame announces, once its prefix is in.
+    ///
+    /// # Errors
+    /// [`FrameError::Oversized`].
+    pub(crate) fn announced(&self) -> Result<Option<usize>, FrameError> {
+        match self.buf.get(..4) {
+            Some(p) => check_len([p[0], p[1], p[2], p[3]], self.max).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Bytes buffered (prefix included).
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes the buffered start of the current frame's body, dropping its
+    /// prefix; the buffer is then empty.
+    pub(crate) fn take_partial_body(&mut self) -> bytes::Bytes {
+        let mut all = self.buf.split();
+        all.split_off(4.min(all.len())).freeze()
+    }
+
     /// Whether bytes of an incomplete frame are buffered.
     #[must_use]
     pub fn is_mid_frame(&self) -> bool {

@@ -294,6 +294,16 @@ fn learn_members(shared: &Arc<Shared>, from: NodeId, records: Vec<SignedRecord>)
 pub(crate) struct FrameReader {
     recv: quinn::RecvStream,
     buf: frame::FrameBuf,
+    /// A large frame being received as the stream's own chunks.
+    direct: Option<Direct>,
+}
+
+/// The pieces of a large frame received so far (kept here, not in the
+/// future, so a cancelled read loses nothing).
+struct Direct {
+    len: usize,
+    have: usize,
+    parts: Vec<bytes::Bytes>,
 }
 
 impl FrameReader {
@@ -301,6 +311,7 @@ impl FrameReader {
         Self {
             recv,
             buf: frame::FrameBuf::new(max),
+            direct: None,
         }
     }
 
@@ -322,12 +333,50 @@ impl FrameReader {
         }
     }
 
-    /// The next frame's body, undecoded: `Ok(None)` when the stream ends
-    /// cleanly (or is reset) between frames.
-    pub(crate) async fn next_body(&mut self) -> Result<Option<bytes::Bytes>, FrameError> {
+    /// The next frame's body as the pieces it arrived in. A frame whose
+    /// body is at least `direct_min` bytes is not reassembled: once its
+    /// first 64 body bytes are buffered, the rest is handed on as the
+    /// stream's own chunks, without a copy. Smaller frames come whole.
+    /// `Ok(None)` when the stream ends cleanly between frames.
+    ///
+    /// Cancel safe: a frame's progress is kept in the reader.
+    pub(crate) async fn next_body_parts(
+        &mut self,
+        direct_min: usize,
+    ) -> Result<Option<Vec<bytes::Bytes>>, FrameError> {
         loop {
+            if let Some(direct) = &mut self.direct {
+                if direct.have >= direct.len {
+                    let done = self.direct.take().map(|d| d.parts);
+                    return Ok(done);
+                }
+                // Cancel safe: read_chunk loses nothing when dropped, and
+                // what arrived is already in `direct`.
+                match self.recv.read_chunk(direct.len - direct.have, true).await {
+                    Ok(Some(chunk)) => {
+                        direct.have += chunk.bytes.len();
+                        direct.parts.push(chunk.bytes);
+                    }
+                    Ok(None) | Err(_) => {
+                        self.direct = None;
+                        return Err(FrameError::Truncated("frame"));
+                    }
+                }
+                continue;
+            }
             if let Some(body) = self.buf.next_body()? {
-                return Ok(Some(body));
+                return Ok(Some(vec![body]));
+            }
+            if let Some(len) = self.buf.announced()? {
+                if len >= direct_min && self.buf.buffered() >= 4 + 64 {
+                    let first = self.buf.take_partial_body();
+                    self.direct = Some(Direct {
+                        len,
+                        have: first.len(),
+                        parts: vec![first],
+                    });
+                    continue;
+                }
             }
             match self.recv.read_chunk(256 << 10, true).await {
                 Ok(Some(chunk)) => self.buf.push(&chunk.bytes),

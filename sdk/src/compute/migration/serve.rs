@@ -8,7 +8,10 @@ use bytes::Bytes;
 
 use super::gate::Gate;
 use super::target::{Phase, Step, Target};
-use super::wire::{decode_msg, Body, Msg, Prepare, Refusal, Verdict};
+use super::wire::{decode_parts, Body, Msg, Prepare, Refusal, Verdict};
+
+/// Frames at least this large (state chunks) are not reassembled.
+const DIRECT_MIN: usize = 64 << 10;
 use crate::compute::host::DaemonHost;
 use crate::compute::runtime::Slot;
 use crate::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, StateSnapshot};
@@ -127,11 +130,16 @@ pub(crate) async fn serve_stream(
             tokio::time::Instant::from_std,
         );
         tokio::select! {
-            frame = reader.next_body(), if open => match frame.and_then(|body| match body {
-                Some(body) => decode_msg(&body).map(Some),
+            frame = reader.next_body_parts(DIRECT_MIN), if open => match frame.and_then(|parts| match parts {
+                Some(parts) => decode_parts(parts).map(Some),
                 None => Ok(None),
             }) {
-                Ok(Some(msg)) => machine.handle(Instant::now(), msg),
+                Ok(Some(msgs)) => {
+                    let now = Instant::now();
+                    for msg in msgs {
+                        machine.handle(now, msg);
+                    }
+                }
                 Ok(None) | Err(_) => {
                     open = false;
                     machine.connection_lost(Instant::now());

@@ -246,6 +246,54 @@ fn chunk_variant() -> u32 {
     })
 }
 
+/// Decodes a frame body that arrived in pieces into the messages it
+/// carries: a chunk becomes one chunk message per piece, at consecutive
+/// offsets, none copied; anything else is joined and decoded whole.
+///
+/// # Errors
+/// As [`decode_msg`].
+pub(crate) fn decode_parts(parts: Vec<Bytes>) -> Result<Vec<Msg>, crate::mesh::frame::FrameError> {
+    if parts.len() == 1 {
+        return decode_msg(&parts[0]).map(|m| vec![m]);
+    }
+    let total_len: usize = parts.iter().map(Bytes::len).sum();
+    if let Some(first) = parts.first() {
+        if let Ok((prefix, rest)) = postcard::take_from_bytes::<ChunkPrefix>(first) {
+            let head = first.len() - rest.len();
+            if prefix.variant == chunk_variant() && prefix.len == (total_len - head) as u64 {
+                let mut offset = prefix.offset;
+                let mut out = Vec::with_capacity(parts.len());
+                for (i, part) in parts.iter().enumerate() {
+                    let data = if i == 0 {
+                        part.slice(head..)
+                    } else {
+                        part.clone()
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let len = data.len() as u64;
+                    out.push(Msg {
+                        id: prefix.id,
+                        body: Body::Chunk {
+                            offset,
+                            total: prefix.total,
+                            data,
+                        },
+                    });
+                    offset += len;
+                }
+                return Ok(out);
+            }
+        }
+    }
+    let mut whole = bytes::BytesMut::with_capacity(total_len);
+    for part in &parts {
+        whole.extend_from_slice(part);
+    }
+    decode_msg(&whole.freeze()).map(|m| vec![m])
+}
+
 /// The chunk `body` holds, decoded without copying its data, or `None` if it
 /// is not a well-formed chunk (the general decoder then decides).
 fn decode_chunk(body: &Bytes) -> Option<Msg> {
@@ -333,5 +381,64 @@ mod tests {
         body.push(0);
         let general = crate::mesh::frame::decode_body::<Msg>(&body, "migration").ok();
         assert_eq!(decode_msg(&Bytes::from(body)).ok(), general);
+    }
+
+    #[test]
+    fn a_chunk_in_pieces_becomes_consecutive_chunks_without_copies() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let msg = Msg {
+            id: 42,
+            body: Body::Chunk {
+                offset: 1 << 20,
+                total: 1 << 30,
+                data: Bytes::from(data.clone()),
+            },
+        };
+        let frame = crate::mesh::frame::encode(&msg, 1 << 20).unwrap();
+        let body = Bytes::copy_from_slice(&frame[4..]);
+        for cuts in [vec![64], vec![64, 65, 1000, 150_000], vec![100, 199_000]] {
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for cut in cuts {
+                parts.push(body.slice(at..cut));
+                at = cut;
+            }
+            parts.push(body.slice(at..));
+            let pointers: Vec<_> = parts.iter().skip(1).map(|p| p.as_ptr()).collect();
+            let msgs = decode_parts(parts).unwrap();
+            let mut joined = Vec::new();
+            let mut next = 1 << 20;
+            for m in &msgs {
+                assert_eq!(m.id, 42);
+                let Body::Chunk {
+                    offset,
+                    total,
+                    data,
+                } = &m.body
+                else {
+                    panic!("chunks only");
+                };
+                assert_eq!((*offset, *total), (next, 1 << 30));
+                next += data.len() as u64;
+                joined.extend_from_slice(data);
+            }
+            assert_eq!(joined, data);
+            // Pieces after the first are handed on as they are.
+            for m in msgs.iter().rev().take(pointers.len()) {
+                let Body::Chunk { data, .. } = &m.body else {
+                    unreachable!()
+                };
+                assert!(pointers.contains(&data.as_ptr()));
+            }
+        }
+        // A non-chunk frame in pieces is joined and decoded whole.
+        let msg = Msg {
+            id: 3,
+            body: Body::Sealed { total: 77 },
+        };
+        let frame = crate::mesh::frame::encode(&msg, 1 << 20).unwrap();
+        let body = Bytes::copy_from_slice(&frame[4..]);
+        let parts = vec![body.slice(..1), body.slice(1..)];
+        assert_eq!(decode_parts(parts).unwrap(), vec![msg]);
     }
 }
