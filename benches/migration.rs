@@ -1,8 +1,10 @@
 //! Migration benchmarks on loopback. Prints figures; asserts nothing except
-//! that no event was lost or duplicated (a broken run is not a figure).
+//! that no event was lost or duplicated and that a 1 GiB state arrives whole
+//! (a broken run is not a figure).
 //!
 //! Run: `cargo bench --bench migration` (add `-- quick` for a shorter run,
-//! `-- large` for only the 64 MiB migrations).
+//! `-- large` for only the 64 MiB migrations, `-- gib` for one migration of
+//! a 1 GiB state, checked whole on arrival).
 //!
 //! - raw quinn bulk throughput on one connection, same run (the limit);
 //! - migration time and blackout for 1 KiB, 1 MiB, 16 MiB and 64 MiB
@@ -266,10 +268,56 @@ async fn drain(n: usize) {
     );
 }
 
+/// Migrates a daemon with 1 GiB of state and checks it arrived whole.
+async fn one_gib(raw_mbs: f64) {
+    // The counter adds 8 bytes: the state is exactly 1 GiB.
+    let size = (1usize << 30) - 8;
+    let rts = runtimes(2, size).await;
+    let daemon = rts[0]
+        .spawn("counter", Identity::generate(), DaemonHostConfig::default())
+        .await
+        .expect("spawn")
+        .origin_hash;
+    for seq in 1..=3 {
+        rts[0]
+            .send(daemon, event(7, seq, Bytes::new()))
+            .await
+            .expect("send");
+    }
+    let mut opts = MigrationOpts::default();
+    opts.deadline = Duration::from_secs(120);
+    let handle = rts[0]
+        .start_migration(daemon, rts[1].mesh().node_id(), opts)
+        .expect("start");
+    let report = handle.wait().await.expect("1 GiB migration");
+    let snap = rts[1]
+        .snapshot(daemon)
+        .await
+        .expect("snapshot")
+        .expect("state");
+    let state = snap.state().expect("state");
+    assert_eq!(state.len(), 8 + size, "the whole state arrived");
+    assert!(state[8..].iter().step_by(4096).all(|&b| b == 0xAB));
+    let out = rts[1]
+        .send(daemon, event(7, 4, Bytes::new()))
+        .await
+        .expect("send on the target");
+    assert_eq!(count_of(&out[0]), Some(4), "the count continues");
+    let mbs = report.snapshot_bytes as f64 / report.total.as_secs_f64() / 1e6;
+    println!(
+        "   1 GiB  idle x1   total {:>10.2?}  blackout {:>10.2?}  {mbs:>7.1} MB/s ({:>3.0}% of raw)  state checked whole",
+        report.total,
+        report.blackout,
+        mbs / raw_mbs * 100.0
+    );
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     // `large`: only the 64 MiB idle migrations (for profiling the bulk path).
     let large = std::env::args().any(|a| a == "large");
+    // `gib`: one migration of a 1 GiB state, checked whole on arrival.
+    let gib = std::env::args().any(|a| a == "gib");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -284,6 +332,10 @@ fn main() {
         println!("\nraw quinn bulk, one connection, 256 MiB: {raw:.0} MB/s\n");
         if large {
             migrations(64 << 20, 6, false, raw).await;
+            return;
+        }
+        if gib {
+            one_gib(raw).await;
             return;
         }
         let sizes: &[(usize, usize)] = if quick {

@@ -252,6 +252,9 @@ impl Run {
                         match written {
                             Ok(()) => {
                                 self.progress.sent.fetch_add(chunk, Ordering::Relaxed);
+                                if chunk > 0 {
+                                    machine.transmitted(Instant::now());
+                                }
                             }
                             Err(reason) => {
                                 open = false;

@@ -234,6 +234,16 @@ impl Source {
         }
     }
 
+    /// A chunk was written and the target's flow control let it through:
+    /// the target is consuming the transfer, so it counts as heard from.
+    /// (While a large state is written the driver reads no frames, so the
+    /// target's heartbeats wait unread.)
+    pub(crate) fn transmitted(&mut self, now: Instant) {
+        if self.phase == Phase::Transfer || self.phase == Phase::Restore {
+            self.last_heard = self.last_heard.max(now);
+        }
+    }
+
     pub(crate) fn connection_lost(&mut self, _now: Instant, reason: String) {
         if self.phase != Phase::Resolve {
             self.fail(Failure::ConnectionLost(reason));

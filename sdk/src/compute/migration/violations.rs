@@ -78,3 +78,51 @@ fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
     assert_eq!(steps[1], target::Step::Settle(Verdict::Aborted));
     assert_eq!(t.phase(), target::Phase::Aborted);
 }
+
+#[test]
+fn a_transfer_that_keeps_moving_is_not_silent() {
+    let base = Instant::now();
+    let timing = Timing {
+        deadline: base + Duration::from_secs(60),
+        silence: Duration::from_millis(200),
+        beat: Duration::from_millis(50),
+    };
+    let identity = Identity::from_seed([5; 32]);
+    let prepare = Prepare {
+        versions: VERSIONS,
+        kind: "counter".into(),
+        entity: *identity.entity_id().as_bytes(),
+        origin_hash: identity.keypair().origin_hash(),
+        seed: None,
+        max_snapshot_bytes: 1 << 20,
+    };
+    let run = |keep_moving: bool| {
+        let mut s = Source::new(9, prepare.clone(), base, timing, 4);
+        let _ = s.poll();
+        s.handle(
+            base,
+            Msg {
+                id: 9,
+                body: Body::Ready { version: 1 },
+            },
+        );
+        assert!(matches!(s.poll(), Some(source::Step::Freeze)));
+        s.sealed(base, Ok(vec![bytes::Bytes::from_static(b"0123456789")]));
+        let _: Vec<_> = std::iter::from_fn(|| s.poll()).collect();
+        // A long write: nothing read from the target for a second.
+        for ms in (50..=1000).step_by(50) {
+            let now = base + Duration::from_millis(ms);
+            if keep_moving {
+                s.transmitted(now);
+            }
+            s.handle_timeout(now);
+        }
+        std::iter::from_fn(|| s.poll())
+            .any(|st| matches!(st, source::Step::Finish(Err(source::Failure::Silence))))
+    };
+    assert!(
+        !run(true),
+        "writes that progress keep the target heard from"
+    );
+    assert!(run(false), "without progress the silence limit applies");
+}
