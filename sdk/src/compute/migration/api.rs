@@ -80,13 +80,14 @@ pub struct MigrationReport {
     pub origin_hash: u64,
     /// Where it runs now.
     pub target: NodeId,
-    /// From `start_migration` to the target's commit acknowledgement.
+    /// From `start_migration` to the end of the blackout.
     pub total: Duration,
     /// Time spent in each phase, in order.
     pub phases: Vec<(MigrationPhase, Duration)>,
     /// From the moment the source stopped processing the daemon's events
-    /// to the moment the target owned it and processed events again (its
-    /// commit acknowledgement; forwarded events are processed on arrival).
+    /// to the moment the target processed its first: the target's answer to
+    /// the first event forwarded to it when events were waiting, otherwise
+    /// its commit acknowledgement (it processes events from then on).
     pub blackout: Duration,
     /// Size of the sealed (signed) snapshot.
     pub snapshot_bytes: u64,

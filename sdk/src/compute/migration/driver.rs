@@ -128,6 +128,9 @@ struct Run {
 struct Measured {
     freeze_at: Option<Instant>,
     committed_at: Option<Instant>,
+    /// When the target answered the first event forwarded to it (it had
+    /// processed it), if events were waiting.
+    first_processed_at: Option<Instant>,
     snapshot_bytes: u64,
     forwarded: u64,
 }
@@ -304,7 +307,11 @@ impl Run {
                                 drained_tx,
                                 self.opts.straggler_grace,
                             ));
-                            let _ = tokio::time::timeout(self.opts.silence, drained).await;
+                            if let Ok(Ok(first)) =
+                                tokio::time::timeout(self.opts.silence, drained).await
+                            {
+                                measured.first_processed_at = first;
+                            }
                             if open {
                                 let msg = Msg {
                                     id: self.id,
@@ -398,11 +405,16 @@ impl Run {
             Ok(()) => {
                 let now = Instant::now();
                 let committed = measured.committed_at.unwrap_or(now);
+                // The target processes again at its commit acknowledgement,
+                // or, when events were waiting, once it answered the first.
+                let back = measured
+                    .first_processed_at
+                    .map_or(committed, |first| first.max(committed));
                 Ok(MigrationReport {
                     migration_id: self.id,
                     origin_hash: self.origin_hash,
                     target: self.target,
-                    total: committed - self.started,
+                    total: back - self.started,
                     phases: {
                         let mut phases = self.phases.clone();
                         phases.push((*self.phase_tx.borrow(), now - self.phase_since));
@@ -410,7 +422,7 @@ impl Run {
                     },
                     blackout: measured
                         .freeze_at
-                        .map_or(std::time::Duration::ZERO, |f| committed - f),
+                        .map_or(std::time::Duration::ZERO, |f| back - f),
                     snapshot_bytes: measured.snapshot_bytes,
                     events_forwarded: measured.forwarded,
                 })
@@ -494,13 +506,14 @@ async fn forward(
     mut queue: mpsc::UnboundedReceiver<Queued>,
     slot: Arc<Slot>,
     initial: usize,
-    drained: oneshot::Sender<()>,
+    drained: oneshot::Sender<Option<Instant>>,
     grace: std::time::Duration,
 ) {
     let mut drained = Some(drained);
     if initial == 0 {
-        let _ = drained.take().map(|d| d.send(()));
+        let _ = drained.take().map(|d| d.send(None));
     }
+    let mut first_answered = None;
     let until = tokio::time::Instant::now() + grace;
     let mut retired = false;
     let mut sent = 0;
@@ -515,10 +528,13 @@ async fn forward(
         };
         let Some(item) = item else { break };
         let outcome = forward_one(&rt, origin_hash, target, item.event).await;
+        if first_answered.is_none() && outcome.is_ok() {
+            first_answered = Some(Instant::now());
+        }
         let _ = item.reply.send(outcome);
         sent += 1;
         if sent == initial {
-            let _ = drained.take().map(|d| d.send(()));
+            let _ = drained.take().map(|d| d.send(first_answered));
         }
     }
     if !retired {
