@@ -1,8 +1,8 @@
 //! The mesh node: a QUIC endpoint bound to the node's ed25519 key.
 //!
-//! - [`tls`]: every node presents a certificate for its own key; peers are
+//! - `tls`: every node presents a certificate for its own key; peers are
 //!   verified against the [`NodeId`] they claim (pinned when dialled by id).
-//! - [`admission`]: after TLS both sides prove the mesh pre-shared key with a
+//! - `admission`: after TLS both sides prove the mesh pre-shared key with a
 //!   MAC bound to the TLS session (sans-IO machine).
 //! - Protocols, one ALPN each: `cellmesh/ctrl/1` (signed membership records,
 //!   the daemon location directory, graceful leave) and `cellmesh/events/1`
