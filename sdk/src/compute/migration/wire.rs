@@ -441,4 +441,98 @@ mod tests {
         let parts = vec![body.slice(..1), body.slice(1..)];
         assert_eq!(decode_parts(parts).unwrap(), vec![msg]);
     }
+
+    /// Joins `parts` the way a frame body arrives whole.
+    fn joined(parts: &[Bytes]) -> Vec<u8> {
+        parts.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    /// The chunk data messages carry, concatenated, with their id, first
+    /// offset and total; `None` for anything but chunks.
+    fn flatten(msgs: &[Msg]) -> Option<(u64, u64, u64, Vec<u8>)> {
+        let mut out: Option<(u64, u64, u64, Vec<u8>)> = None;
+        for m in msgs {
+            let Body::Chunk {
+                offset,
+                total,
+                data,
+            } = &m.body
+            else {
+                return None;
+            };
+            let entry = out.get_or_insert((m.id, *offset, *total, Vec::new()));
+            entry.3.extend_from_slice(data);
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes in arbitrary pieces never panic, and the pieces
+        /// decode to what the body decodes to whole.
+        #[test]
+        fn pieces_decode_like_the_whole_body(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(0usize..600, 0..6),
+        ) {
+            let body = Bytes::from(raw);
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c < body.len()).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for cut in cuts {
+                parts.push(body.slice(at..cut));
+                at = cut;
+            }
+            parts.push(body.slice(at..));
+            let whole = crate::mesh::frame::decode_body::<Msg>(&joined(&parts), "migration").ok();
+            let pieces = decode_parts(parts).ok();
+            match (&whole, &pieces) {
+                (None, None) => {}
+                (Some(w), Some(p)) => match (flatten(std::slice::from_ref(w)), flatten(p)) {
+                    (Some(a), Some(b)) => proptest::prop_assert_eq!(a, b),
+                    (None, None) => proptest::prop_assert_eq!(&vec![w.clone()], p),
+                    other => proptest::prop_assert!(false, "{:?}", other),
+                },
+                // Pieces may refuse trailing bytes the whole decoder ignores
+                // only by falling back to it, so both must agree.
+                other => proptest::prop_assert!(false, "{:?}", other),
+            }
+        }
+
+        /// Real chunk frames in arbitrary pieces (first piece at least 64
+        /// bytes, as the reader guarantees) give back their data exactly.
+        #[test]
+        fn chunk_frames_survive_any_split(
+            len in 0usize..5000,
+            offset in 0u64..(1 << 40),
+            cuts in proptest::collection::vec(64usize..6000, 0..8),
+        ) {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let msg = Msg {
+                id: 11,
+                body: Body::Chunk { offset, total: 1 << 41, data: Bytes::from(data.clone()) },
+            };
+            let frame = crate::mesh::frame::encode(&msg, 1 << 20).unwrap();
+            let body = Bytes::copy_from_slice(&frame[4..]);
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c < body.len()).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for cut in cuts {
+                parts.push(body.slice(at..cut));
+                at = cut;
+            }
+            parts.push(body.slice(at..));
+            let msgs = decode_parts(parts).unwrap();
+            if len == 0 {
+                proptest::prop_assert_eq!(msgs.len() <= 1, true);
+            } else {
+                proptest::prop_assert_eq!(flatten(&msgs), Some((11, offset, 1 << 41, data)));
+            }
+        }
+    }
 }
