@@ -325,11 +325,23 @@ impl FrameReader {
             if let Some(message) = self.buf.next(what)? {
                 return Ok(Some(message));
             }
-            match self.recv.read_chunk(256 << 10, true).await {
-                Ok(Some(chunk)) => self.buf.push(&chunk.bytes),
-                Ok(None) if self.buf.is_mid_frame() => return Err(FrameError::Truncated("frame")),
-                Ok(None) | Err(_) => return Ok(None),
+            if !self.fill().await? {
+                return Ok(None);
             }
+        }
+    }
+
+    /// Reads what the stream has into the buffer: `Ok(false)` when it ended
+    /// (or was reset) between frames, an error when it ended mid-frame.
+    /// Cancel safe.
+    async fn fill(&mut self) -> Result<bool, FrameError> {
+        match self.recv.read_chunk(256 << 10, true).await {
+            Ok(Some(chunk)) => {
+                self.buf.push(&chunk.bytes);
+                Ok(true)
+            }
+            Ok(None) if self.buf.is_mid_frame() => Err(FrameError::Truncated("frame")),
+            Ok(None) | Err(_) => Ok(false),
         }
     }
 
@@ -378,10 +390,8 @@ impl FrameReader {
                     continue;
                 }
             }
-            match self.recv.read_chunk(256 << 10, true).await {
-                Ok(Some(chunk)) => self.buf.push(&chunk.bytes),
-                Ok(None) if self.buf.is_mid_frame() => return Err(FrameError::Truncated("frame")),
-                Ok(None) | Err(_) => return Ok(None),
+            if !self.fill().await? {
+                return Ok(None);
             }
         }
     }

@@ -7,15 +7,16 @@ use super::target::{self, Target};
 use super::wire::{Body, Msg, Prepare, Refusal, Verdict, VERSIONS};
 use crate::identity::Identity;
 
-#[test]
-fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
+/// A start time, timing with `deadline` from it, and a Prepare for a
+/// daemon with the identity of `seed`.
+fn fixture(deadline: Duration, seed: u8) -> (Instant, Timing, Prepare) {
     let base = Instant::now();
     let timing = Timing {
-        deadline: base + Duration::from_secs(1),
+        deadline: base + deadline,
         silence: Duration::from_millis(200),
         beat: Duration::from_millis(50),
     };
-    let identity = Identity::from_seed([3; 32]);
+    let identity = Identity::from_seed([seed; 32]);
     let prepare = Prepare {
         versions: VERSIONS,
         kind: "counter".into(),
@@ -24,6 +25,12 @@ fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
         seed: None,
         max_snapshot_bytes: 1 << 20,
     };
+    (base, timing, prepare)
+}
+
+#[test]
+fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
+    let (base, timing, prepare) = fixture(Duration::from_secs(1), 3);
     // Source: a Ready for another migration id.
     let mut s = Source::new(1, prepare.clone(), base, timing, 8);
     let _ = s.poll();
@@ -81,21 +88,7 @@ fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
 
 #[test]
 fn a_transfer_that_keeps_moving_is_not_silent() {
-    let base = Instant::now();
-    let timing = Timing {
-        deadline: base + Duration::from_secs(60),
-        silence: Duration::from_millis(200),
-        beat: Duration::from_millis(50),
-    };
-    let identity = Identity::from_seed([5; 32]);
-    let prepare = Prepare {
-        versions: VERSIONS,
-        kind: "counter".into(),
-        entity: *identity.entity_id().as_bytes(),
-        origin_hash: identity.keypair().origin_hash(),
-        seed: None,
-        max_snapshot_bytes: 1 << 20,
-    };
+    let (base, timing, prepare) = fixture(Duration::from_secs(60), 5);
     let run = |keep_moving: bool| {
         let mut s = Source::new(9, prepare.clone(), base, timing, 4);
         let _ = s.poll();

@@ -209,16 +209,24 @@ pub(crate) fn encode_chunk_header(id: u64, offset: u64, total: u64, data_len: us
     frame
 }
 
-/// Decodes a migration frame body. A chunk's data is taken as a slice of
-/// `body` rather than copied out of it.
+/// Decodes a frame body that arrived in pieces into the messages it
+/// carries: a chunk becomes one chunk message per piece, at consecutive
+/// offsets, none copied; anything else is joined and decoded whole.
 ///
 /// # Errors
 /// As [`frame::decode_body`](crate::mesh::frame::decode_body).
-pub(crate) fn decode_msg(body: &Bytes) -> Result<Msg, crate::mesh::frame::FrameError> {
-    if let Some(msg) = decode_chunk(body) {
-        return Ok(msg);
+pub(crate) fn decode_parts(parts: Vec<Bytes>) -> Result<Vec<Msg>, crate::mesh::frame::FrameError> {
+    if let Some(msgs) = split_chunk(&parts) {
+        return Ok(msgs);
     }
-    crate::mesh::frame::decode_body(body, "migration")
+    if let [body] = parts.as_slice() {
+        return crate::mesh::frame::decode_body(body, "migration").map(|m| vec![m]);
+    }
+    let mut whole = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for part in &parts {
+        whole.extend_from_slice(part);
+    }
+    crate::mesh::frame::decode_body(&whole, "migration").map(|m| vec![m])
 }
 
 /// The fields before a chunk's data, in postcard's order: the message id,
@@ -246,75 +254,57 @@ fn chunk_variant() -> u32 {
     })
 }
 
-/// Decodes a frame body that arrived in pieces into the messages it
-/// carries: a chunk becomes one chunk message per piece, at consecutive
-/// offsets, none copied; anything else is joined and decoded whole.
-///
-/// # Errors
-/// As [`decode_msg`].
-pub(crate) fn decode_parts(parts: Vec<Bytes>) -> Result<Vec<Msg>, crate::mesh::frame::FrameError> {
-    if parts.len() == 1 {
-        return decode_msg(&parts[0]).map(|m| vec![m]);
-    }
-    let total_len: usize = parts.iter().map(Bytes::len).sum();
-    if let Some(first) = parts.first() {
-        if let Ok((prefix, rest)) = postcard::take_from_bytes::<ChunkPrefix>(first) {
-            let head = first.len() - rest.len();
-            if prefix.variant == chunk_variant() && prefix.len == (total_len - head) as u64 {
-                let mut offset = prefix.offset;
-                let mut out = Vec::with_capacity(parts.len());
-                for (i, part) in parts.iter().enumerate() {
-                    let data = if i == 0 {
-                        part.slice(head..)
-                    } else {
-                        part.clone()
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    let len = data.len() as u64;
-                    out.push(Msg {
-                        id: prefix.id,
-                        body: Body::Chunk {
-                            offset,
-                            total: prefix.total,
-                            data,
-                        },
-                    });
-                    offset += len;
-                }
-                return Ok(out);
-            }
-        }
-    }
-    let mut whole = bytes::BytesMut::with_capacity(total_len);
-    for part in &parts {
-        whole.extend_from_slice(part);
-    }
-    decode_msg(&whole.freeze()).map(|m| vec![m])
-}
-
-/// The chunk `body` holds, decoded without copying its data, or `None` if it
-/// is not a well-formed chunk (the general decoder then decides).
-fn decode_chunk(body: &Bytes) -> Option<Msg> {
-    let (prefix, rest) = postcard::take_from_bytes::<ChunkPrefix>(body).ok()?;
-    if prefix.variant != chunk_variant() || prefix.len != rest.len() as u64 {
+/// The chunk a body in `parts` holds, as one chunk message per non-empty
+/// piece at consecutive offsets (one message for an empty chunk), none of
+/// the data copied; `None` if it is not a well-formed chunk whose prefix
+/// lies in the first piece (the general decoder then decides).
+fn split_chunk(parts: &[Bytes]) -> Option<Vec<Msg>> {
+    let first = parts.first()?;
+    let (prefix, rest) = postcard::take_from_bytes::<ChunkPrefix>(first).ok()?;
+    let head = first.len() - rest.len();
+    let data_len: usize = parts.iter().map(Bytes::len).sum::<usize>() - head;
+    if prefix.variant != chunk_variant() || prefix.len != data_len as u64 {
         return None;
     }
-    let start = body.len() - rest.len();
-    Some(Msg {
+    let chunk = |offset, data| Msg {
         id: prefix.id,
         body: Body::Chunk {
-            offset: prefix.offset,
+            offset,
             total: prefix.total,
-            data: body.slice(start..),
+            data,
         },
-    })
+    };
+    let mut offset = prefix.offset;
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let data = if i == 0 {
+            part.slice(head..)
+        } else {
+            part.clone()
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let len = data.len() as u64;
+        out.push(chunk(offset, data));
+        offset += len;
+    }
+    if out.is_empty() {
+        out.push(chunk(prefix.offset, first.slice(head..)));
+    }
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole frame body, decoded as the reader's pieces are.
+    fn decode_msg(body: &Bytes) -> Result<Msg, crate::mesh::frame::FrameError> {
+        let mut msgs = decode_parts(vec![body.clone()])?;
+        assert_eq!(msgs.len(), 1, "one body, one message");
+        Ok(msgs.remove(0))
+    }
 
     #[test]
     fn a_chunk_header_plus_its_data_is_the_encoded_message() {
