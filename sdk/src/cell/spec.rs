@@ -362,7 +362,7 @@ impl ExecutionCellDocument {
 }
 
 /// The rule `id` breaks, if any.
-pub(crate) fn id_rule(id: &str) -> Option<Rule> {
+fn id_rule(id: &str) -> Option<Rule> {
     let bytes = id.as_bytes();
     let Some(first) = bytes.first() else {
         return Some(Rule::Empty);

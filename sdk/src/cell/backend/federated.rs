@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{
-    check_doc, BackendFuture, CellBackend, CellError, CellHandle, CellHost, ExitReport,
-    TeardownReport,
+    check_doc, vacant, wrong_host, BackendFuture, CellBackend, CellError, CellHandle, CellHost,
+    ExitReport, TeardownReport,
 };
 use crate::cell::host::{lost, CellClient, Command, Reply, CELL_KIND};
 use crate::cell::projection::LifecycleStage;
@@ -141,13 +141,8 @@ impl CellBackend for FederatedBackend {
     fn create<'a>(&'a self, doc: &'a ExecutionCellDocument) -> BackendFuture<'a, CellHandle> {
         Box::pin(async move {
             check_doc(doc)?;
-            {
-                let mut cells = self.lock();
-                if cells.contains_key(doc.id()) {
-                    return Err(CellError::AlreadyExists(doc.id().to_string()));
-                }
-                cells.insert(doc.id().to_string(), None);
-            }
+            // Reserve the id while the cell is placed.
+            vacant(&mut self.lock(), doc.id())?.insert(None);
             match self.place(doc).await {
                 Ok(handle) => {
                     self.lock()
@@ -257,20 +252,15 @@ impl CellBackend for FederatedBackend {
         _exit: Option<ExitReport>,
     ) -> Result<CellHandle, CellError> {
         if host == CellHost::Local {
-            return Err(CellError::WrongHost {
-                id: doc.id().to_string(),
-                host,
-            });
+            return Err(wrong_host(doc, host));
         }
         let mut cells = self.lock();
-        if cells.contains_key(doc.id()) {
-            return Err(CellError::AlreadyExists(doc.id().to_string()));
-        }
+        let slot = vacant(&mut cells, doc.id())?;
         let handle = CellHandle {
             cell_id: doc.id().to_string(),
             host,
         };
-        cells.insert(doc.id().to_string(), Some(handle.clone()));
+        slot.insert(Some(handle.clone()));
         Ok(handle)
     }
 

@@ -209,6 +209,29 @@ pub trait CellBackend: Send + Sync + 'static {
     fn release(&self, handle: &CellHandle) -> Result<(), CellError>;
 }
 
+/// The free slot for `id` in a backend's table of cells, or
+/// `AlreadyExists`.
+pub(crate) fn vacant<'m, V>(
+    cells: &'m mut std::collections::HashMap<String, V>,
+    id: &str,
+) -> Result<std::collections::hash_map::VacantEntry<'m, String, V>, CellError> {
+    match cells.entry(id.to_string()) {
+        std::collections::hash_map::Entry::Vacant(slot) => Ok(slot),
+        std::collections::hash_map::Entry::Occupied(_) => {
+            Err(CellError::AlreadyExists(id.to_string()))
+        }
+    }
+}
+
+/// `adopt`'s refusal of a cell hosted where this backend does not run
+/// cells.
+pub(crate) fn wrong_host(doc: &ExecutionCellDocument, host: CellHost) -> CellError {
+    CellError::WrongHost {
+        id: doc.id().to_string(),
+        host,
+    }
+}
+
 /// `create`'s common precondition: a valid document.
 pub(crate) fn check_doc(doc: &ExecutionCellDocument) -> Result<(), CellError> {
     doc.validate().map_err(CellError::InvalidSpec)

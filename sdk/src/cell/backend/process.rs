@@ -12,8 +12,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    check_doc, BackendFuture, CellBackend, CellError, CellHandle, CellHost, ExitReport,
-    TeardownReport,
+    check_doc, vacant, wrong_host, BackendFuture, CellBackend, CellError, CellHandle, CellHost,
+    ExitReport, TeardownReport,
 };
 use crate::cell::event::{TerminalState, FORCED_EXIT_CODE};
 use crate::cell::spec::ExecutionCellDocument;
@@ -252,13 +252,10 @@ impl CellBackend for ProcessBackend {
         Box::pin(async move {
             check_doc(doc)?;
             let mut cells = self.lock();
-            if cells.contains_key(doc.id()) {
-                return Err(CellError::AlreadyExists(doc.id().to_string()));
-            }
+            let slot = vacant(&mut cells, doc.id())?;
             // Spawning under the lock keeps a concurrent duplicate create
             // from starting the command twice; spawn itself does not block.
-            let tracked = self.spawn(doc)?;
-            cells.insert(doc.id().to_string(), tracked);
+            slot.insert(self.spawn(doc)?);
             Ok(CellHandle {
                 cell_id: doc.id().to_string(),
                 host: CellHost::Local,
@@ -332,20 +329,15 @@ impl CellBackend for ProcessBackend {
         exit: Option<ExitReport>,
     ) -> Result<CellHandle, CellError> {
         if host != CellHost::Local {
-            return Err(CellError::WrongHost {
-                id: doc.id().to_string(),
-                host,
-            });
+            return Err(wrong_host(doc, host));
         }
         let mut cells = self.lock();
-        if cells.contains_key(doc.id()) {
-            return Err(CellError::AlreadyExists(doc.id().to_string()));
-        }
+        let slot = vacant(&mut cells, doc.id())?;
         let tracked = Tracked {
             exit: exit.map(|report| watch::channel(Some(report)).1),
             kill: None,
         };
-        cells.insert(doc.id().to_string(), tracked);
+        slot.insert(tracked);
         Ok(CellHandle {
             cell_id: doc.id().to_string(),
             host,

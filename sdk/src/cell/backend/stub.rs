@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::{
-    check_doc, BackendFuture, CellBackend, CellError, CellHandle, CellHost, ExitReport,
-    TeardownReport,
+    check_doc, vacant, wrong_host, BackendFuture, CellBackend, CellError, CellHandle, CellHost,
+    ExitReport, TeardownReport,
 };
 use crate::cell::event::TerminalState;
 use crate::cell::spec::ExecutionCellDocument;
@@ -52,13 +52,8 @@ impl CellBackend for StubBackend {
         Box::pin(async move {
             check_doc(doc)?;
             let mut cells = self.lock();
-            if cells.contains_key(doc.id()) {
-                return Err(CellError::AlreadyExists(doc.id().to_string()));
-            }
-            cells.insert(
-                doc.id().to_string(),
-                doc.spec.run.as_ref().map(|_| clean_exit()),
-            );
+            let slot = vacant(&mut cells, doc.id())?;
+            slot.insert(doc.spec.run.as_ref().map(|_| clean_exit()));
             Ok(CellHandle {
                 cell_id: doc.id().to_string(),
                 host: CellHost::Local,
@@ -108,16 +103,11 @@ impl CellBackend for StubBackend {
         exit: Option<ExitReport>,
     ) -> Result<CellHandle, CellError> {
         if host != CellHost::Local {
-            return Err(CellError::WrongHost {
-                id: doc.id().to_string(),
-                host,
-            });
+            return Err(wrong_host(doc, host));
         }
         let mut cells = self.lock();
-        if cells.contains_key(doc.id()) {
-            return Err(CellError::AlreadyExists(doc.id().to_string()));
-        }
-        cells.insert(doc.id().to_string(), exit);
+        let slot = vacant(&mut cells, doc.id())?;
+        slot.insert(exit);
         Ok(CellHandle {
             cell_id: doc.id().to_string(),
             host,

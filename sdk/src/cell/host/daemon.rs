@@ -145,8 +145,8 @@ impl CellDaemon {
             } => events.destroyed(ctx, outcome, reason.as_deref(), *terminal),
             Step::Migrated { from, to } => events.migrated(ctx, from, to),
         };
-        let mut next = self.state.projection.clone();
-        if let Err(e) = next.apply(&event) {
+        // A refused event leaves the projection as it was.
+        if let Err(e) = self.state.projection.apply(&event) {
             return Self::refuse(RefusalCode::Invalid, e.to_string());
         }
         let signed = SignedCloudEvent::sign(event, &self.node.keypair);
@@ -158,7 +158,6 @@ impl CellDaemon {
             }
         }
         self.node.append(&signed);
-        self.state.projection = next;
         self.state.history.push(signed.clone());
         match step {
             Step::Completed { exit } => self.state.exit = Some(exit),

@@ -1,7 +1,6 @@
 //! What every cell daemon on a node shares: the node's key, its log and
 //! node projection, and the channel to the node's cell supervisor.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
@@ -49,7 +48,6 @@ pub(crate) struct CellNode {
     pub(crate) view: Mutex<NodeCellProjection>,
     notices: mpsc::UnboundedSender<Notice>,
     pub(crate) changes: watch::Sender<u64>,
-    pub(crate) log_failures: AtomicU64,
 }
 
 impl CellNode {
@@ -68,7 +66,6 @@ impl CellNode {
             view: Mutex::new(view),
             notices,
             changes: watch::channel(0).0,
-            log_failures: AtomicU64::new(0),
         }
     }
 
@@ -79,8 +76,8 @@ impl CellNode {
     }
 
     /// Appends to the durable log and the node projection, then wakes
-    /// waiters. A failed append is logged and counted; the event stays in
-    /// the cell's own history.
+    /// waiters. A failed append is logged; the event stays in the cell's
+    /// own history.
     pub(crate) fn append(&self, event: &SignedCloudEvent) {
         match self.log.append(event) {
             Ok(cursor) => {
@@ -88,7 +85,6 @@ impl CellNode {
                 view.apply(cursor, &event.event);
             }
             Err(e) => {
-                self.log_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(event = %event.event.id, error = %e, "cell event not logged");
             }
         }
