@@ -13,7 +13,7 @@ use cellmesh::compute::MigrationOpts;
 
 #[path = "cells/support.rs"]
 mod support;
-use support::{cell_node, connect, doc, process_node, WAIT};
+use support::{cell_node, connect, destroy_and_wait, doc, process_node, run_script, WAIT};
 
 fn kinds(cells: &Cells) -> Vec<(String, CellEventKind)> {
     cells
@@ -289,23 +289,9 @@ async fn the_node_projection_is_rebuilt_after_a_restart() {
         let rt = support::runtime(CapabilitySet::new()).await;
         let cells = Cells::start(&rt, Arc::new(ProcessBackend::default()), &dir).unwrap();
         for (id, code) in [("r1", "0"), ("r2", "4")] {
-            let script = format!("exit {code}");
-            cells
-                .apply(doc(id, 30, Some(&["/bin/sh", "-c", &script])))
-                .await
-                .unwrap();
-            cells
-                .wait_until(id, WAIT, |s| s.command_exit_code.is_some())
-                .await
-                .unwrap();
+            run_script(&cells, id, &format!("exit {code}")).await;
         }
-        cells.destroy("r1").await.unwrap();
-        cells
-            .wait_until("r1", WAIT, |s| {
-                s.lifecycle_stage == LifecycleStage::Destroyed
-            })
-            .await
-            .unwrap();
+        destroy_and_wait(&cells, "r1").await;
         let view = cells.view();
         cells.shutdown().await;
         rt.shutdown().await.unwrap();

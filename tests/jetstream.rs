@@ -4,12 +4,12 @@
 //! starts one on loopback).
 #![cfg(feature = "jetstream")]
 
-use cellmesh::cell::{JetStreamConfig, JetStreamLog, LifecycleStage};
+use cellmesh::cell::{JetStreamConfig, JetStreamLog};
 
 #[path = "cells/support.rs"]
 #[allow(dead_code)]
 mod support;
-use support::{doc, process_node, WAIT};
+use support::{destroy_and_wait, process_node, run_script, WAIT};
 
 #[tokio::test]
 async fn events_round_trip_through_jetstream() {
@@ -27,22 +27,9 @@ async fn events_round_trip_through_jetstream() {
     let (_rt, cells) = process_node("jetstream").await;
     cells.publish_to(sink.clone());
     for (id, script) in [("js-1", "exit 0"), ("js-2", "exit 5")] {
-        cells
-            .apply(doc(id, 30, Some(&["/bin/sh", "-c", script])))
-            .await
-            .unwrap();
-        cells
-            .wait_until(id, WAIT, |s| s.command_exit_code.is_some())
-            .await
-            .unwrap();
+        run_script(&cells, id, script).await;
     }
-    cells.destroy("js-1").await.unwrap();
-    cells
-        .wait_until("js-1", WAIT, |s| {
-            s.lifecycle_stage == LifecycleStage::Destroyed
-        })
-        .await
-        .unwrap();
+    destroy_and_wait(&cells, "js-1").await;
     let last = cells.log().last_cursor().unwrap();
     assert_eq!(last, 5);
     assert!(cells.wait_published(last, WAIT).await, "publisher stalled");

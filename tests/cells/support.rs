@@ -98,3 +98,27 @@ pub fn doc(id: &str, ttl: u64, argv: Option<&[&str]>) -> ExecutionCellDocument {
         correlation: None,
     })
 }
+
+/// Applies a cell running `/bin/sh -c script` and waits until its command
+/// completed.
+pub async fn run_script(cells: &Cells, id: &str, script: &str) {
+    cells
+        .apply(doc(id, 30, Some(&["/bin/sh", "-c", script])))
+        .await
+        .unwrap();
+    cells
+        .wait_until(id, WAIT, |s| s.command_exit_code.is_some())
+        .await
+        .unwrap();
+}
+
+/// Destroys cell `id` and waits until its projection says so.
+pub async fn destroy_and_wait(cells: &Cells, id: &str) {
+    cells.destroy(id).await.unwrap();
+    cells
+        .wait_until(id, WAIT, |s| {
+            s.lifecycle_stage == cellmesh::cell::LifecycleStage::Destroyed
+        })
+        .await
+        .unwrap();
+}
