@@ -62,10 +62,10 @@ impl MeshDaemon for CounterDaemon {
         if self.ballast.is_empty() {
             return Some(Bytes::copy_from_slice(&self.count.to_le_bytes()));
         }
-        let mut state = Vec::with_capacity(8 + self.ballast.len());
+        let mut state = cellmesh::compute::StateBuf::with_capacity(8 + self.ballast.len());
         state.extend_from_slice(&self.count.to_le_bytes());
         state.extend_from_slice(&self.ballast);
-        Some(Bytes::from(state))
+        Some(state.freeze())
     }
     fn restore(&mut self, state: Bytes) -> Result<(), ProcessError> {
         if state.len() < 8 {

@@ -1,6 +1,7 @@
 //! Live migration over real QUIC on loopback: senders keep sending while a
 //! counter daemon moves; nothing is lost, duplicated or reordered. Every
-//! `MigrateError` case, state sizes up to 16 MiB, ping-pong. Bounded waits.
+//! `MigrateError` case, state sizes up to 64 MiB, a cancel in the middle of
+//! a transfer, ping-pong. Bounded waits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,14 +39,21 @@ fn counter_kinds(rt: &DaemonRuntime, ballast: usize) {
 
 /// Two started nodes that see each other, both with the counter kind.
 async fn pair() -> (DaemonRuntime, DaemonRuntime) {
+    pair_carrying(0).await
+}
+
+/// As [`pair`], the first node's counters carrying `ballast` bytes of
+/// state.
+async fn pair_carrying(ballast: usize) -> (DaemonRuntime, DaemonRuntime) {
     let a = node(CapabilitySet::new(), vec![]).await;
     let b = node(CapabilitySet::new(), vec![a.local_addr()]).await;
     let (rt_a, rt_b) = (
         DaemonRuntime::new(Arc::new(a)),
         DaemonRuntime::new(Arc::new(b)),
     );
+    counter_kinds(&rt_a, ballast);
+    counter_kinds(&rt_b, 0);
     for rt in [&rt_a, &rt_b] {
-        counter_kinds(rt, 0);
         rt.start().await.unwrap();
     }
     assert!(rt_a.mesh().wait_for_peers(1, WAIT).await);
@@ -151,17 +159,7 @@ async fn migrating_under_load_loses_duplicates_and_reorders_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn states_of_1k_1m_16m_and_64m_arrive_whole() {
     for size in [1usize << 10, 1 << 20, 16 << 20, 64 << 20] {
-        let a = node(CapabilitySet::new(), vec![]).await;
-        let b = node(CapabilitySet::new(), vec![a.local_addr()]).await;
-        let (rt_a, rt_b) = (
-            DaemonRuntime::new(Arc::new(a)),
-            DaemonRuntime::new(Arc::new(b)),
-        );
-        counter_kinds(&rt_a, size);
-        counter_kinds(&rt_b, 0);
-        rt_a.start().await.unwrap();
-        rt_b.start().await.unwrap();
-        assert!(rt_a.mesh().wait_for_peers(1, WAIT).await);
+        let (rt_a, rt_b) = pair_carrying(size).await;
         let daemon = rt_a
             .spawn("counter", Identity::generate(), DaemonHostConfig::default())
             .await
@@ -191,6 +189,49 @@ async fn states_of_1k_1m_16m_and_64m_arrive_whole() {
         let out = rt_b.send(daemon, event(1, 4, Bytes::new())).await.unwrap();
         assert_eq!(count_of(&out[0]), Some(4));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_a_large_transfer_stops_it_midway() {
+    let size = 64 << 20;
+    let (rt_a, rt_b) = pair_carrying(size).await;
+    let daemon = rt_a
+        .spawn("counter", Identity::generate(), DaemonHostConfig::default())
+        .await
+        .unwrap()
+        .origin_hash;
+    rt_a.send(daemon, event(1, 1, Bytes::new())).await.unwrap();
+    let mut opts = MigrationOpts::default();
+    opts.chunk_size = 64 << 10;
+    let handle = rt_a
+        .start_migration(daemon, rt_b.mesh().node_id(), opts)
+        .unwrap();
+    // The phase says Transfer while the state is on its way.
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            if handle.phase() == MigrationPhase::Transfer && handle.progress().0 > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the Transfer phase was never reported");
+    handle
+        .cancel()
+        .await
+        .expect("heard before the commit point");
+    assert_eq!(
+        wait(&handle).await.unwrap_err(),
+        MigrateError::Cancelled(daemon)
+    );
+    let (sent, total) = handle.progress();
+    assert!(sent < total, "stopped midway: {sent} of {total} bytes");
+    // The daemon serves on the source with its whole state.
+    let out = rt_a.send(daemon, event(1, 2, Bytes::new())).await.unwrap();
+    assert_eq!(count_of(&out[0]), Some(2));
+    let snap = rt_a.snapshot(daemon).await.unwrap().unwrap();
+    assert_eq!(snap.state().unwrap().len(), 8 + size);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

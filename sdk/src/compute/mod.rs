@@ -7,6 +7,7 @@
 //! every output into the daemon's chain, and snapshots and restores daemons
 //! with their causal bookkeeping ([`StateSnapshot`]).
 
+mod buffer;
 mod causal;
 mod daemon;
 mod error;
@@ -17,6 +18,7 @@ mod remote;
 mod runtime;
 mod snapshot;
 
+pub use buffer::{StateBuf, STATE_POOL_BYTES};
 pub use causal::{CausalEvent, CausalLink};
 pub use daemon::{MeshDaemon, ProcessError};
 pub use error::DaemonError;

@@ -188,6 +188,8 @@ pub(crate) fn transport(config: &MeshConfig) -> Arc<quinn::TransportConfig> {
     t.keep_alive_interval(Some(config.keep_alive));
     t.max_concurrent_bidi_streams(config.max_concurrent_requests.into());
     t.max_concurrent_uni_streams(4u32.into());
+    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
+    t.receive_window(quinn::VarInt::from_u32(32 << 20));
     Arc::new(t)
 }
 

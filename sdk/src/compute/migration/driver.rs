@@ -18,7 +18,9 @@ use super::wire::{encode_chunk_header, Body, Msg, Prepare, Refusal, VERSIONS};
 use crate::compute::remote::from_refusal;
 use crate::compute::runtime::Slot;
 use crate::compute::{DaemonError, DaemonRuntime};
-use crate::mesh::{frame, EventReply, EventRequest, FrameReader, NodeId, Reply, Request};
+use crate::mesh::{
+    frame, frame::FrameError, EventReply, EventRequest, FrameReader, NodeId, Reply, Request,
+};
 
 impl DaemonRuntime {
     /// Starts migrating the daemon `origin_hash` to `target` and returns at
@@ -257,6 +259,19 @@ impl Run {
                                 self.progress.sent.fetch_add(chunk, Ordering::Relaxed);
                                 if chunk > 0 {
                                     machine.transmitted(Instant::now());
+                                    // Between chunks of a long transfer: hear
+                                    // a cancel or the target without waiting.
+                                    if let Ok(request) = cancel_rx.try_recv() {
+                                        let took = machine.cancel(Instant::now());
+                                        let _ = request.send(took);
+                                    }
+                                    if open {
+                                        if let Some(frame) =
+                                            ready_now(reader.next::<Msg>("migration"))
+                                        {
+                                            heard(&mut machine, &mut open, frame);
+                                        }
+                                    }
                                 }
                             }
                             Err(reason) => {
@@ -271,17 +286,16 @@ impl Run {
                                 measured.freeze_at = Some(Instant::now());
                                 let snapshot = slot.lock().capture();
                                 frozen = Some(slot);
-                                snapshot.map(|s| s.to_segments()).map_err(|e| e.to_string())
+                                snapshot.map(|s| s.sealer()).map_err(|e| e.to_string())
                             }
                             Err(FreezeError::NotFound) => Err("the daemon was stopped".into()),
                             Err(FreezeError::AlreadyMigrating) => {
                                 Err("the daemon is held by another migration".into())
                             }
                         };
-                        if let Ok(segments) = &sealed {
-                            let len: usize = segments.iter().map(bytes::Bytes::len).sum();
-                            measured.snapshot_bytes = len as u64;
-                            self.progress.total.store(len as u64, Ordering::Relaxed);
+                        if let Ok(sealer) = &sealed {
+                            measured.snapshot_bytes = sealer.total();
+                            self.progress.total.store(sealer.total(), Ordering::Relaxed);
                         }
                         machine.sealed(Instant::now(), sealed);
                     }
@@ -351,17 +365,7 @@ impl Run {
                 tokio::time::Instant::from_std,
             );
             tokio::select! {
-                frame = reader.next::<Msg>("migration"), if open => match frame {
-                    Ok(Some(msg)) => machine.handle(Instant::now(), msg),
-                    Ok(None) => {
-                        open = false;
-                        machine.connection_lost(Instant::now(), "the target closed the stream".into());
-                    }
-                    Err(e) => {
-                        open = false;
-                        machine.connection_lost(Instant::now(), format!("protocol violation: {e}"));
-                    }
-                },
+                frame = reader.next::<Msg>("migration"), if open => heard(&mut machine, &mut open, frame),
                 () = tokio::time::sleep_until(wake) => machine.handle_timeout(Instant::now()),
                 Some(request) = cancel_rx.recv() => {
                     let took = machine.cancel(Instant::now());
@@ -493,6 +497,32 @@ impl Run {
                 target,
             },
         }
+    }
+}
+
+/// Feeds what the target's stream gave to the machine.
+fn heard(machine: &mut Source, open: &mut bool, frame: Result<Option<Msg>, FrameError>) {
+    match frame {
+        Ok(Some(msg)) => machine.handle(Instant::now(), msg),
+        Ok(None) => {
+            *open = false;
+            machine.connection_lost(Instant::now(), "the target closed the stream".into());
+        }
+        Err(e) => {
+            *open = false;
+            machine.connection_lost(Instant::now(), format!("protocol violation: {e}"));
+        }
+    }
+}
+
+/// Polls `future` once: its output if it is ready now. The future must be
+/// cancel safe (it is dropped when pending).
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }
 

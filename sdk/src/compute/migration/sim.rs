@@ -12,6 +12,7 @@ use bytes::Bytes;
 use super::source::{self, Source, Timing};
 use super::target::{self, Target};
 use super::wire::{Body, Msg, Prepare, Verdict, VERSIONS};
+use crate::compute::snapshot::Sealer;
 use crate::identity::Identity;
 
 struct Rng(u64);
@@ -186,7 +187,10 @@ impl World {
                     self.src_gate = SrcGate::Frozen;
                     let bytes = self.src_copy.as_ref().expect("source copy").encode();
                     let now = self.now();
-                    self.src.as_mut().unwrap().sealed(now, Ok(vec![bytes]));
+                    self.src
+                        .as_mut()
+                        .unwrap()
+                        .sealed(now, Ok(Sealer::from_segments(vec![bytes])));
                 }
                 source::Step::Resume => {
                     self.src_gate = SrcGate::Open;

@@ -10,9 +10,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::wire::{Body, Msg, Prepare, Refusal, Verdict, VERSIONS};
+use crate::compute::snapshot::Sealer;
 
 pub(crate) use super::api::MigrationPhase as Phase;
 
@@ -71,6 +70,10 @@ pub(crate) struct Source {
     last_heard: Instant,
     next_beat: Instant,
     out: VecDeque<Step>,
+    /// The snapshot being transferred, chunk by chunk as the driver asks.
+    sealer: Option<Sealer>,
+    /// Bytes of the snapshot handed out so far.
+    offset: u64,
 }
 
 impl Source {
@@ -97,6 +100,8 @@ impl Source {
             last_heard: now,
             next_beat: now + timing.beat,
             out,
+            sealer: None,
+            offset: 0,
         }
     }
 
@@ -104,8 +109,35 @@ impl Source {
         self.phase
     }
 
+    /// The next step. During the transfer the next chunk is cut (and
+    /// hashed) only when asked for, so the state goes out as the driver
+    /// writes it and anything the machine has to say comes first.
     pub(crate) fn poll(&mut self) -> Option<Step> {
-        self.out.pop_front()
+        if let Some(step) = self.out.pop_front() {
+            return Some(step);
+        }
+        if self.phase != Phase::Transfer {
+            return None;
+        }
+        let sealer = self.sealer.as_mut()?;
+        let total = sealer.total();
+        let body = match sealer.next_chunk(self.chunk) {
+            Some(data) => {
+                let offset = self.offset;
+                self.offset += data.len() as u64;
+                Body::Chunk {
+                    offset,
+                    total,
+                    data,
+                }
+            }
+            None => {
+                self.sealer = None;
+                self.phase = Phase::Restore;
+                Body::Sealed { total }
+            }
+        };
+        Some(Step::Send(Msg { id: self.id, body }))
     }
 
     /// When `handle_timeout` is next due (`None` once settled).
@@ -175,33 +207,17 @@ impl Source {
         }
     }
 
-    /// The sealed snapshot as consecutive segments (sent in order, each cut
-    /// into chunks, so a large state goes out without being copied), or why
-    /// it could not be taken.
-    pub(crate) fn sealed(&mut self, _now: Instant, snapshot: Result<Vec<Bytes>, String>) {
+    /// The sealed snapshot, handed out in chunks by [`poll`](Self::poll),
+    /// or why it could not be taken.
+    pub(crate) fn sealed(&mut self, _now: Instant, snapshot: Result<Sealer, String>) {
         if self.phase != Phase::Seal {
             return;
         }
         match snapshot {
-            Ok(segments) => {
+            Ok(sealer) => {
                 self.phase = Phase::Transfer;
-                let total = segments.iter().map(|s| s.len() as u64).sum();
-                let mut offset = 0u64;
-                for bytes in segments {
-                    let mut at = 0;
-                    while at < bytes.len() {
-                        let end = (at + self.chunk).min(bytes.len());
-                        self.send(Body::Chunk {
-                            offset,
-                            total,
-                            data: bytes.slice(at..end),
-                        });
-                        offset += (end - at) as u64;
-                        at = end;
-                    }
-                }
-                self.send(Body::Sealed { total });
-                self.phase = Phase::Restore;
+                self.offset = 0;
+                self.sealer = Some(sealer);
             }
             Err(reason) => self.fail(Failure::SnapshotFailed(reason)),
         }
@@ -276,6 +292,7 @@ impl Source {
     }
 
     fn settle_failed(&mut self, failure: Failure, tell_target: bool) {
+        self.sealer = None;
         if tell_target {
             self.send(Body::Abort(refusal_for(&failure)));
         }
@@ -331,5 +348,88 @@ pub(crate) fn body_name(body: &Body) -> &'static str {
         Body::Heartbeat => "Heartbeat",
         Body::Status => "Status",
         Body::Verdict(_) => "Verdict",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::super::violations::fixture;
+    use super::*;
+
+    fn transferring(chunk: usize) -> Source {
+        let (base, timing, prepare) = fixture(Duration::from_secs(60), 4);
+        let mut s = Source::new(7, prepare, base, timing, chunk);
+        let _ = s.poll();
+        s.handle(
+            base,
+            Msg {
+                id: 7,
+                body: Body::Ready { version: 1 },
+            },
+        );
+        assert_eq!(s.poll(), Some(Step::Freeze));
+        let segments = vec![Bytes::from_static(b"01234"), Bytes::from_static(b"56789")];
+        s.sealed(base, Ok(Sealer::from_segments(segments)));
+        s
+    }
+
+    fn chunk_at(step: Option<Step>) -> (u64, Bytes) {
+        match step {
+            Some(Step::Send(Msg {
+                body:
+                    Body::Chunk {
+                        offset,
+                        total: 10,
+                        data,
+                    },
+                ..
+            })) => (offset, data),
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_state_is_cut_as_the_driver_asks_and_the_phase_says_transfer_until_the_end() {
+        let mut s = transferring(4);
+        let mut got = Vec::new();
+        for expected in [0, 4, 5, 9] {
+            assert_eq!(s.phase(), Phase::Transfer);
+            let (offset, data) = chunk_at(s.poll());
+            assert_eq!(offset, expected);
+            assert!(data.len() <= 4);
+            got.extend_from_slice(&data);
+        }
+        assert_eq!(got, b"0123456789");
+        assert_eq!(
+            s.poll(),
+            Some(Step::Send(Msg {
+                id: 7,
+                body: Body::Sealed { total: 10 }
+            }))
+        );
+        assert_eq!(s.phase(), Phase::Restore);
+        assert_eq!(s.poll(), None);
+    }
+
+    #[test]
+    fn a_cancel_in_the_middle_of_the_transfer_stops_it() {
+        let mut s = transferring(3);
+        let _ = chunk_at(s.poll());
+        assert!(s.cancel(Instant::now()));
+        let steps: Vec<_> = std::iter::from_fn(|| s.poll()).collect();
+        assert_eq!(
+            steps,
+            vec![
+                Step::Send(Msg {
+                    id: 7,
+                    body: Body::Abort(Refusal::Cancelled)
+                }),
+                Step::Resume,
+                Step::Finish(Err(Failure::Cancelled)),
+            ]
+        );
+        assert_eq!(s.phase(), Phase::Failed);
     }
 }

@@ -9,9 +9,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::compute::snapshot::SIGNATURE_LEN;
+use crate::compute::StateBuf;
 
 /// Bytes of received state hashed at a time.
 const HASH_STEP: usize = 256 << 10;
@@ -66,7 +67,7 @@ pub(crate) struct Target {
     last_heard: Instant,
     next_beat: Instant,
     max: u64,
-    buf: BytesMut,
+    buf: StateBuf,
     /// BLAKE3 over `buf[..hashed]`, kept 64 bytes behind the end (the
     /// signature), so verifying the snapshot needs no second pass.
     hasher: blake3::Hasher,
@@ -88,7 +89,7 @@ impl Target {
             last_heard: now,
             next_beat: now + beat,
             max: 0,
-            buf: BytesMut::new(),
+            buf: StateBuf::with_capacity(0),
             hasher: blake3::Hasher::new(),
             hashed: 0,
             restored: false,
@@ -181,7 +182,7 @@ impl Target {
                 }
                 if offset == 0 {
                     // One allocation for the whole state (bounded by max).
-                    self.buf.reserve(total as usize);
+                    self.buf = StateBuf::with_capacity(total as usize);
                 }
                 self.buf.extend_from_slice(&data);
                 // Hash in large steps: BLAKE3 is fastest on long inputs, and
@@ -206,7 +207,7 @@ impl Target {
                     self.hashed = upto;
                 }
                 let digest = *self.hasher.finalize().as_bytes();
-                let bytes = std::mem::take(&mut self.buf).freeze();
+                let bytes = std::mem::replace(&mut self.buf, StateBuf::with_capacity(0)).freeze();
                 self.out.push_back(Step::Restore(bytes, digest));
             }
             (Phase::AwaitCommit, Body::Commit) => {

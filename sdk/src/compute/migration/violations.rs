@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 use super::source::{self, Source, Timing};
 use super::target::{self, Target};
 use super::wire::{Body, Msg, Prepare, Refusal, Verdict, VERSIONS};
+use crate::compute::snapshot::Sealer;
 use crate::identity::Identity;
 
 /// A start time, timing with `deadline` from it, and a Prepare for a
 /// daemon with the identity of `seed`.
-fn fixture(deadline: Duration, seed: u8) -> (Instant, Timing, Prepare) {
+pub(super) fn fixture(deadline: Duration, seed: u8) -> (Instant, Timing, Prepare) {
     let base = Instant::now();
     let timing = Timing {
         deadline: base + deadline,
@@ -100,7 +101,12 @@ fn a_transfer_that_keeps_moving_is_not_silent() {
             },
         );
         assert!(matches!(s.poll(), Some(source::Step::Freeze)));
-        s.sealed(base, Ok(vec![bytes::Bytes::from_static(b"0123456789")]));
+        s.sealed(
+            base,
+            Ok(Sealer::from_segments(vec![bytes::Bytes::from_static(
+                b"0123456789",
+            )])),
+        );
         let _: Vec<_> = std::iter::from_fn(|| s.poll()).collect();
         // A long write: nothing read from the target for a second.
         for ms in (50..=1000).step_by(50) {

@@ -25,6 +25,10 @@ use super::causal::{OriginMarks, OutputChain};
 use super::handle::DaemonStats;
 use crate::identity::{EntityId, Keypair};
 
+mod sealer;
+
+pub(crate) use sealer::Sealer;
+
 const MAGIC: &[u8; 6] = b"CMSNAP";
 const VERSION: u8 = 1;
 const SIGNATURE_TAG: &[u8] = b"cellmesh/snapshot/v1";
@@ -181,18 +185,18 @@ impl StateSnapshot {
     /// a decoded one re-emits the signature it was verified with, so a
     /// snapshot altered in memory (say, its `through_seq`) no longer decodes.
     pub fn to_bytes(&self) -> Bytes {
-        let segments = self.to_segments();
-        let mut out = BytesMut::with_capacity(segments.iter().map(Bytes::len).sum());
-        for segment in &segments {
-            out.put_slice(segment);
+        let mut sealer = self.sealer();
+        let mut out = BytesMut::with_capacity(usize::try_from(sealer.total()).unwrap_or(0));
+        while let Some(piece) = sealer.next_chunk(usize::MAX) {
+            out.put_slice(&piece);
         }
         out.freeze()
     }
 
-    /// The encoding of [`to_bytes`](Self::to_bytes) as consecutive
-    /// segments: the header, the state (shared, not copied) and the
-    /// signature.
-    pub(crate) fn to_segments(&self) -> Vec<Bytes> {
+    /// The encoding of [`to_bytes`](Self::to_bytes), to be handed out in
+    /// chunks: the state is shared, not copied, and hashed for the
+    /// signature as it goes out.
+    pub(crate) fn sealer(&self) -> Sealer {
         let state_len = self.state.as_ref().map_or(0, Bytes::len);
         let mut out = BytesMut::with_capacity(HEADER_LEN + self.marks.len() * 16 + 9);
         out.put_slice(MAGIC);
@@ -215,22 +219,15 @@ impl StateSnapshot {
         }
         out.put_u8(u8::from(self.state.is_some()));
         out.put_u64_le(state_len as u64);
-        let header = out.freeze();
-        let signature = match &self.seal {
-            Seal::Local(keypair) => {
-                let mut hasher = blake3::Hasher::new();
-                hasher.update(&header);
-                if let Some(state) = &self.state {
-                    hasher.update(state);
-                }
-                keypair.sign(&signed_digest(hasher.finalize().as_bytes()))
+        let mut body = vec![out.freeze()];
+        body.extend(self.state.clone());
+        match &self.seal {
+            Seal::Local(keypair) => Sealer::signing(body, Arc::clone(keypair)),
+            Seal::Verified(signature) => {
+                body.push(Bytes::copy_from_slice(signature));
+                Sealer::from_segments(body)
             }
-            Seal::Verified(signature) => *signature,
-        };
-        let mut segments = vec![header];
-        segments.extend(self.state.clone());
-        segments.push(Bytes::copy_from_slice(&signature));
-        segments
+        }
     }
 
     /// Decodes and verifies a snapshot.
@@ -415,141 +412,4 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-    use crate::Identity;
-
-    fn sample(seed: u8, marks: &[(u64, u64)], state: Option<&[u8]>) -> StateSnapshot {
-        let keypair = Arc::new(Identity::from_seed([seed; 32]).keypair().clone());
-        let mut chain = OutputChain::genesis(&keypair.entity_id());
-        chain.emit(keypair.origin_hash(), b"x");
-        StateSnapshot::capture(
-            &keypair,
-            &chain,
-            &OriginMarks::from_pairs(marks.iter().copied()),
-            DaemonStats {
-                events_processed: 3,
-                events_emitted: 1,
-            },
-            state.map(Bytes::copy_from_slice),
-        )
-    }
-
-    fn assert_same(a: &StateSnapshot, b: &StateSnapshot) {
-        assert_eq!(a.entity, b.entity);
-        assert_eq!(a.through_seq, b.through_seq);
-        assert_eq!(a.chain(), b.chain());
-        assert_eq!(a.marks, b.marks);
-        assert_eq!(a.stats, b.stats);
-        assert_eq!(a.state, b.state);
-    }
-
-    #[test]
-    fn round_trip_and_re_encode_is_stable() {
-        let snap = sample(1, &[(5, 9), (1, 2)], Some(b"state"));
-        let bytes = snap.to_bytes();
-        let back = StateSnapshot::from_bytes(&bytes).unwrap();
-        assert_same(&snap, &back);
-        assert_eq!(
-            back.to_bytes(),
-            bytes,
-            "a decoded snapshot re-encodes identically"
-        );
-        let stateless = sample(1, &[], None);
-        let back = StateSnapshot::from_bytes(&stateless.to_bytes()).unwrap();
-        assert_eq!(back.state(), None);
-    }
-
-    #[test]
-    fn every_truncation_is_a_typed_error() {
-        let bytes = sample(2, &[(1, 1), (2, 2)], Some(b"abc")).to_bytes();
-        for len in 0..bytes.len() {
-            assert!(
-                StateSnapshot::from_bytes(&bytes[..len]).is_err(),
-                "len {len}"
-            );
-        }
-    }
-
-    #[test]
-    fn every_flipped_bit_is_rejected() {
-        let bytes = sample(3, &[(1, 1)], Some(b"abc")).to_bytes();
-        for i in 0..bytes.len() {
-            let mut bad = bytes.to_vec();
-            bad[i] ^= 0x01;
-            assert!(
-                StateSnapshot::from_bytes(&bad).is_err(),
-                "bit flip at byte {i} accepted"
-            );
-        }
-    }
-
-    #[test]
-    fn altered_in_memory_snapshot_fails_to_decode() {
-        let snap = sample(4, &[], Some(b"s"));
-        let mut decoded = StateSnapshot::from_bytes(&snap.to_bytes()).unwrap();
-        decoded.through_seq += 1;
-        assert!(matches!(
-            StateSnapshot::from_bytes(&decoded.to_bytes()),
-            Err(SnapshotError::BadSignature(_))
-        ));
-    }
-
-    #[test]
-    fn huge_announced_lengths_fail_before_allocating() {
-        let mut bytes = sample(5, &[], Some(b"")).to_bytes().to_vec();
-        // mark_count at offset HEADER_LEN - 4.
-        bytes[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            StateSnapshot::from_bytes(&bytes),
-            Err(SnapshotError::Truncated { field: "marks", .. })
-        ));
-        let oversized = vec![0u8; MAX_SNAPSHOT_BYTES + 1];
-        assert!(matches!(
-            StateSnapshot::from_bytes(&oversized),
-            Err(SnapshotError::Oversized { .. })
-        ));
-    }
-
-    #[test]
-    fn signature_from_another_key_is_rejected() {
-        let a = sample(6, &[], Some(b"a")).to_bytes();
-        let b = sample(7, &[], Some(b"a")).to_bytes();
-        let mut forged = a.to_vec();
-        let n = forged.len();
-        forged[n - 64..].copy_from_slice(&b[b.len() - 64..]);
-        assert!(matches!(
-            StateSnapshot::from_bytes(&forged),
-            Err(SnapshotError::BadSignature(_))
-        ));
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-
-        #[test]
-        fn prop_round_trip(
-            marks in proptest::collection::btree_map(any::<u64>(), 1..u64::MAX, 0..64),
-            state in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..512)),
-        ) {
-            let pairs: Vec<_> = marks.into_iter().collect();
-            let snap = sample(8, &pairs, state.as_deref());
-            let back = StateSnapshot::from_bytes(&snap.to_bytes()).unwrap();
-            assert_same(&snap, &back);
-        }
-
-        #[test]
-        fn prop_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = StateSnapshot::from_bytes(&bytes);
-        }
-
-        #[test]
-        fn prop_garbage_after_valid_header_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let mut bytes = sample(9, &[], None).to_bytes()[..HEADER_LEN - 4].to_vec();
-            bytes.extend_from_slice(&tail);
-            prop_assert!(StateSnapshot::from_bytes(&bytes).is_err());
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,163 @@
+//! Round trips, truncation, tampering and forged signatures.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::Identity;
+
+fn sample(seed: u8, marks: &[(u64, u64)], state: Option<&[u8]>) -> StateSnapshot {
+    let keypair = Arc::new(Identity::from_seed([seed; 32]).keypair().clone());
+    let mut chain = OutputChain::genesis(&keypair.entity_id());
+    chain.emit(keypair.origin_hash(), b"x");
+    StateSnapshot::capture(
+        &keypair,
+        &chain,
+        &OriginMarks::from_pairs(marks.iter().copied()),
+        DaemonStats {
+            events_processed: 3,
+            events_emitted: 1,
+        },
+        state.map(Bytes::copy_from_slice),
+    )
+}
+
+fn assert_same(a: &StateSnapshot, b: &StateSnapshot) {
+    assert_eq!(a.entity, b.entity);
+    assert_eq!(a.through_seq, b.through_seq);
+    assert_eq!(a.chain(), b.chain());
+    assert_eq!(a.marks, b.marks);
+    assert_eq!(a.stats, b.stats);
+    assert_eq!(a.state, b.state);
+}
+
+#[test]
+fn round_trip_and_re_encode_is_stable() {
+    let snap = sample(1, &[(5, 9), (1, 2)], Some(b"state"));
+    let bytes = snap.to_bytes();
+    let back = StateSnapshot::from_bytes(&bytes).unwrap();
+    assert_same(&snap, &back);
+    assert_eq!(
+        back.to_bytes(),
+        bytes,
+        "a decoded snapshot re-encodes identically"
+    );
+    let stateless = sample(1, &[], None);
+    let back = StateSnapshot::from_bytes(&stateless.to_bytes()).unwrap();
+    assert_eq!(back.state(), None);
+}
+
+#[test]
+fn every_truncation_is_a_typed_error() {
+    let bytes = sample(2, &[(1, 1), (2, 2)], Some(b"abc")).to_bytes();
+    for len in 0..bytes.len() {
+        assert!(
+            StateSnapshot::from_bytes(&bytes[..len]).is_err(),
+            "len {len}"
+        );
+    }
+}
+
+#[test]
+fn every_flipped_bit_is_rejected() {
+    let bytes = sample(3, &[(1, 1)], Some(b"abc")).to_bytes();
+    for i in 0..bytes.len() {
+        let mut bad = bytes.to_vec();
+        bad[i] ^= 0x01;
+        assert!(
+            StateSnapshot::from_bytes(&bad).is_err(),
+            "bit flip at byte {i} accepted"
+        );
+    }
+}
+
+#[test]
+fn altered_in_memory_snapshot_fails_to_decode() {
+    let snap = sample(4, &[], Some(b"s"));
+    let mut decoded = StateSnapshot::from_bytes(&snap.to_bytes()).unwrap();
+    decoded.through_seq += 1;
+    assert!(matches!(
+        StateSnapshot::from_bytes(&decoded.to_bytes()),
+        Err(SnapshotError::BadSignature(_))
+    ));
+}
+
+#[test]
+fn huge_announced_lengths_fail_before_allocating() {
+    let mut bytes = sample(5, &[], Some(b"")).to_bytes().to_vec();
+    // mark_count at offset HEADER_LEN - 4.
+    bytes[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        StateSnapshot::from_bytes(&bytes),
+        Err(SnapshotError::Truncated { field: "marks", .. })
+    ));
+    let oversized = vec![0u8; MAX_SNAPSHOT_BYTES + 1];
+    assert!(matches!(
+        StateSnapshot::from_bytes(&oversized),
+        Err(SnapshotError::Oversized { .. })
+    ));
+}
+
+#[test]
+fn signature_from_another_key_is_rejected() {
+    let a = sample(6, &[], Some(b"a")).to_bytes();
+    let b = sample(7, &[], Some(b"a")).to_bytes();
+    let mut forged = a.to_vec();
+    let n = forged.len();
+    forged[n - 64..].copy_from_slice(&b[b.len() - 64..]);
+    assert!(matches!(
+        StateSnapshot::from_bytes(&forged),
+        Err(SnapshotError::BadSignature(_))
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn prop_round_trip(
+        marks in proptest::collection::btree_map(any::<u64>(), 1..u64::MAX, 0..64),
+        state in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..512)),
+    ) {
+        let pairs: Vec<_> = marks.into_iter().collect();
+        let snap = sample(8, &pairs, state.as_deref());
+        let back = StateSnapshot::from_bytes(&snap.to_bytes()).unwrap();
+        assert_same(&snap, &back);
+    }
+
+    #[test]
+    fn prop_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = StateSnapshot::from_bytes(&bytes);
+    }
+
+    #[test]
+    fn prop_garbage_after_valid_header_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let mut bytes = sample(9, &[], None).to_bytes()[..HEADER_LEN - 4].to_vec();
+        bytes.extend_from_slice(&tail);
+        prop_assert!(StateSnapshot::from_bytes(&bytes).is_err());
+    }
+}
+
+#[test]
+fn the_sealer_hands_out_a_signed_encoding_in_bounded_chunks() {
+    let state: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+    let snap = sample(10, &[(3, 4)], Some(&state));
+    for max in [1, 7, 64, 4096, usize::MAX] {
+        let mut sealer = snap.sealer();
+        let total = sealer.total();
+        let mut whole = Vec::new();
+        while let Some(piece) = sealer.next_chunk(max) {
+            assert!(!piece.is_empty() && piece.len() <= max, "max {max}");
+            whole.extend_from_slice(&piece);
+        }
+        assert_eq!(whole.len() as u64, total, "max {max}");
+        let back = StateSnapshot::from_bytes(&whole).expect("the signature verifies");
+        assert_same(&snap, &back);
+        // A decoded snapshot is handed out as the very same bytes.
+        let mut again = back.sealer();
+        let mut copy = Vec::new();
+        while let Some(piece) = again.next_chunk(max) {
+            copy.extend_from_slice(&piece);
+        }
+        assert_eq!(copy, whole, "max {max}");
+    }
+}
