@@ -6,7 +6,9 @@
 //! `-- large` for only the 64 MiB migrations, `-- gib` for one migration of
 //! a 1 GiB state, checked whole on arrival).
 //!
-//! - raw quinn bulk throughput on one connection, same run (the limit);
+//! - raw quinn bulk throughput on one warm connection, same run (the
+//!   limit): 256 MiB once, and before each row the median of up to six
+//!   transfers of that row's size, which the row's percentage refers to;
 //! - migration time and blackout for 1 KiB, 1 MiB, 16 MiB and 64 MiB
 //!   states, idle and with 10 000 events/s flowing, with loss and
 //!   duplication counts;
@@ -68,54 +70,83 @@ async fn runtimes(n: usize, ballast: usize) -> Vec<DaemonRuntime> {
     rts
 }
 
-/// Raw quinn: one connection, one stream, `bytes` bytes; MB/s.
-async fn raw_quinn_bulk(bytes: usize) -> f64 {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-    let cert_der = cert.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    let server_cfg =
-        quinn::ServerConfig::with_single_cert(vec![cert_der.clone()], key).expect("server config");
-    let server =
-        quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().expect("addr")).expect("server");
-    let addr = server.local_addr().expect("addr");
-    tokio::spawn(async move {
-        if let Some(incoming) = server.accept().await {
+/// Raw quinn on one warm connection: the limit a migration is compared
+/// with. The server reads each stream to its end and answers its length.
+struct RawQuinn {
+    conn: quinn::Connection,
+    _client: quinn::Endpoint,
+}
+
+impl RawQuinn {
+    async fn connect() -> Self {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let cert_der = cert.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let server_cfg = quinn::ServerConfig::with_single_cert(vec![cert_der.clone()], key)
+            .expect("server config");
+        let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().expect("addr"))
+            .expect("server");
+        let addr = server.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Some(incoming) = server.accept().await else {
+                return;
+            };
             let conn = incoming.await.expect("conn");
-            let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
-            let mut total = 0usize;
-            while let Ok(Some(chunk)) = recv.read_chunk(1 << 20, true).await {
-                total += chunk.bytes.len();
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    let mut total = 0usize;
+                    while let Ok(Some(chunk)) = recv.read_chunk(1 << 20, true).await {
+                        total += chunk.bytes.len();
+                    }
+                    let _ = send.write_all(&(total as u64).to_le_bytes()).await;
+                    let _ = send.finish();
+                });
             }
-            let _ = send.write_all(&(total as u64).to_le_bytes()).await;
-            let _ = send.finish();
-            let _ = conn.closed().await;
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der).expect("root");
+        let client_cfg =
+            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client");
+        let mut client =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+        client.set_default_client_config(client_cfg);
+        let conn = client
+            .connect(addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        Self {
+            conn,
+            _client: client,
         }
-    });
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert_der).expect("root");
-    let client_cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client");
-    let mut client =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
-    client.set_default_client_config(client_cfg);
-    let conn = client
-        .connect(addr, "localhost")
-        .expect("connect")
-        .await
-        .expect("handshake");
-    let data = Bytes::from(vec![7u8; 1 << 20]);
-    let start = Instant::now();
-    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    let mut sent = 0;
-    while sent < bytes {
-        send.write_chunk(data.clone()).await.expect("write");
-        sent += data.len();
     }
-    send.finish().expect("finish");
-    let mut ack = [0u8; 8];
-    recv.read_exact(&mut ack).await.expect("ack");
-    let secs = start.elapsed().as_secs_f64();
-    conn.close(0u32.into(), b"done");
-    bytes as f64 / secs / 1e6
+
+    /// Sends `bytes` bytes on a new stream until the server has them all.
+    async fn bulk(&self, bytes: usize) -> Duration {
+        let data = Bytes::from(vec![7u8; bytes.min(1 << 20)]);
+        let start = Instant::now();
+        let (mut send, mut recv) = self.conn.open_bi().await.expect("stream");
+        let mut sent = 0;
+        while sent < bytes {
+            let piece = data.slice(..data.len().min(bytes - sent));
+            sent += piece.len();
+            send.write_chunk(piece).await.expect("write");
+        }
+        send.finish().expect("finish");
+        let mut ack = [0u8; 8];
+        recv.read_exact(&mut ack).await.expect("ack");
+        start.elapsed()
+    }
+
+    /// MB/s of the median of `rounds` transfers of `bytes`.
+    async fn throughput(&self, bytes: usize, rounds: usize) -> f64 {
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            times.push(self.bulk(bytes).await);
+        }
+        times.sort_unstable();
+        bytes as f64 / pct(&times, 0.5).as_secs_f64() / 1e6
+    }
 }
 
 /// Sends sequential events to `daemon` at about `rate`/s until stopped;
@@ -158,7 +189,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
-async fn migrations(size: usize, rounds: usize, with_load: bool, raw_mbs: f64) {
+async fn migrations(size: usize, rounds: usize, with_load: bool, raw: &RawQuinn) {
+    // Raw quinn moving the same bytes just before: the same moment's limit.
+    let raw_mbs = raw.throughput(size, rounds.min(6)).await;
     let rts = runtimes(2, size).await;
     let daemon = rts[0]
         .spawn("counter", Identity::generate(), DaemonHostConfig::default())
@@ -207,7 +240,7 @@ async fn migrations(size: usize, rounds: usize, with_load: bool, raw_mbs: f64) {
     let p50 = pct(&totals, 0.5);
     let mbs = bytes as f64 / p50.as_secs_f64() / 1e6;
     println!(
-        "{:>7} {:>5} x{:<3} total p50 {:>10.2?} p99 {:>10.2?}  blackout p50 {:>10.2?} p99 {:>10.2?}  {:>7.1} MB/s ({:>3.0}% of raw){}",
+        "{:>7} {:>5} x{:<3} total p50 {:>10.2?} p99 {:>10.2?}  blackout p50 {:>10.2?} p99 {:>10.2?}  {:>7.1} MB/s ({:>3.0}% of raw quinn's {:.0} MB/s){}",
         human(size),
         if with_load { "load" } else { "idle" },
         rounds,
@@ -217,6 +250,7 @@ async fn migrations(size: usize, rounds: usize, with_load: bool, raw_mbs: f64) {
         pct(&blackouts, 0.99),
         mbs,
         mbs / raw_mbs * 100.0,
+        raw_mbs,
         if with_load {
             format!(
                 "  events {sent} ({:.0}/s), forwarded {}, lost+dup {bad}",
@@ -269,7 +303,8 @@ async fn drain(n: usize) {
 }
 
 /// Migrates a daemon with 1 GiB of state and checks it arrived whole.
-async fn one_gib(raw_mbs: f64) {
+async fn one_gib(raw: &RawQuinn) {
+    let raw_mbs = raw.throughput(256 << 20, 1).await;
     // The counter adds 8 bytes: the state is exactly 1 GiB.
     let size = (1usize << 30) - 8;
     let rts = runtimes(2, size).await;
@@ -305,7 +340,7 @@ async fn one_gib(raw_mbs: f64) {
     assert_eq!(count_of(&out[0]), Some(4), "the count continues");
     let mbs = report.snapshot_bytes as f64 / report.total.as_secs_f64() / 1e6;
     println!(
-        "   1 GiB  idle x1   total {:>10.2?}  blackout {:>10.2?}  {mbs:>7.1} MB/s ({:>3.0}% of raw)  state checked whole",
+        "   1 GiB  idle x1   total {:>10.2?}  blackout {:>10.2?}  {mbs:>7.1} MB/s ({:>3.0}% of raw quinn's {raw_mbs:.0} MB/s)  state checked whole",
         report.total,
         report.blackout,
         mbs / raw_mbs * 100.0
@@ -328,14 +363,17 @@ fn main() {
             "# cellmesh migration benchmarks (loopback){}",
             if quick { " (quick)" } else { "" }
         );
-        let raw = raw_quinn_bulk(256 << 20).await;
-        println!("\nraw quinn bulk, one connection, 256 MiB: {raw:.0} MB/s\n");
+        let raw = RawQuinn::connect().await;
+        println!(
+            "\nraw quinn bulk, one connection, 256 MiB: {:.0} MB/s\n",
+            raw.throughput(256 << 20, 1).await
+        );
         if large {
-            migrations(64 << 20, 6, false, raw).await;
+            migrations(64 << 20, 6, false, &raw).await;
             return;
         }
         if gib {
-            one_gib(raw).await;
+            one_gib(&raw).await;
             return;
         }
         let sizes: &[(usize, usize)] = if quick {
@@ -345,7 +383,7 @@ fn main() {
         };
         for with_load in [false, true] {
             for &(size, rounds) in sizes {
-                migrations(size, rounds, with_load, raw).await;
+                migrations(size, rounds, with_load, &raw).await;
             }
         }
         println!();

@@ -4,6 +4,7 @@
 //! recycled allocations (already mapped, nothing to zero), and a fresh
 //! one is backed by huge pages where the OS offers them on request.
 
+use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 
@@ -19,14 +20,15 @@ const HUGE_PAGE: usize = 2 << 20;
 /// The most memory the pool keeps for reuse.
 pub const STATE_POOL_BYTES: usize = 256 << 20;
 
-/// Idle large buffers and their total capacity.
+/// Idle large buffers, the most recently returned last, and their total
+/// capacity.
 static POOL: Mutex<Pool> = Mutex::new(Pool {
-    free: Vec::new(),
+    free: VecDeque::new(),
     bytes: 0,
 });
 
 struct Pool {
-    free: Vec<Vec<u8>>,
+    free: VecDeque<Vec<u8>>,
     bytes: usize,
 }
 
@@ -37,7 +39,8 @@ struct Pool {
 /// A buffer of 4 MiB or more comes from a process-wide pool of recycled
 /// allocations when one fits, and goes back to it when the last `Bytes`
 /// made from it by [`freeze`](Self::freeze) is dropped; the pool keeps at
-/// most [`STATE_POOL_BYTES`]. A fresh large buffer is backed by huge pages
+/// most [`STATE_POOL_BYTES`], the buffers returned longest ago making room
+/// for newer ones. A fresh large buffer is backed by huge pages
 /// where the OS offers them (Linux transparent huge pages in `madvise` or
 /// `always` mode). Smaller buffers are ordinary allocations.
 ///
@@ -72,11 +75,9 @@ impl StateBuf {
             let fit = pool
                 .free
                 .iter()
-                .position(|v| v.capacity() >= size && v.capacity() <= size * 2);
-            fit.map(|i| {
-                let vec = pool.free.swap_remove(i);
+                .rposition(|v| v.capacity() >= size && v.capacity() <= size * 2);
+            fit.and_then(|i| pool.free.remove(i)).inspect(|vec| {
                 pool.bytes -= vec.capacity();
-                vec
             })
         };
         let vec = reused.unwrap_or_else(|| {
@@ -165,17 +166,27 @@ impl AsRef<[u8]> for Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         let mut vec = std::mem::take(&mut self.0);
+        if vec.capacity() > STATE_POOL_BYTES {
+            return;
+        }
         vec.clear();
+        // The buffers returned longest ago make room: the newest are the
+        // likeliest to fit the next migration.
+        let mut evicted = Vec::new();
         let mut pool = POOL
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if pool.bytes + vec.capacity() <= STATE_POOL_BYTES {
-            pool.bytes += vec.capacity();
-            pool.free.push(vec);
-        } else {
-            drop(pool);
-            drop(vec);
+        while pool.bytes + vec.capacity() > STATE_POOL_BYTES {
+            let Some(old) = pool.free.pop_front() else {
+                break;
+            };
+            pool.bytes -= old.capacity();
+            evicted.push(old);
         }
+        pool.bytes += vec.capacity();
+        pool.free.push_back(vec);
+        drop(pool);
+        drop(evicted);
     }
 }
 
