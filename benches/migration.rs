@@ -13,14 +13,20 @@
 //!   states, idle and with 10 000 events/s flowing, with loss and
 //!   duplication counts;
 //! - drain of 1 000 small daemons onto two peers.
+//!
+//! Each node runs on its own tokio runtime (two workers), as a node process
+//! on this machine would, and so do the two ends of the raw quinn baseline:
+//! the two sides' tasks do not compete for the same workers.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cellmesh::capabilities::CapabilitySet;
-use cellmesh::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, DrainOpts, MigrationOpts};
+use cellmesh::compute::{
+    DaemonError, DaemonHostConfig, DaemonRuntime, DrainOpts, MigrationOpts, MigrationReport,
+};
 use cellmesh::mesh::{Mesh, MeshBuilder};
 use cellmesh::Identity;
 use cellmesh_suite::{count_of, event, CounterDaemon};
@@ -37,44 +43,127 @@ async fn node(seeds: Vec<std::net::SocketAddr>) -> Mesh {
         .expect("node")
 }
 
-async fn runtimes(n: usize, ballast: usize) -> Vec<DaemonRuntime> {
-    let first = node(vec![]).await;
-    let seed = first.local_addr();
-    let mut meshes = vec![first];
-    for _ in 1..n {
-        meshes.push(node(vec![seed]).await);
+/// A tokio runtime of its own for one node (or one end of the baseline).
+fn own_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Runs `work` on `runtime` and waits for it.
+async fn on<F>(runtime: &tokio::runtime::Runtime, work: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    runtime.spawn(work).await.expect("task")
+}
+
+/// A started node on its own runtime.
+struct Node {
+    rt: DaemonRuntime,
+    tokio: Option<tokio::runtime::Runtime>,
+}
+
+impl Node {
+    fn tokio(&self) -> &tokio::runtime::Runtime {
+        self.tokio.as_ref().expect("running")
     }
-    let mut rts = Vec::new();
-    for m in meshes {
-        let rt = DaemonRuntime::new(Arc::new(m));
-        // One ballast shared by every daemon the factory builds, so a
-        // factory call costs what a real one would, not a 64 MiB fill.
-        let shared = CounterDaemon::with_ballast(ballast).ballast;
-        rt.register_factory("counter", move || {
-            Box::new(CounterDaemon {
-                count: 0,
-                ballast: shared.clone(),
-            })
+
+    async fn spawn_counter(&self) -> u64 {
+        let rt = self.rt.clone();
+        on(self.tokio(), async move {
+            rt.spawn("counter", Identity::generate(), DaemonHostConfig::default())
+                .await
+                .expect("spawn")
+                .origin_hash
         })
-        .expect("register");
-        rt.start().await.expect("start");
-        rts.push(rt);
+        .await
     }
-    for rt in &rts {
-        assert!(
+
+    async fn send(&self, daemon: u64, origin: u64, seq: u64) -> u64 {
+        let rt = self.rt.clone();
+        on(self.tokio(), async move {
+            let out = rt
+                .send(daemon, event(origin, seq, Bytes::new()))
+                .await
+                .expect("send");
+            count_of(&out[0]).expect("count")
+        })
+        .await
+    }
+
+    /// Migrates `daemon` from this node to `to`, driven on this node.
+    async fn migrate(&self, daemon: u64, to: &Node, opts: MigrationOpts) -> MigrationReport {
+        let (rt, target) = (self.rt.clone(), to.rt.mesh().node_id());
+        on(self.tokio(), async move {
+            let handle = rt.start_migration(daemon, target, opts).expect("start");
+            handle.wait().await.expect("migration")
+        })
+        .await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(tokio) = self.tokio.take() {
+            tokio.shutdown_background();
+        }
+    }
+}
+
+async fn nodes(n: usize, ballast: usize) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for _ in 0..n {
+        let seeds: Vec<_> = nodes
+            .first()
+            .map(|f| f.rt.mesh().local_addr())
+            .into_iter()
+            .collect();
+        let tokio = own_runtime();
+        let rt = on(&tokio, async move {
+            let rt = DaemonRuntime::new(Arc::new(node(seeds).await));
+            // One ballast shared by every daemon the factory builds, so a
+            // factory call costs what a real one would, not a 64 MiB fill.
+            let shared = CounterDaemon::with_ballast(ballast).ballast;
+            rt.register_factory("counter", move || {
+                Box::new(CounterDaemon {
+                    count: 0,
+                    ballast: shared.clone(),
+                })
+            })
+            .expect("register");
+            rt.start().await.expect("start");
+            rt
+        })
+        .await;
+        nodes.push(Node {
+            rt,
+            tokio: Some(tokio),
+        });
+    }
+    for node in &nodes {
+        let rt = node.rt.clone();
+        let seen = on(node.tokio(), async move {
             rt.mesh()
                 .wait_for_peers(n - 1, Duration::from_secs(10))
                 .await
-        );
+        })
+        .await;
+        assert!(seen);
     }
-    rts
+    nodes
 }
 
 /// Raw quinn on one warm connection: the limit a migration is compared
 /// with. The server reads each stream to its end and answers its length.
+/// Server and client each run on a runtime of their own, as the nodes do.
 struct RawQuinn {
     conn: quinn::Connection,
-    _client: quinn::Endpoint,
+    server: Option<tokio::runtime::Runtime>,
+    client: Option<tokio::runtime::Runtime>,
 }
 
 impl RawQuinn {
@@ -84,58 +173,73 @@ impl RawQuinn {
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
         let server_cfg = quinn::ServerConfig::with_single_cert(vec![cert_der.clone()], key)
             .expect("server config");
-        let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().expect("addr"))
-            .expect("server");
-        let addr = server.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let Some(incoming) = server.accept().await else {
-                return;
-            };
-            let conn = incoming.await.expect("conn");
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                tokio::spawn(async move {
-                    let mut total = 0usize;
-                    while let Ok(Some(chunk)) = recv.read_chunk(1 << 20, true).await {
-                        total += chunk.bytes.len();
-                    }
-                    let _ = send.write_all(&(total as u64).to_le_bytes()).await;
-                    let _ = send.finish();
-                });
-            }
-        });
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert_der).expect("root");
-        let client_cfg =
-            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client");
-        let mut client =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
-        client.set_default_client_config(client_cfg);
-        let conn = client
-            .connect(addr, "localhost")
-            .expect("connect")
-            .await
-            .expect("handshake");
+        let (server, client) = (own_runtime(), own_runtime());
+        let addr = on(&server, async move {
+            let endpoint =
+                quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().expect("addr"))
+                    .expect("server");
+            let addr = endpoint.local_addr().expect("addr");
+            tokio::spawn(async move {
+                let Some(incoming) = endpoint.accept().await else {
+                    return;
+                };
+                let conn = incoming.await.expect("conn");
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        let mut total = 0usize;
+                        while let Ok(Some(chunk)) = recv.read_chunk(1 << 20, true).await {
+                            total += chunk.bytes.len();
+                        }
+                        let _ = send.write_all(&(total as u64).to_le_bytes()).await;
+                        let _ = send.finish();
+                    });
+                }
+            });
+            addr
+        })
+        .await;
+        let conn = on(&client, async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(cert_der).expect("root");
+            let client_cfg =
+                quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client");
+            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr"))
+                .expect("client endpoint");
+            endpoint.set_default_client_config(client_cfg);
+            endpoint
+                .connect(addr, "localhost")
+                .expect("connect")
+                .await
+                .expect("handshake")
+        })
+        .await;
         Self {
             conn,
-            _client: client,
+            server: Some(server),
+            client: Some(client),
         }
     }
 
     /// Sends `bytes` bytes on a new stream until the server has them all.
     async fn bulk(&self, bytes: usize) -> Duration {
-        let data = Bytes::from(vec![7u8; bytes.min(1 << 20)]);
-        let start = Instant::now();
-        let (mut send, mut recv) = self.conn.open_bi().await.expect("stream");
-        let mut sent = 0;
-        while sent < bytes {
-            let piece = data.slice(..data.len().min(bytes - sent));
-            sent += piece.len();
-            send.write_chunk(piece).await.expect("write");
-        }
-        send.finish().expect("finish");
-        let mut ack = [0u8; 8];
-        recv.read_exact(&mut ack).await.expect("ack");
-        start.elapsed()
+        let conn = self.conn.clone();
+        let client = self.client.as_ref().expect("running");
+        on(client, async move {
+            let data = Bytes::from(vec![7u8; bytes.min(1 << 20)]);
+            let start = Instant::now();
+            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+            let mut sent = 0;
+            while sent < bytes {
+                let piece = data.slice(..data.len().min(bytes - sent));
+                sent += piece.len();
+                send.write_chunk(piece).await.expect("write");
+            }
+            send.finish().expect("finish");
+            let mut ack = [0u8; 8];
+            recv.read_exact(&mut ack).await.expect("ack");
+            start.elapsed()
+        })
+        .await
     }
 
     /// MB/s of the median of `rounds` transfers of `bytes`.
@@ -146,6 +250,17 @@ impl RawQuinn {
         }
         times.sort_unstable();
         bytes as f64 / pct(&times, 0.5).as_secs_f64() / 1e6
+    }
+}
+
+impl Drop for RawQuinn {
+    fn drop(&mut self) {
+        for tokio in [self.server.take(), self.client.take()]
+            .into_iter()
+            .flatten()
+        {
+            tokio.shutdown_background();
+        }
     }
 }
 
@@ -191,18 +306,22 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 async fn migrations(size: usize, rounds: usize, with_load: bool, raw: &RawQuinn) {
     // Raw quinn moving the same bytes just before: the same moment's limit.
-    let raw_mbs = raw.throughput(size, rounds.min(6)).await;
-    let rts = runtimes(2, size).await;
-    let daemon = rts[0]
-        .spawn("counter", Identity::generate(), DaemonHostConfig::default())
-        .await
-        .expect("spawn")
-        .origin_hash;
+    let raw_mbs = if std::env::var_os("RAWSKIP").is_some() {
+        1.0
+    } else {
+        raw.throughput(size, rounds.min(6)).await
+    };
+    let nodes = nodes(2, size).await;
+    let daemon = nodes[0].spawn_counter().await;
     let stop = Arc::new(AtomicBool::new(false));
-    // Eight senders of 1 250 events/s each: 10 000 events/s in all.
+    // Eight senders of 1 250 events/s each, on both nodes: 10 000 events/s.
     let loaders: Vec<_> = if with_load {
         (0..8)
-            .map(|i| tokio::spawn(load(rts[i % 2].clone(), daemon, 1_250, Arc::clone(&stop))))
+            .map(|i| {
+                let node = &nodes[i % 2];
+                let work = load(node.rt.clone(), daemon, 1_250, Arc::clone(&stop));
+                node.tokio().spawn(work)
+            })
             .collect()
     } else {
         Vec::new()
@@ -212,20 +331,17 @@ async fn migrations(size: usize, rounds: usize, with_load: bool, raw: &RawQuinn)
     let mut totals = Vec::new();
     let mut blackouts = Vec::new();
     let mut bytes = 0;
-    let forwarded = AtomicU64::new(0);
+    let mut forwarded = 0;
     for round in 0..rounds {
-        let (from, to) = (&rts[round % 2], &rts[(round + 1) % 2]);
-        let handle = from
-            .start_migration(daemon, to.mesh().node_id(), MigrationOpts::default())
-            .expect("start");
-        let report = handle.wait().await.expect("migration");
+        let (from, to) = (&nodes[round % 2], &nodes[(round + 1) % 2]);
+        let report = from.migrate(daemon, to, MigrationOpts::default()).await;
         if std::env::args().any(|a| a == "large") {
             println!("    phases: {:?}", report.phases);
         }
         totals.push(report.total);
         blackouts.push(report.blackout);
         bytes = report.snapshot_bytes;
-        forwarded.fetch_add(report.events_forwarded, Ordering::Relaxed);
+        forwarded += report.events_forwarded;
     }
     stop.store(true, Ordering::Relaxed);
     let loaded_for = loaded_from.elapsed().as_secs_f64();
@@ -253,9 +369,8 @@ async fn migrations(size: usize, rounds: usize, with_load: bool, raw: &RawQuinn)
         raw_mbs,
         if with_load {
             format!(
-                "  events {sent} ({:.0}/s), forwarded {}, lost+dup {bad}",
+                "  events {sent} ({:.0}/s), forwarded {forwarded}, lost+dup {bad}",
                 sent as f64 / loaded_for,
-                forwarded.load(Ordering::Relaxed)
             )
         } else {
             String::new()
@@ -263,12 +378,7 @@ async fn migrations(size: usize, rounds: usize, with_load: bool, raw: &RawQuinn)
     );
     if with_load {
         // Every accepted event counted exactly once: the daemon's count.
-        let owner = &rts[rounds % 2];
-        let out = owner
-            .send(daemon, event(u64::MAX, 1, Bytes::new()))
-            .await
-            .expect("final count");
-        let counted = count_of(&out[0]).expect("count") - 1;
+        let counted = nodes[rounds % 2].send(daemon, u64::MAX, 1).await - 1;
         if counted != sent {
             bad += counted.abs_diff(sent);
         }
@@ -285,14 +395,15 @@ fn human(size: usize) -> String {
 }
 
 async fn drain(n: usize) {
-    let rts = runtimes(3, 0).await;
+    let nodes = nodes(3, 0).await;
     for _ in 0..n {
-        rts[0]
-            .spawn("counter", Identity::generate(), DaemonHostConfig::default())
-            .await
-            .expect("spawn");
+        nodes[0].spawn_counter().await;
     }
-    let report = rts[0].drain(DrainOpts::default()).await;
+    let rt = nodes[0].rt.clone();
+    let report = on(nodes[0].tokio(), async move {
+        rt.drain(DrainOpts::default()).await
+    })
+    .await;
     println!(
         "drain {n} daemons onto 2 peers: {:?} ({} moved, {} failed, {:?})",
         report.elapsed,
@@ -307,37 +418,23 @@ async fn one_gib(raw: &RawQuinn) {
     let raw_mbs = raw.throughput(256 << 20, 1).await;
     // The counter adds 8 bytes: the state is exactly 1 GiB.
     let size = (1usize << 30) - 8;
-    let rts = runtimes(2, size).await;
-    let daemon = rts[0]
-        .spawn("counter", Identity::generate(), DaemonHostConfig::default())
-        .await
-        .expect("spawn")
-        .origin_hash;
+    let nodes = nodes(2, size).await;
+    let daemon = nodes[0].spawn_counter().await;
     for seq in 1..=3 {
-        rts[0]
-            .send(daemon, event(7, seq, Bytes::new()))
-            .await
-            .expect("send");
+        nodes[0].send(daemon, 7, seq).await;
     }
     let mut opts = MigrationOpts::default();
     opts.deadline = Duration::from_secs(120);
-    let handle = rts[0]
-        .start_migration(daemon, rts[1].mesh().node_id(), opts)
-        .expect("start");
-    let report = handle.wait().await.expect("1 GiB migration");
-    let snap = rts[1]
-        .snapshot(daemon)
-        .await
-        .expect("snapshot")
-        .expect("state");
-    let state = snap.state().expect("state");
-    assert_eq!(state.len(), 8 + size, "the whole state arrived");
-    assert!(state[8..].iter().step_by(4096).all(|&b| b == 0xAB));
-    let out = rts[1]
-        .send(daemon, event(7, 4, Bytes::new()))
-        .await
-        .expect("send on the target");
-    assert_eq!(count_of(&out[0]), Some(4), "the count continues");
+    let report = nodes[0].migrate(daemon, &nodes[1], opts).await;
+    let rt = nodes[1].rt.clone();
+    on(nodes[1].tokio(), async move {
+        let snap = rt.snapshot(daemon).await.expect("snapshot").expect("state");
+        let state = snap.state().expect("state");
+        assert_eq!(state.len(), 8 + size, "the whole state arrived");
+        assert!(state[8..].iter().step_by(4096).all(|&b| b == 0xAB));
+    })
+    .await;
+    assert_eq!(nodes[1].send(daemon, 7, 4).await, 4, "the count continues");
     let mbs = report.snapshot_bytes as f64 / report.total.as_secs_f64() / 1e6;
     println!(
         "   1 GiB  idle x1   total {:>10.2?}  blackout {:>10.2?}  {mbs:>7.1} MB/s ({:>3.0}% of raw quinn's {raw_mbs:.0} MB/s)  state checked whole",
@@ -353,8 +450,8 @@ fn main() {
     let large = std::env::args().any(|a| a == "large");
     // `gib`: one migration of a 1 GiB state, checked whole on arrival.
     let gib = std::env::args().any(|a| a == "gib");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // The nodes run on runtimes of their own; this one only directs.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");

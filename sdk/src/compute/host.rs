@@ -14,7 +14,8 @@ use super::snapshot::StateSnapshot;
 use crate::identity::Keypair;
 
 pub(crate) struct DaemonHost {
-    daemon: Box<dyn MeshDaemon>,
+    /// The user's daemon; dropped, with its state, when it is retired.
+    daemon: Option<Box<dyn MeshDaemon>>,
     keypair: Arc<Keypair>,
     marks: OriginMarks,
     chain: OutputChain,
@@ -32,7 +33,7 @@ impl DaemonHost {
     ) -> Self {
         let chain = OutputChain::genesis(&keypair.entity_id());
         Self {
-            daemon,
+            daemon: Some(daemon),
             keypair: Arc::new(keypair),
             marks: OriginMarks::default(),
             chain,
@@ -56,7 +57,7 @@ impl DaemonHost {
             contain(origin_hash, "restore", || daemon.restore(state))??;
         }
         Ok(Self {
-            daemon,
+            daemon: Some(daemon),
             keypair: Arc::new(keypair),
             marks: snapshot.marks(),
             chain: snapshot.chain(),
@@ -74,8 +75,12 @@ impl DaemonHost {
         self.retired
     }
 
+    /// Stops the daemon for good and drops it, so its state is freed now,
+    /// not when the last reference to its slot goes (a daemon that
+    /// migrated away keeps its slot for the straggler grace).
     pub(crate) fn retire(&mut self) {
         self.retired = true;
+        self.daemon = None;
     }
 
     pub(crate) fn stats(&self) -> DaemonStats {
@@ -103,7 +108,9 @@ impl DaemonHost {
             });
         }
         let origin_hash = self.keypair.origin_hash();
-        let daemon = &mut self.daemon;
+        let Some(daemon) = self.daemon.as_mut() else {
+            return Err(DaemonError::NotFound(self.origin_hash()));
+        };
         let payloads = contain(origin_hash, "process", || daemon.process(event))??;
         self.marks.advance(input.origin_hash, input.sequence);
         self.chain.accept(&input);
@@ -122,7 +129,9 @@ impl DaemonHost {
 
     /// Captures the state and bookkeeping.
     pub(crate) fn capture(&self) -> Result<StateSnapshot, DaemonError> {
-        let daemon = &self.daemon;
+        let Some(daemon) = self.daemon.as_ref() else {
+            return Err(DaemonError::NotFound(self.origin_hash()));
+        };
         let state: Option<Bytes> = contain(self.origin_hash(), "snapshot", || daemon.snapshot())?;
         if let Some(state) = &state {
             if state.len() as u64 > self.config.max_snapshot_bytes {
@@ -229,7 +238,8 @@ mod tests {
                 Err(DaemonError::Duplicate { origin_hash: 9, sequence }) if sequence == seq
             ));
         }
-        assert_eq!(h.daemon.snapshot().unwrap()[..], 4u64.to_le_bytes());
+        let daemon = h.daemon.as_ref().unwrap();
+        assert_eq!(daemon.snapshot().unwrap()[..], 4u64.to_le_bytes());
         assert_eq!(h.stats().events_processed, 2);
     }
 
@@ -307,5 +317,16 @@ mod tests {
             h.capture(),
             Err(DaemonError::Process(ProcessError::SnapshotFailed(_)))
         ));
+    }
+
+    #[test]
+    fn a_retired_daemon_is_dropped_at_once_and_refuses_everything() {
+        let mut h = host(7);
+        h.deliver(&ev(9, 1, b"x")).unwrap();
+        h.retire();
+        assert!(h.daemon.is_none(), "the daemon and its state are freed");
+        let origin = h.origin_hash();
+        assert!(matches!(h.deliver(&ev(9, 2, b"x")), Err(DaemonError::NotFound(o)) if o == origin));
+        assert!(matches!(h.capture(), Err(DaemonError::NotFound(o)) if o == origin));
     }
 }

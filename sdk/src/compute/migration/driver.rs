@@ -17,6 +17,7 @@ use super::source::{self, Failure, Source, Step, Timing};
 use super::wire::{encode_chunk_header, Body, Msg, Prepare, Refusal, VERSIONS};
 use crate::compute::remote::from_refusal;
 use crate::compute::runtime::Slot;
+use crate::compute::snapshot::Proof;
 use crate::compute::{DaemonError, DaemonRuntime};
 use crate::mesh::{
     frame, frame::FrameError, EventReply, EventRequest, FrameReader, NodeId, Reply, Request,
@@ -286,7 +287,15 @@ impl Run {
                                 measured.freeze_at = Some(Instant::now());
                                 let snapshot = slot.lock().capture();
                                 frozen = Some(slot);
-                                snapshot.map(|s| s.sealer()).map_err(|e| e.to_string())
+                                // A sender that hands over the key has
+                                // proved it holds it: a checksum guards
+                                // the transfer instead of a signature.
+                                let proof = if self.opts.transport_identity {
+                                    Proof::Checksummed
+                                } else {
+                                    Proof::Signed
+                                };
+                                snapshot.map(|s| s.sealer(proof)).map_err(|e| e.to_string())
                             }
                             Err(FreezeError::NotFound) => Err("the daemon was stopped".into()),
                             Err(FreezeError::AlreadyMigrating) => {

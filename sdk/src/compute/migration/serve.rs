@@ -14,7 +14,8 @@ use super::wire::{decode_parts, Body, Msg, Prepare, Refusal, Verdict};
 const DIRECT_MIN: usize = 64 << 10;
 use crate::compute::host::DaemonHost;
 use crate::compute::runtime::Slot;
-use crate::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, StateSnapshot};
+use crate::compute::snapshot::BodyDigest;
+use crate::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, SnapshotError, StateSnapshot};
 use crate::identity::Identity;
 use crate::mesh::{frame, FrameReader, NodeId};
 
@@ -205,18 +206,28 @@ fn restore(
     rt: &DaemonRuntime,
     p: &Prepare,
     bytes: &Bytes,
-    digest: &[u8; 32],
+    digest: &BodyDigest,
     built: Option<Built>,
 ) -> Result<Arc<Slot>, Refusal> {
-    let snapshot = StateSnapshot::from_shared_digested(bytes, digest)
-        .map_err(|e| Refusal::IdentityMismatch(e.to_string()))?;
+    let identity = identity_for(rt, p)?;
+    let snapshot = match digest {
+        BodyDigest::Blake3(digest) => StateSnapshot::from_shared_digested(bytes, digest),
+        BodyDigest::Xxh3(sum) => StateSnapshot::from_shared_checksummed(
+            bytes,
+            *sum,
+            Arc::new(identity.keypair().clone()),
+        ),
+    }
+    .map_err(|e| match e {
+        SnapshotError::BadChecksum => Refusal::RestoreFailed(e.to_string()),
+        other => Refusal::IdentityMismatch(other.to_string()),
+    })?;
     if snapshot.entity_id().as_bytes() != &p.entity {
         return Err(Refusal::IdentityMismatch(format!(
             "snapshot is bound to {}, not the migrating daemon",
             snapshot.entity_id()
         )));
     }
-    let identity = identity_for(rt, p)?;
     let (kind, daemon) = match built {
         Some(built) => built,
         None => rt

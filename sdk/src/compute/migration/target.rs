@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::compute::snapshot::SIGNATURE_LEN;
+use crate::compute::snapshot::{BodyDigest, BodyHasher, Proof};
 use crate::compute::StateBuf;
 
 /// Bytes of received state hashed at a time.
@@ -41,9 +41,9 @@ pub(crate) enum Step {
     Check(Prepare),
     /// Decode and restore the snapshot (gated, unannounced); answer
     /// `restored`.
-    /// Restore from the sealed snapshot; the digest is BLAKE3 over all of
-    /// it but the trailing signature, computed as the chunks arrived.
-    Restore(Bytes, [u8; 32]),
+    /// Restore from the sealed snapshot; the digest is over all of it but
+    /// its trailer, computed as the chunks arrived.
+    Restore(Bytes, BodyDigest),
     /// Take ownership: announce the daemon; forwarded events pass.
     Activate,
     /// Process the waiting direct events and open the gate.
@@ -68,9 +68,12 @@ pub(crate) struct Target {
     next_beat: Instant,
     max: u64,
     buf: StateBuf,
-    /// BLAKE3 over `buf[..hashed]`, kept 64 bytes behind the end (the
-    /// signature), so verifying the snapshot needs no second pass.
-    hasher: blake3::Hasher,
+    /// How the snapshot proves itself: signed, or checksummed when the
+    /// sender handed over the daemon's key.
+    proof: Proof,
+    /// The hash of `buf[..hashed]`, kept the trailer's length behind the
+    /// end, so checking the snapshot needs no second pass.
+    hasher: BodyHasher,
     hashed: usize,
     restored: bool,
     out: VecDeque<Step>,
@@ -90,7 +93,8 @@ impl Target {
             next_beat: now + beat,
             max: 0,
             buf: StateBuf::with_capacity(0),
-            hasher: blake3::Hasher::new(),
+            proof: Proof::Signed,
+            hasher: BodyHasher::new(Proof::Signed),
             hashed: 0,
             restored: false,
             out: VecDeque::new(),
@@ -134,8 +138,16 @@ impl Target {
                         });
                     }
                     self.version = version;
-                    // The sealed form adds the marks, the chain and a signature.
+                    // The sealed form adds the marks, the chain and a trailer.
                     self.max = prepare.max_snapshot_bytes.saturating_add(64 << 20);
+                    // A sender that hands over the daemon's key has proved
+                    // it holds it: a checksum then guards the transfer.
+                    self.proof = if prepare.seed.is_some() {
+                        Proof::Checksummed
+                    } else {
+                        Proof::Signed
+                    };
+                    self.hasher = BodyHasher::new(self.proof);
                     self.phase = Phase::Check;
                     self.out.push_back(Step::Check(prepare));
                 }
@@ -187,7 +199,7 @@ impl Target {
                 self.buf.extend_from_slice(&data);
                 // Hash in large steps: BLAKE3 is fastest on long inputs, and
                 // chunks may arrive as packet-sized pieces.
-                let upto = self.buf.len().saturating_sub(SIGNATURE_LEN);
+                let upto = self.buf.len().saturating_sub(self.proof.trailer_len());
                 if upto >= self.hashed + HASH_STEP {
                     self.hasher.update(&self.buf[self.hashed..upto]);
                     self.hashed = upto;
@@ -201,12 +213,12 @@ impl Target {
                     )));
                 }
                 self.phase = Phase::Restore;
-                let upto = self.buf.len().saturating_sub(SIGNATURE_LEN);
+                let upto = self.buf.len().saturating_sub(self.proof.trailer_len());
                 if upto > self.hashed {
                     self.hasher.update(&self.buf[self.hashed..upto]);
                     self.hashed = upto;
                 }
-                let digest = *self.hasher.finalize().as_bytes();
+                let digest = self.hasher.finish();
                 let bytes = std::mem::replace(&mut self.buf, StateBuf::with_capacity(0)).freeze();
                 self.out.push_back(Step::Restore(bytes, digest));
             }

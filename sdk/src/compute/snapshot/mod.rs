@@ -15,6 +15,15 @@
 //! `"cellmesh/snapshot/v1" || BLAKE3(everything before the signature)`.
 //! Decoding checks every length against [`MAX_SNAPSHOT_BYTES`] and the bytes
 //! actually present before allocating, then verifies the signature.
+//!
+//! A migration whose source hands the daemon's key over to the target (the
+//! default) sends the same body with an 8-byte trailer instead of the
+//! signature: the xxh3-64 of the body. The key itself proves the source may
+//! act for the daemon (a signature by the same key would add nothing), the
+//! QUIC channel between the two authenticated nodes protects every byte,
+//! and the checksum catches a transfer corrupted on the way; it spares
+//! both nodes a BLAKE3 pass over the state. A migration that does not hand
+//! the key over sends the signed format and the target verifies it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,8 +34,10 @@ use super::causal::{OriginMarks, OutputChain};
 use super::handle::DaemonStats;
 use crate::identity::{EntityId, Keypair};
 
+mod proof;
 mod sealer;
 
+pub(crate) use proof::{BodyDigest, BodyHasher, Proof};
 pub(crate) use sealer::Sealer;
 
 const MAGIC: &[u8; 6] = b"CMSNAP";
@@ -78,9 +89,16 @@ pub enum SnapshotError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// Bytes follow the signature.
+    /// Bytes follow the signature (or checksum).
     #[error("{0} unexpected bytes after the snapshot signature")]
     TrailingBytes(u64),
+    /// A migrated snapshot's checksum does not match its bytes: it was
+    /// corrupted on the way.
+    #[error("snapshot checksum does not match its bytes: corrupted in transfer")]
+    BadChecksum,
+    /// A migrated snapshot names another entity than the key it came with.
+    #[error("snapshot of entity {0} arrived with another entity's key")]
+    WrongKey(EntityId),
     /// The signature does not verify: the bytes were altered or not made by
     /// the entity's key.
     #[error("snapshot signature of entity {0} does not verify: tampered or forged")]
@@ -185,7 +203,7 @@ impl StateSnapshot {
     /// a decoded one re-emits the signature it was verified with, so a
     /// snapshot altered in memory (say, its `through_seq`) no longer decodes.
     pub fn to_bytes(&self) -> Bytes {
-        let mut sealer = self.sealer();
+        let mut sealer = self.sealer(Proof::Signed);
         let mut out = BytesMut::with_capacity(usize::try_from(sealer.total()).unwrap_or(0));
         while let Some(piece) = sealer.next_chunk(usize::MAX) {
             out.put_slice(&piece);
@@ -193,10 +211,11 @@ impl StateSnapshot {
         out.freeze()
     }
 
-    /// The encoding of [`to_bytes`](Self::to_bytes), to be handed out in
-    /// chunks: the state is shared, not copied, and hashed for the
-    /// signature as it goes out.
-    pub(crate) fn sealer(&self) -> Sealer {
+    /// The encoding of [`to_bytes`](Self::to_bytes) (with `Proof::Signed`)
+    /// or its checksummed variant, to be handed out in chunks: the state is
+    /// shared, not copied, and hashed for the trailer as it goes out. A
+    /// decoded snapshot keeps the signature it was verified with.
+    pub(crate) fn sealer(&self, proof: Proof) -> Sealer {
         let state_len = self.state.as_ref().map_or(0, Bytes::len);
         let mut out = BytesMut::with_capacity(HEADER_LEN + self.marks.len() * 16 + 9);
         out.put_slice(MAGIC);
@@ -222,7 +241,7 @@ impl StateSnapshot {
         let mut body = vec![out.freeze()];
         body.extend(self.state.clone());
         match &self.seal {
-            Seal::Local(keypair) => Sealer::signing(body, Arc::clone(keypair)),
+            Seal::Local(keypair) => Sealer::new(body, proof, Arc::clone(keypair)),
             Seal::Verified(signature) => {
                 body.push(Bytes::copy_from_slice(signature));
                 Sealer::from_segments(body)
@@ -256,17 +275,30 @@ impl StateSnapshot {
         bytes: &Bytes,
         digest: &[u8; 32],
     ) -> Result<Self, SnapshotError> {
-        Self::decode_with(bytes, Some(bytes), Some(digest))
+        Self::decode_with(bytes, Some(bytes), Check::Signature(Some(digest)))
+    }
+
+    /// Decodes a snapshot sealed with [`Proof::Checksummed`]: `checksum`
+    /// is the xxh3-64 of `bytes` without its 8-byte trailer, computed by
+    /// the caller as the bytes arrived, and must equal the trailer; the
+    /// snapshot must name `keypair`'s entity, whose key the sender proved
+    /// to hold by sending it.
+    pub(crate) fn from_shared_checksummed(
+        bytes: &Bytes,
+        checksum: u64,
+        keypair: Arc<Keypair>,
+    ) -> Result<Self, SnapshotError> {
+        Self::decode_with(bytes, Some(bytes), Check::Checksum(checksum, keypair))
     }
 
     fn decode(bytes: &[u8], shared: Option<&Bytes>) -> Result<Self, SnapshotError> {
-        Self::decode_with(bytes, shared, None)
+        Self::decode_with(bytes, shared, Check::Signature(None))
     }
 
     fn decode_with(
         bytes: &[u8],
         shared: Option<&Bytes>,
-        digest: Option<&[u8; 32]>,
+        check: Check<'_>,
     ) -> Result<Self, SnapshotError> {
         if bytes.len() > MAX_SNAPSHOT_BYTES {
             return Err(SnapshotError::Oversized {
@@ -324,18 +356,32 @@ impl StateSnapshot {
         }
         let state_bytes = r.take("state", state_len)?;
         let body_len = bytes.len() - r.rest.len();
-        let mut signature = [0u8; SIGNATURE_LEN];
-        signature.copy_from_slice(r.take("signature", SIGNATURE_LEN as u64)?);
-        if !r.rest.is_empty() {
-            return Err(SnapshotError::TrailingBytes(r.rest.len() as u64));
-        }
-        let message = match digest {
-            Some(digest) => signed_digest(digest),
-            None => signed_message(&bytes[..body_len]),
+        let seal = match check {
+            Check::Signature(digest) => {
+                let mut signature = [0u8; SIGNATURE_LEN];
+                signature.copy_from_slice(r.take("signature", SIGNATURE_LEN as u64)?);
+                r.finish()?;
+                let message = match digest {
+                    Some(digest) => signed_digest(digest),
+                    None => signed_message(&bytes[..body_len]),
+                };
+                if !entity.verify(&message, &signature) {
+                    return Err(SnapshotError::BadSignature(entity));
+                }
+                Seal::Verified(signature)
+            }
+            Check::Checksum(checksum, keypair) => {
+                let trailer = r.u64("checksum")?;
+                r.finish()?;
+                if trailer != checksum {
+                    return Err(SnapshotError::BadChecksum);
+                }
+                if keypair.entity_id() != entity {
+                    return Err(SnapshotError::WrongKey(entity));
+                }
+                Seal::Local(keypair)
+            }
         };
-        if !entity.verify(&message, &signature) {
-            return Err(SnapshotError::BadSignature(entity));
-        }
         Ok(Self {
             through_seq,
             entity,
@@ -347,9 +393,19 @@ impl StateSnapshot {
                 Some(whole) => whole.slice_ref(state_bytes),
                 None => Bytes::copy_from_slice(state_bytes),
             }),
-            seal: Seal::Verified(signature),
+            seal,
         })
     }
+}
+
+/// What decoding checks after the body.
+enum Check<'a> {
+    /// The signature, over the given BLAKE3 digest of the body or, if
+    /// none is given, over the body hashed now.
+    Signature(Option<&'a [u8; 32]>),
+    /// The checksum trailer against the one computed on arrival, and the
+    /// entity against the key the sender handed over.
+    Checksum(u64, Arc<Keypair>),
 }
 
 impl fmt::Debug for StateSnapshot {
@@ -402,6 +458,15 @@ impl<'a> Reader<'a> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(field, 8)?);
         Ok(u64::from_le_bytes(b))
+    }
+
+    /// Nothing may follow the trailer.
+    fn finish(&self) -> Result<(), SnapshotError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(SnapshotError::TrailingBytes(self.rest.len() as u64))
+        }
     }
 
     fn u32(&mut self, field: &'static str) -> Result<u32, SnapshotError> {

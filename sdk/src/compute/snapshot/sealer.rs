@@ -1,7 +1,8 @@
 //! Encoding a snapshot as it is sent: the body's segments are handed out
-//! in chunks and hashed as they go, and the signature over the digest
-//! comes last, so a large state is neither copied nor read twice, and the
-//! hashing overlaps the transfer instead of preceding it.
+//! in chunks and hashed as they go, and the trailer (the signature over
+//! the digest, or the checksum) comes last, so a large state is neither
+//! copied nor read twice, and the hashing overlaps the transfer instead of
+//! preceding it.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -9,36 +10,69 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use xxhash_rust::xxh3::Xxh3Default;
+
+use super::proof::Proof;
 use super::signed_digest;
 use crate::identity::Keypair;
 
-/// A snapshot's encoding (format version 1), handed out chunk by chunk.
+/// A sealed snapshot's encoding, handed out chunk by chunk.
 pub(crate) struct Sealer {
     pending: VecDeque<Bytes>,
     total: u64,
-    /// For a snapshot taken here: the hash of what was handed out so far
-    /// and the key that signs it once the body is out.
-    signer: Option<(blake3::Hasher, Arc<Keypair>)>,
+    /// What comes after the body, hashing it as it is handed out.
+    trailer: Option<Trailer>,
 }
 
-impl Sealer {
-    /// Hands out `body` (the encoding before the signature) and then its
-    /// signature by `keypair`.
-    pub(super) fn signing(body: Vec<Bytes>, keypair: Arc<Keypair>) -> Self {
-        let total = body.iter().map(|b| b.len() as u64).sum::<u64>() + super::SIGNATURE_LEN as u64;
-        Self {
-            pending: body.into(),
-            total,
-            signer: Some((blake3::Hasher::new(), keypair)),
+enum Trailer {
+    /// The daemon's signature over the BLAKE3 of the body.
+    Signature(Box<blake3::Hasher>, Arc<Keypair>),
+    /// The xxh3-64 of the body.
+    Checksum(Box<Xxh3Default>),
+}
+
+impl Trailer {
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Trailer::Signature(hasher, _) => {
+                hasher.update(bytes);
+            }
+            Trailer::Checksum(hasher) => hasher.update(bytes),
         }
     }
 
-    /// Hands out `segments` as they are (an encoding already signed).
+    fn finish(self) -> Bytes {
+        match self {
+            Trailer::Signature(hasher, keypair) => {
+                Bytes::copy_from_slice(&keypair.sign(&signed_digest(hasher.finalize().as_bytes())))
+            }
+            Trailer::Checksum(hasher) => Bytes::copy_from_slice(&hasher.digest().to_le_bytes()),
+        }
+    }
+}
+
+impl Sealer {
+    /// Hands out `body` (the encoding before the trailer) and then the
+    /// trailer of `proof`: a signature by `keypair`, or a checksum.
+    pub(super) fn new(body: Vec<Bytes>, proof: Proof, keypair: Arc<Keypair>) -> Self {
+        let total = body.iter().map(|b| b.len() as u64).sum::<u64>() + proof.trailer_len() as u64;
+        let trailer = match proof {
+            Proof::Signed => Trailer::Signature(Box::default(), keypair),
+            Proof::Checksummed => Trailer::Checksum(Box::default()),
+        };
+        Self {
+            pending: body.into(),
+            total,
+            trailer: Some(trailer),
+        }
+    }
+
+    /// Hands out `segments` as they are (an encoding already sealed).
     pub(crate) fn from_segments(segments: Vec<Bytes>) -> Self {
         Self {
             total: segments.iter().map(|b| b.len() as u64).sum(),
             pending: segments.into(),
-            signer: None,
+            trailer: None,
         }
     }
 
@@ -61,14 +95,13 @@ impl Sealer {
                 if piece.is_empty() {
                     continue;
                 }
-                if let Some((hasher, _)) = &mut self.signer {
-                    hasher.update(&piece);
+                if let Some(trailer) = &mut self.trailer {
+                    trailer.update(&piece);
                 }
                 return Some(piece);
             }
-            let (hasher, keypair) = self.signer.take()?;
-            let signature = keypair.sign(&signed_digest(hasher.finalize().as_bytes()));
-            self.pending.push_back(Bytes::copy_from_slice(&signature));
+            let trailer = self.trailer.take()?;
+            self.pending.push_back(trailer.finish());
         }
     }
 }
@@ -78,7 +111,13 @@ impl fmt::Debug for Sealer {
         f.debug_struct("Sealer")
             .field("total", &self.total)
             .field("pending", &self.pending.len())
-            .field("signs", &self.signer.is_some())
+            .field(
+                "trailer",
+                &self.trailer.as_ref().map(|t| match t {
+                    Trailer::Signature(..) => "signature",
+                    Trailer::Checksum(_) => "checksum",
+                }),
+            )
             .finish()
     }
 }

@@ -142,7 +142,7 @@ fn the_sealer_hands_out_a_signed_encoding_in_bounded_chunks() {
     let state: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
     let snap = sample(10, &[(3, 4)], Some(&state));
     for max in [1, 7, 64, 4096, usize::MAX] {
-        let mut sealer = snap.sealer();
+        let mut sealer = snap.sealer(Proof::Signed);
         let total = sealer.total();
         let mut whole = Vec::new();
         while let Some(piece) = sealer.next_chunk(max) {
@@ -153,11 +153,71 @@ fn the_sealer_hands_out_a_signed_encoding_in_bounded_chunks() {
         let back = StateSnapshot::from_bytes(&whole).expect("the signature verifies");
         assert_same(&snap, &back);
         // A decoded snapshot is handed out as the very same bytes.
-        let mut again = back.sealer();
+        let mut again = back.sealer(Proof::Signed);
         let mut copy = Vec::new();
         while let Some(piece) = again.next_chunk(max) {
             copy.extend_from_slice(&piece);
         }
         assert_eq!(copy, whole, "max {max}");
+    }
+}
+
+/// The checksummed encoding of `snap`, as a migration sends it.
+fn checksummed(snap: &StateSnapshot) -> Bytes {
+    let mut sealer = snap.sealer(Proof::Checksummed);
+    let mut out = Vec::new();
+    while let Some(piece) = sealer.next_chunk(100) {
+        out.extend_from_slice(&piece);
+    }
+    assert_eq!(out.len() as u64, sealer.total());
+    Bytes::from(out)
+}
+
+/// Decodes as a migration target does: the checksum over what arrived.
+fn receive(bytes: &Bytes, keypair: &Arc<Keypair>) -> Result<StateSnapshot, SnapshotError> {
+    let body = &bytes[..bytes.len().saturating_sub(8)];
+    let mut hasher = BodyHasher::new(Proof::Checksummed);
+    hasher.update(body);
+    let BodyDigest::Xxh3(sum) = hasher.finish() else {
+        panic!("an xxh3 hasher gives an xxh3 digest");
+    };
+    StateSnapshot::from_shared_checksummed(bytes, sum, Arc::clone(keypair))
+}
+
+#[test]
+fn a_checksummed_snapshot_round_trips_and_catches_corruption_and_a_wrong_key() {
+    let state: Vec<u8> = (0..5_000u32).map(|i| (i * 7) as u8).collect();
+    let snap = sample(11, &[(1, 2), (8, 9)], Some(&state));
+    let keypair = Arc::new(Identity::from_seed([11; 32]).keypair().clone());
+    let bytes = checksummed(&snap);
+    assert_eq!(
+        bytes.len(),
+        snap.to_bytes().len() - 64 + 8,
+        "an 8-byte trailer"
+    );
+    let back = receive(&bytes, &keypair).expect("decodes");
+    assert_same(&snap, &back);
+    // Any flipped bit, in the body or the trailer, is caught.
+    for i in (0..bytes.len()).step_by(97).chain([bytes.len() - 1]) {
+        let mut bad = bytes.to_vec();
+        bad[i] ^= 0x10;
+        assert!(receive(&Bytes::from(bad), &keypair).is_err(), "flip at {i}");
+    }
+    let mut bad = bytes.to_vec();
+    let in_state = bytes.len() - 8 - 100;
+    bad[in_state] ^= 1;
+    assert_eq!(
+        receive(&Bytes::from(bad), &keypair).unwrap_err(),
+        SnapshotError::BadChecksum
+    );
+    // The key must be the snapshot's entity's.
+    let other = Arc::new(Identity::from_seed([12; 32]).keypair().clone());
+    assert_eq!(
+        receive(&bytes, &other).unwrap_err(),
+        SnapshotError::WrongKey(snap.entity_id())
+    );
+    // Truncated anywhere: a typed error, never a panic.
+    for len in (0..bytes.len()).step_by(13) {
+        assert!(receive(&bytes.slice(..len), &keypair).is_err(), "len {len}");
     }
 }
