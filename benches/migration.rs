@@ -4,11 +4,13 @@
 //!
 //! Run: `cargo bench --bench migration` (add `-- quick` for a shorter run,
 //! `-- large` for only the 64 MiB migrations, `-- gib` for one migration of
-//! a 1 GiB state, checked whole on arrival).
+//! a 1 GiB state, checked whole on arrival, `-- drain` for only the drain).
 //!
 //! - raw quinn bulk throughput on one warm connection, same run (the
-//!   limit): 256 MiB once, and before each row the median of up to six
-//!   transfers of that row's size, which the row's percentage refers to;
+//!   limit): 256 MiB once, and the same bytes as the state just before
+//!   each migration. A row's percentage is the median over its rounds of
+//!   raw time / migration time (pairs taken moments apart, as this
+//!   machine's speed drifts); its raw MB/s is the median raw transfer;
 //! - migration time and blackout for 1 KiB, 1 MiB, 16 MiB and 64 MiB
 //!   states, idle and with 10 000 events/s flowing, with loss and
 //!   duplication counts;
@@ -157,6 +159,18 @@ async fn nodes(n: usize, ballast: usize) -> Vec<Node> {
     nodes
 }
 
+/// A loopback UDP socket with the kernel buffers a mesh node asks for
+/// (`MeshConfig::udp_buffer_bytes`), so the baseline drops no more
+/// packets under bursts than the nodes do.
+fn buffered_socket() -> std::net::UdpSocket {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let sock = socket2::SockRef::from(&socket);
+    let bytes = cellmesh::mesh::MeshConfig::default().udp_buffer_bytes;
+    let _ = sock.set_recv_buffer_size(bytes);
+    let _ = sock.set_send_buffer_size(bytes);
+    socket
+}
+
 /// Raw quinn on one warm connection: the limit a migration is compared
 /// with. The server reads each stream to its end and answers its length.
 /// Server and client each run on a runtime of their own, as the nodes do.
@@ -175,9 +189,13 @@ impl RawQuinn {
             .expect("server config");
         let (server, client) = (own_runtime(), own_runtime());
         let addr = on(&server, async move {
-            let endpoint =
-                quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().expect("addr"))
-                    .expect("server");
+            let endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server_cfg),
+                buffered_socket(),
+                Arc::new(quinn::TokioRuntime),
+            )
+            .expect("server");
             let addr = endpoint.local_addr().expect("addr");
             tokio::spawn(async move {
                 let Some(incoming) = endpoint.accept().await else {
@@ -203,8 +221,13 @@ impl RawQuinn {
             roots.add(cert_der).expect("root");
             let client_cfg =
                 quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client");
-            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr"))
-                .expect("client endpoint");
+            let mut endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                buffered_socket(),
+                Arc::new(quinn::TokioRuntime),
+            )
+            .expect("client endpoint");
             endpoint.set_default_client_config(client_cfg);
             endpoint
                 .connect(addr, "localhost")
@@ -242,14 +265,9 @@ impl RawQuinn {
         .await
     }
 
-    /// MB/s of the median of `rounds` transfers of `bytes`.
-    async fn throughput(&self, bytes: usize, rounds: usize) -> f64 {
-        let mut times = Vec::new();
-        for _ in 0..rounds {
-            times.push(self.bulk(bytes).await);
-        }
-        times.sort_unstable();
-        bytes as f64 / pct(&times, 0.5).as_secs_f64() / 1e6
+    /// MB/s of one transfer of `bytes`.
+    async fn throughput(&self, bytes: usize) -> f64 {
+        bytes as f64 / self.bulk(bytes).await.as_secs_f64() / 1e6
     }
 }
 
@@ -305,12 +323,6 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn migrations(size: usize, rounds: usize, with_load: bool, raw: &RawQuinn) {
-    // Raw quinn moving the same bytes just before: the same moment's limit.
-    let raw_mbs = if std::env::var_os("RAWSKIP").is_some() {
-        1.0
-    } else {
-        raw.throughput(size, rounds.min(6)).await
-    };
     let nodes = nodes(2, size).await;
     let daemon = nodes[0].spawn_counter().await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -332,9 +344,16 @@ async fn migrations(size: usize, rounds: usize, with_load: bool, raw: &RawQuinn)
     let mut blackouts = Vec::new();
     let mut bytes = 0;
     let mut forwarded = 0;
+    let mut raw_times = Vec::new();
+    let mut ratios = Vec::new();
     for round in 0..rounds {
+        // Raw quinn moving the same bytes just before each migration: the
+        // limit at that moment (this machine's speed drifts).
+        let raw_time = raw.bulk(size).await;
         let (from, to) = (&nodes[round % 2], &nodes[(round + 1) % 2]);
         let report = from.migrate(daemon, to, MigrationOpts::default()).await;
+        raw_times.push(raw_time);
+        ratios.push(raw_time.as_secs_f64() / report.total.as_secs_f64());
         if std::env::args().any(|a| a == "large") {
             println!("    phases: {:?}", report.phases);
         }
@@ -353,10 +372,14 @@ async fn migrations(size: usize, rounds: usize, with_load: bool, raw: &RawQuinn)
     }
     totals.sort_unstable();
     blackouts.sort_unstable();
+    raw_times.sort_unstable();
+    ratios.sort_by(f64::total_cmp);
     let p50 = pct(&totals, 0.5);
     let mbs = bytes as f64 / p50.as_secs_f64() / 1e6;
+    let raw_mbs = size as f64 / pct(&raw_times, 0.5).as_secs_f64() / 1e6;
+    let ratio = ratios[(ratios.len() - 1) / 2];
     println!(
-        "{:>7} {:>5} x{:<3} total p50 {:>10.2?} p99 {:>10.2?}  blackout p50 {:>10.2?} p99 {:>10.2?}  {:>7.1} MB/s ({:>3.0}% of raw quinn's {:.0} MB/s){}",
+        "{:>7} {:>5} x{:<3} total p50 {:>10.2?} p99 {:>10.2?}  blackout p50 {:>10.2?} p99 {:>10.2?}  {:>7.1} MB/s ({:>3.0}% of raw quinn, {:.0} MB/s){}",
         human(size),
         if with_load { "load" } else { "idle" },
         rounds,
@@ -365,7 +388,7 @@ async fn migrations(size: usize, rounds: usize, with_load: bool, raw: &RawQuinn)
         pct(&blackouts, 0.5),
         pct(&blackouts, 0.99),
         mbs,
-        mbs / raw_mbs * 100.0,
+        ratio * 100.0,
         raw_mbs,
         if with_load {
             format!(
@@ -415,7 +438,7 @@ async fn drain(n: usize) {
 
 /// Migrates a daemon with 1 GiB of state and checks it arrived whole.
 async fn one_gib(raw: &RawQuinn) {
-    let raw_mbs = raw.throughput(256 << 20, 1).await;
+    let raw_mbs = raw.throughput(256 << 20).await;
     // The counter adds 8 bytes: the state is exactly 1 GiB.
     let size = (1usize << 30) - 8;
     let nodes = nodes(2, size).await;
@@ -437,7 +460,7 @@ async fn one_gib(raw: &RawQuinn) {
     assert_eq!(nodes[1].send(daemon, 7, 4).await, 4, "the count continues");
     let mbs = report.snapshot_bytes as f64 / report.total.as_secs_f64() / 1e6;
     println!(
-        "   1 GiB  idle x1   total {:>10.2?}  blackout {:>10.2?}  {mbs:>7.1} MB/s ({:>3.0}% of raw quinn's {raw_mbs:.0} MB/s)  state checked whole",
+        "   1 GiB  idle x1   total {:>10.2?}  blackout {:>10.2?}  {mbs:>7.1} MB/s ({:>3.0}% of raw quinn, {raw_mbs:.0} MB/s)  state checked whole",
         report.total,
         report.blackout,
         mbs / raw_mbs * 100.0
@@ -463,7 +486,7 @@ fn main() {
         let raw = RawQuinn::connect().await;
         println!(
             "\nraw quinn bulk, one connection, 256 MiB: {:.0} MB/s\n",
-            raw.throughput(256 << 20, 1).await
+            raw.throughput(256 << 20).await
         );
         if large {
             migrations(64 << 20, 6, false, &raw).await;
@@ -471,6 +494,10 @@ fn main() {
         }
         if gib {
             one_gib(&raw).await;
+            return;
+        }
+        if std::env::args().any(|a| a == "drain") {
+            drain(1000).await;
             return;
         }
         let sizes: &[(usize, usize)] = if quick {

@@ -130,11 +130,12 @@ impl MeshBuilder {
             .map_err(|e| MeshError::Tls(tls::TlsError::Config(e.to_string())))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(transport(&self.config));
-        let endpoint =
-            quinn::Endpoint::server(server, self.addr).map_err(|source| MeshError::Bind {
+        let endpoint = bind(server, self.addr, self.config.udp_buffer_bytes).map_err(|source| {
+            MeshError::Bind {
                 addr: self.addr,
                 source,
-            })?;
+            }
+        })?;
         let local_addr = endpoint.local_addr().map_err(|source| MeshError::Bind {
             addr: self.addr,
             source,
@@ -179,6 +180,32 @@ impl MeshBuilder {
         }
         Ok(mesh)
     }
+}
+
+/// The node's endpoint on a UDP socket with `buffer` bytes of kernel
+/// buffer asked for each way (the OS may grant less; that is not an
+/// error, only a higher risk of drops under bursts).
+fn bind(
+    server: quinn::ServerConfig,
+    addr: std::net::SocketAddr,
+    buffer: usize,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let sock = socket2::SockRef::from(&socket);
+    for (what, result) in [
+        ("receive", sock.set_recv_buffer_size(buffer)),
+        ("send", sock.set_send_buffer_size(buffer)),
+    ] {
+        if let Err(e) = result {
+            tracing::debug!(%addr, error = %e, "UDP {what} buffer not enlarged");
+        }
+    }
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 /// The QUIC transport settings derived from `config`.

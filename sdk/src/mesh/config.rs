@@ -23,6 +23,12 @@ pub struct MeshConfig {
     /// inline, and a lane whose replies are not read stops reading.
     /// Default 1024.
     pub max_concurrent_requests: u32,
+    /// Receive and send buffer asked of the OS for the node's UDP socket.
+    /// A burst that overflows the receive buffer is dropped by the kernel
+    /// and costs QUIC a loss-recovery delay; the OS caps the request at
+    /// its own limit (on Linux `net.core.rmem_max` / `wmem_max`, often
+    /// 208 KiB unless raised). Default 4 MiB.
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for MeshConfig {
@@ -33,6 +39,7 @@ impl Default for MeshConfig {
             max_frame: DEFAULT_MAX_FRAME,
             admission_timeout: Duration::from_secs(5),
             max_concurrent_requests: 1024,
+            udp_buffer_bytes: 4 << 20,
         }
     }
 }
