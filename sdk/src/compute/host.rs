@@ -80,7 +80,10 @@ impl DaemonHost {
     /// migrated away keeps its slot for the straggler grace).
     pub(crate) fn retire(&mut self) {
         self.retired = true;
-        self.daemon = None;
+        if let Some(daemon) = self.daemon.take() {
+            // A panicking Drop of user code stays contained here too.
+            let _ = contain(self.origin_hash(), "drop", move || drop(daemon));
+        }
     }
 
     pub(crate) fn stats(&self) -> DaemonStats {
@@ -328,5 +331,44 @@ mod tests {
         let origin = h.origin_hash();
         assert!(matches!(h.deliver(&ev(9, 2, b"x")), Err(DaemonError::NotFound(o)) if o == origin));
         assert!(matches!(h.capture(), Err(DaemonError::NotFound(o)) if o == origin));
+    }
+
+    /// A daemon whose Drop panics.
+    struct Grenade;
+
+    impl MeshDaemon for Grenade {
+        fn name(&self) -> &str {
+            "grenade"
+        }
+        fn requirements(&self) -> CapabilityFilter {
+            CapabilityFilter::default()
+        }
+        fn process(&mut self, _: &CausalEvent) -> Result<Vec<Bytes>, ProcessError> {
+            Ok(Vec::new())
+        }
+        fn snapshot(&self) -> Option<Bytes> {
+            None
+        }
+        fn restore(&mut self, _: Bytes) -> Result<(), ProcessError> {
+            Ok(())
+        }
+    }
+
+    impl Drop for Grenade {
+        fn drop(&mut self) {
+            panic!("dropped");
+        }
+    }
+
+    #[test]
+    fn a_daemon_that_panics_when_dropped_is_retired_without_unwinding() {
+        let id = Identity::from_seed([8; 32]);
+        let mut h = DaemonHost::new(
+            Box::new(Grenade),
+            id.into_keypair(),
+            DaemonHostConfig::default(),
+        );
+        h.retire();
+        assert!(h.is_retired());
     }
 }

@@ -240,12 +240,13 @@ impl StateSnapshot {
         out.put_u64_le(state_len as u64);
         let mut body = vec![out.freeze()];
         body.extend(self.state.clone());
-        match &self.seal {
-            Seal::Local(keypair) => Sealer::new(body, proof, Arc::clone(keypair)),
-            Seal::Verified(signature) => {
+        match (&self.seal, proof) {
+            (Seal::Local(keypair), proof) => Sealer::new(body, proof, Arc::clone(keypair)),
+            (Seal::Verified(signature), Proof::Signed) => {
                 body.push(Bytes::copy_from_slice(signature));
                 Sealer::from_segments(body)
             }
+            (Seal::Verified(_), Proof::Checksummed) => Sealer::checksummed(body),
         }
     }
 

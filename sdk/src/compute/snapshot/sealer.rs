@@ -55,11 +55,20 @@ impl Sealer {
     /// Hands out `body` (the encoding before the trailer) and then the
     /// trailer of `proof`: a signature by `keypair`, or a checksum.
     pub(super) fn new(body: Vec<Bytes>, proof: Proof, keypair: Arc<Keypair>) -> Self {
-        let total = body.iter().map(|b| b.len() as u64).sum::<u64>() + proof.trailer_len() as u64;
         let trailer = match proof {
             Proof::Signed => Trailer::Signature(Box::default(), keypair),
             Proof::Checksummed => Trailer::Checksum(Box::default()),
         };
+        Self::with_trailer(body, proof, trailer)
+    }
+
+    /// Hands out `body` and then its checksum (no key needed).
+    pub(super) fn checksummed(body: Vec<Bytes>) -> Self {
+        Self::with_trailer(body, Proof::Checksummed, Trailer::Checksum(Box::default()))
+    }
+
+    fn with_trailer(body: Vec<Bytes>, proof: Proof, trailer: Trailer) -> Self {
+        let total = body.iter().map(|b| b.len() as u64).sum::<u64>() + proof.trailer_len() as u64;
         Self {
             pending: body.into(),
             total,

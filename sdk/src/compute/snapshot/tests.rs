@@ -197,6 +197,9 @@ fn a_checksummed_snapshot_round_trips_and_catches_corruption_and_a_wrong_key() {
     );
     let back = receive(&bytes, &keypair).expect("decodes");
     assert_same(&snap, &back);
+    // A snapshot decoded from the signed format seals the same way.
+    let verified = StateSnapshot::from_bytes(&snap.to_bytes()).unwrap();
+    assert_eq!(checksummed(&verified), bytes);
     // Any flipped bit, in the body or the trailer, is caught.
     for i in (0..bytes.len()).step_by(97).chain([bytes.len() - 1]) {
         let mut bad = bytes.to_vec();
