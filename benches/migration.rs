@@ -357,6 +357,9 @@ async fn migrations(size: usize, rounds: usize, with_load: bool, raw: &RawQuinn)
         if std::env::args().any(|a| a == "large") {
             println!("    phases: {:?}", report.phases);
         }
+        if std::env::var_os("PHASES").is_some() && with_load && size < 4096 && report.events_forwarded > 0 {
+            println!("    {:?} {:?}", report.blackout, report.phases.iter().map(|(p, d)| format!("{p:?}:{:.0?}", d)).collect::<Vec<_>>());
+        }
         totals.push(report.total);
         blackouts.push(report.blackout);
         bytes = report.snapshot_bytes;
@@ -494,6 +497,10 @@ fn main() {
         }
         if gib {
             one_gib(&raw).await;
+            return;
+        }
+        if std::env::args().any(|a| a == "small") {
+            migrations(1 << 10, 200, true, &raw).await;
             return;
         }
         if std::env::args().any(|a| a == "drain") {

@@ -89,7 +89,8 @@ pub struct MigrationReport {
     /// the first event forwarded to it when events were waiting, otherwise
     /// its commit acknowledgement (it processes events from then on).
     pub blackout: Duration,
-    /// Size of the sealed (signed) snapshot.
+    /// Size of the sealed snapshot (signed, or checksummed when the key
+    /// travelled).
     pub snapshot_bytes: u64,
     /// Events that arrived at the source while the daemon was frozen and
     /// were forwarded, in order, to the target.
