@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench --bench migration` (add `-- quick` for a shorter run,
 //! `-- large` for only the 64 MiB migrations, `-- gib` for one migration of
-//! a 1 GiB state, checked whole on arrival, `-- drain` for only the drain).
+//! a 1 GiB state, checked whole on arrival, `-- small` for only the 1 KiB
+//! migrations under load, `-- drain` for only the drain).
 //!
 //! - raw quinn bulk throughput on one warm connection, same run (the
 //!   limit): 256 MiB once, and the same bytes as the state just before
@@ -356,9 +357,6 @@ async fn migrations(size: usize, rounds: usize, with_load: bool, raw: &RawQuinn)
         ratios.push(raw_time.as_secs_f64() / report.total.as_secs_f64());
         if std::env::args().any(|a| a == "large") {
             println!("    phases: {:?}", report.phases);
-        }
-        if std::env::var_os("PHASES").is_some() && with_load && size < 4096 && report.events_forwarded > 0 {
-            println!("    {:?} {:?}", report.blackout, report.phases.iter().map(|(p, d)| format!("{p:?}:{:.0?}", d)).collect::<Vec<_>>());
         }
         totals.push(report.total);
         blackouts.push(report.blackout);

@@ -338,13 +338,6 @@ fn reply_for(
                 _ => EventReply::Refused(Refusal::NotFound(origin)),
             }
         }
-        Err(DaemonError::Duplicate {
-            origin_hash,
-            sequence,
-        }) => EventReply::Refused(Refusal::Duplicate {
-            origin_hash,
-            sequence,
-        }),
         Err(other) => EventReply::Refused(refusal(other)),
     }
 }
@@ -353,9 +346,17 @@ fn runtime(shared: &Shared) -> Option<crate::compute::DaemonRuntime> {
     shared.handler.load().as_ref()?.runtime()
 }
 
-fn refusal(error: DaemonError) -> Refusal {
+/// How a peer is told that delivering or spawning failed.
+pub(crate) fn refusal(error: DaemonError) -> Refusal {
     match error {
         DaemonError::NotFound(origin) => Refusal::NotFound(origin),
+        DaemonError::Duplicate {
+            origin_hash,
+            sequence,
+        } => Refusal::Duplicate {
+            origin_hash,
+            sequence,
+        },
         DaemonError::NotReady => Refusal::NotReady,
         DaemonError::ShuttingDown => Refusal::ShuttingDown,
         DaemonError::CapabilityMismatch { kind, unmet } => {

@@ -85,15 +85,18 @@ pub struct MigrationReport {
     /// Time spent in each phase, in order.
     pub phases: Vec<(MigrationPhase, Duration)>,
     /// From the moment the source stopped processing the daemon's events
-    /// to the moment the target processed its first: the target's answer to
-    /// the first event forwarded to it when events were waiting, otherwise
-    /// its commit acknowledgement (it processes events from then on).
+    /// to the moment the target processed its first, as the source learns
+    /// it: the target's commit acknowledgement, which it sends after
+    /// processing the events `Commit` carried (and from which on it
+    /// processes events as they come); if the carried events' outcomes were
+    /// lost, its answer to the first event forwarded to it.
     pub blackout: Duration,
     /// Size of the sealed snapshot (signed, or checksummed when the key
     /// travelled).
     pub snapshot_bytes: u64,
     /// Events that arrived at the source while the daemon was frozen and
-    /// were forwarded, in order, to the target.
+    /// went, in order, to the target: carried in `Commit` (the first ones)
+    /// or forwarded after it.
     pub events_forwarded: u64,
 }
 

@@ -14,7 +14,7 @@ use super::api::{
 };
 use super::gate::{FreezeError, Queued};
 use super::source::{self, Failure, Source, Step, Timing};
-use super::wire::{encode_chunk_header, Body, Msg, Prepare, Refusal, VERSIONS};
+use super::wire::{encode_chunk_header, Body, Msg, Prepare, Refusal, MAX_CARRIED, VERSIONS};
 use crate::compute::remote::from_refusal;
 use crate::compute::runtime::Slot;
 use crate::compute::snapshot::Proof;
@@ -103,6 +103,10 @@ impl DaemonRuntime {
         })
     }
 }
+
+/// Payload bytes a `Commit` carries at most (past its first event); later
+/// events are forwarded.
+const CARRIED_BYTES: usize = 1 << 20;
 
 fn rand_id() -> u64 {
     let mut b = [0u8; 8];
@@ -308,17 +312,32 @@ impl Run {
                         }
                         machine.sealed(Instant::now(), sealed);
                     }
+                    Step::Commit => {
+                        // `Commit` carries the events queued meanwhile, so
+                        // the target processes them as it takes over.
+                        let events = frozen.as_ref().map_or_else(Vec::new, |slot| {
+                            rt.peek_frozen(slot, MAX_CARRIED, CARRIED_BYTES)
+                        });
+                        machine.carry(events);
+                    }
                     Step::Resume => {
                         if let Some(slot) = frozen.take() {
                             rt.resume(&slot);
                         }
                     }
-                    Step::Release => {
-                        measured.committed_at = Some(Instant::now());
+                    Step::Release(outcomes) => {
+                        let now = Instant::now();
+                        measured.committed_at = Some(now);
                         if let Some(slot) = frozen.take() {
                             let (tx, rx) = mpsc::unbounded_channel();
-                            let queued = rt.release(self.origin_hash, &slot, self.target, tx);
-                            measured.forwarded = queued as u64;
+                            let (answered, queued) =
+                                rt.release(self.origin_hash, &slot, self.target, outcomes, tx);
+                            if answered > 0 {
+                                // The target processed the carried events
+                                // before it answered `Committed`.
+                                measured.first_processed_at = Some(now);
+                            }
+                            measured.forwarded = (answered + queued) as u64;
                             let (drained_tx, drained) = oneshot::channel();
                             tokio::spawn(forward(
                                 rt.clone(),
@@ -333,7 +352,7 @@ impl Run {
                             if let Ok(Ok(first)) =
                                 tokio::time::timeout(self.opts.silence, drained).await
                             {
-                                measured.first_processed_at = first;
+                                measured.first_processed_at = measured.first_processed_at.or(first);
                             }
                             if open {
                                 let msg = Msg {

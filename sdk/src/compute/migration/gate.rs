@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::wire::Carried;
+use crate::compute::remote::from_refusal;
 use crate::compute::runtime::Slot;
 use crate::compute::{CausalEvent, DaemonError, DaemonRuntime};
 use crate::mesh::NodeId;
@@ -197,20 +199,59 @@ impl DaemonRuntime {
         n
     }
 
-    /// Source, commit: the daemon is no longer this node's. Its queued
-    /// events, then every later arrival, go in order into `forward`.
-    /// Returns how many were queued at commit.
+    /// Source, commit point: clones of the first events queued since the
+    /// freeze, in order, to carry in `Commit` (at most `max` events and,
+    /// past the first, about `max_bytes` of payload).
+    pub(crate) fn peek_frozen(
+        &self,
+        slot: &Slot,
+        max: usize,
+        max_bytes: usize,
+    ) -> Vec<CausalEvent> {
+        let host = slot.lock();
+        let gate = slot.lock_gate();
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        if let Gate::Frozen(queue) = &*gate {
+            for queued in queue.iter().take(max) {
+                bytes += queued.event.payload.len();
+                if !events.is_empty() && bytes > max_bytes {
+                    break;
+                }
+                events.push(queued.event.clone());
+            }
+        }
+        drop(gate);
+        drop(host);
+        events
+    }
+
+    /// Source, commit: the daemon is no longer this node's. The first
+    /// queued events get the outcomes the target reported for them
+    /// (`carried`, in order); the rest, then every later arrival, go in
+    /// order into `forward`. Returns how many were answered and how many
+    /// forwarded at commit.
     pub(crate) fn release(
         &self,
         origin_hash: u64,
         slot: &Slot,
         target: NodeId,
+        carried: Vec<Carried>,
         forward: mpsc::UnboundedSender<Queued>,
-    ) -> usize {
+    ) -> (usize, usize) {
         let mut host = slot.lock();
         host.retire();
         let mut gate = slot.lock_gate();
-        let queue = gate.take_queue();
+        let mut queue = gate.take_queue();
+        let mut answered = 0;
+        for outcome in carried {
+            let Some(queued) = queue.pop_front() else {
+                break;
+            };
+            let outcome = outcome.map_err(|r| from_refusal(r, origin_hash, target));
+            let _ = queued.reply.send(outcome);
+            answered += 1;
+        }
         let n = queue.len();
         for queued in queue {
             let _ = forward.send(queued);
@@ -225,7 +266,7 @@ impl DaemonRuntime {
             }
         }
         self.mesh().moved_to(origin_hash, target);
-        n
+        (answered, n)
     }
 
     /// Source, end of the straggler grace: the slot leaves the registry;

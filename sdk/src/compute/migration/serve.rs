@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::gate::Gate;
+use super::gate::{Delivery, Gate};
 use super::target::{Phase, Step, Target};
 use super::wire::{decode_parts, Body, Msg, Prepare, Refusal, Verdict};
 
@@ -99,10 +99,21 @@ pub(crate) async fn serve_stream(
                     };
                     machine.restored(Instant::now(), result);
                 }
-                Step::Activate => {
+                Step::Activate(events) => {
+                    let mut outcomes = Vec::with_capacity(events.len());
                     if let (Some(s), Some(p)) = (&slot, &prepare) {
                         rt.activate(p.origin_hash, s);
+                        // The hand-over lets forwarded events through at
+                        // once, ahead of any direct one.
+                        for event in &events {
+                            let outcome = match rt.deliver_or_queue(p.origin_hash, event, true) {
+                                Delivery::Done(outcome) => outcome,
+                                Delivery::Pending(_) => Err(DaemonError::NotFound(p.origin_hash)),
+                            };
+                            outcomes.push(outcome.map_err(crate::mesh::refusal_for));
+                        }
                     }
+                    machine.activated(Instant::now(), outcomes);
                 }
                 Step::OpenGate => {
                     if let Some(s) = slot.take() {

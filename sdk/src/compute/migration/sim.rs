@@ -198,9 +198,21 @@ impl World {
                         self.accept(e, false, seed);
                     }
                 }
-                source::Step::Release => {
+                source::Step::Commit => {
+                    // Commit carries the events queued so far.
+                    let events = self.src_queue.iter().map(|&e| carried(e)).collect();
+                    self.src.as_mut().unwrap().carry(events);
+                }
+                source::Step::Release(outcomes) => {
                     self.src_gate = SrcGate::Forwarding;
                     self.src_copy = None;
+                    // The carried events were answered by the target as it
+                    // took over; the rest are forwarded (all of them when
+                    // the answer was lost: the target refuses the carried
+                    // ones as duplicates).
+                    for _ in 0..outcomes.len().min(self.src_queue.len()) {
+                        self.src_queue.pop_front();
+                    }
                     let queued: Vec<u64> = self.src_queue.drain(..).collect();
                     self.forwards.extend(queued);
                     self.flush_forwards(seed);
@@ -282,9 +294,30 @@ impl World {
                     let now = self.now();
                     self.tgt.as_mut().unwrap().restored(now, Ok(()));
                 }
-                target::Step::Activate => {
+                target::Step::Activate(events) => {
                     self.tgt_gate = TgtGate::Handover;
                     self.check_single_owner(seed);
+                    // The carried events, processed as the target takes
+                    // over (a replay is refused by the copy's mark).
+                    let mut outcomes = Vec::new();
+                    for event in events {
+                        let e = event.link.sequence;
+                        let fresh = self
+                            .tgt_copy
+                            .as_ref()
+                            .is_some_and(|c| c.seen.last().is_none_or(|&m| e > m));
+                        self.accept(e, true, seed);
+                        outcomes.push(if fresh {
+                            Ok(Vec::new())
+                        } else {
+                            Err(crate::mesh::Refusal::Duplicate {
+                                origin_hash: 1,
+                                sequence: e,
+                            })
+                        });
+                    }
+                    let now = self.now();
+                    self.tgt.as_mut().unwrap().activated(now, outcomes);
                 }
                 target::Step::OpenGate => {
                     if self.tgt_copy.is_some() {
@@ -408,6 +441,20 @@ impl World {
             self.sender_at_target = true;
         }
         self.sender(seed);
+    }
+}
+
+/// The sender's event `e` as a `Commit` carries it.
+fn carried(e: u64) -> crate::compute::CausalEvent {
+    crate::compute::CausalEvent {
+        link: crate::compute::CausalLink {
+            origin_hash: 1,
+            horizon_encoded: 0,
+            sequence: e,
+            parent_hash: 0,
+        },
+        payload: Bytes::new(),
+        received_at: e,
     }
 }
 

@@ -10,8 +10,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::wire::{Body, Msg, Prepare, Refusal, Verdict, VERSIONS};
+use super::wire::{Body, Carried, Msg, Prepare, Refusal, Verdict, VERSIONS};
 use crate::compute::snapshot::Sealer;
+use crate::compute::CausalEvent;
 
 pub(crate) use super::api::MigrationPhase as Phase;
 
@@ -38,8 +39,13 @@ pub(crate) enum Step {
     Freeze,
     /// Abort before commit: process the queued events here, reopen.
     Resume,
-    /// Committed: forward the queued events to the target, then `Drained`.
-    Release,
+    /// The commit point: gather the first events queued meanwhile (at
+    /// most `MAX_CARRIED`) and answer `carry`, which sends `Commit`.
+    Commit,
+    /// Committed: answer the carried events with their outcomes (empty if
+    /// the target's answer was lost: they are forwarded again and refused
+    /// as duplicates), forward the other queued events, then `Drained`.
+    Release(Vec<Carried>),
     /// Ask the target for its verdict on a fresh stream (`Status`).
     Resolve,
     /// The outcome for whoever waits (emitted once).
@@ -179,12 +185,10 @@ impl Source {
             }
             (Phase::Restore, Body::Restored) => {
                 self.phase = Phase::Commit;
-                self.send(Body::Commit);
+                self.out.push_back(Step::Commit);
             }
-            (Phase::Commit, Body::Committed)
-            | (Phase::Resolve, Body::Verdict(Verdict::Committed)) => {
-                self.commit();
-            }
+            (Phase::Commit, Body::Committed { outcomes }) => self.commit(outcomes),
+            (Phase::Resolve, Body::Verdict(Verdict::Committed)) => self.commit(Vec::new()),
             (Phase::Commit, Body::Abort(reason)) => {
                 // The target aborts only before it commits: its word decides.
                 self.settle_failed(Failure::Refused(reason), false);
@@ -204,6 +208,13 @@ impl Source {
                 "unexpected {} in phase {phase:?}",
                 body_name(&body)
             ))),
+        }
+    }
+
+    /// The events `Commit` carries (the driver's answer to `Step::Commit`).
+    pub(crate) fn carry(&mut self, events: Vec<CausalEvent>) {
+        if self.phase == Phase::Commit {
+            self.send(Body::Commit { events });
         }
     }
 
@@ -306,10 +317,10 @@ impl Source {
         }
     }
 
-    fn commit(&mut self) {
+    fn commit(&mut self, outcomes: Vec<Carried>) {
         self.phase = Phase::Committed;
         self.frozen = false;
-        self.out.push_back(Step::Release);
+        self.out.push_back(Step::Release(outcomes));
         if !self.finished {
             self.finish(Ok(()));
         }
@@ -341,8 +352,8 @@ pub(crate) fn body_name(body: &Body) -> &'static str {
         Body::Chunk { .. } => "Chunk",
         Body::Sealed { .. } => "Sealed",
         Body::Restored => "Restored",
-        Body::Commit => "Commit",
-        Body::Committed => "Committed",
+        Body::Commit { .. } => "Commit",
+        Body::Committed { .. } => "Committed",
         Body::Drained => "Drained",
         Body::Abort(_) => "Abort",
         Body::Heartbeat => "Heartbeat",
@@ -431,5 +442,54 @@ mod tests {
             ]
         );
         assert_eq!(s.phase(), Phase::Failed);
+    }
+
+    #[test]
+    fn commit_carries_the_waiting_events_and_release_gets_their_outcomes() {
+        let mut s = transferring(16);
+        let _: Vec<_> = std::iter::from_fn(|| s.poll()).collect();
+        s.handle(
+            Instant::now(),
+            Msg {
+                id: 7,
+                body: Body::Restored,
+            },
+        );
+        assert_eq!(s.poll(), Some(Step::Commit));
+        assert_eq!(s.phase(), Phase::Commit);
+        let event = crate::compute::CausalEvent {
+            link: crate::compute::CausalLink {
+                origin_hash: 3,
+                horizon_encoded: 0,
+                sequence: 1,
+                parent_hash: 0,
+            },
+            payload: Bytes::from_static(b"waiting"),
+            received_at: 0,
+        };
+        s.carry(vec![event.clone()]);
+        assert_eq!(
+            s.poll(),
+            Some(Step::Send(Msg {
+                id: 7,
+                body: Body::Commit {
+                    events: vec![event]
+                }
+            }))
+        );
+        assert!(!s.cancel(Instant::now()), "past the commit point");
+        let outcomes = vec![Ok(Vec::new())];
+        s.handle(
+            Instant::now(),
+            Msg {
+                id: 7,
+                body: Body::Committed {
+                    outcomes: outcomes.clone(),
+                },
+            },
+        );
+        assert_eq!(s.poll(), Some(Step::Release(outcomes)));
+        assert_eq!(s.poll(), Some(Step::Finish(Ok(()))));
+        assert_eq!(s.phase(), Phase::Committed);
     }
 }

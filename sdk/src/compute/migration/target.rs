@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::compute::snapshot::{BodyDigest, BodyHasher, Proof};
-use crate::compute::StateBuf;
+use crate::compute::{CausalEvent, StateBuf};
 
 /// Bytes of received state hashed at a time.
 const HASH_STEP: usize = 256 << 10;
 
 use super::source::body_name;
-use super::wire::{Body, Msg, Prepare, Refusal, Verdict, VERSIONS};
+use super::wire::{Body, Carried, Msg, Prepare, Refusal, Verdict, VERSIONS};
 
 /// Where a target stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +44,10 @@ pub(crate) enum Step {
     /// Restore from the sealed snapshot; the digest is over all of it but
     /// its trailer, computed as the chunks arrived.
     Restore(Bytes, BodyDigest),
-    /// Take ownership: announce the daemon; forwarded events pass.
-    Activate,
+    /// Take ownership: announce the daemon (forwarded events pass), then
+    /// process the events `Commit` carried, in order; answer `activated`
+    /// with their outcomes.
+    Activate(Vec<CausalEvent>),
     /// Process the waiting direct events and open the gate.
     OpenGate,
     /// Drop the restored copy, if any.
@@ -222,12 +224,11 @@ impl Target {
                 let bytes = std::mem::replace(&mut self.buf, StateBuf::with_capacity(0)).freeze();
                 self.out.push_back(Step::Restore(bytes, digest));
             }
-            (Phase::AwaitCommit, Body::Commit) => {
+            (Phase::AwaitCommit, Body::Commit { events }) => {
                 self.phase = Phase::Handover;
                 self.handover_until = Some(now + self.handover);
-                self.out.push_back(Step::Activate);
                 self.out.push_back(Step::Settle(Verdict::Committed));
-                self.send(Body::Committed);
+                self.out.push_back(Step::Activate(events));
             }
             (Phase::Handover, Body::Drained) => self.open(),
             (Phase::Handover, _) => {}
@@ -236,6 +237,14 @@ impl Target {
                 "unexpected {} in phase {phase:?}",
                 body_name(&body)
             ))),
+        }
+    }
+
+    /// The driver took ownership and processed the carried events, with
+    /// these outcomes (in order).
+    pub(crate) fn activated(&mut self, _now: Instant, outcomes: Vec<Carried>) {
+        if self.phase == Phase::Handover {
+            self.send(Body::Committed { outcomes });
         }
     }
 

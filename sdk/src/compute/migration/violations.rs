@@ -1,4 +1,5 @@
-//! Explicit protocol-violation cases for both migration machines.
+//! Explicit cases for both migration machines: protocol violations, a
+//! transfer that keeps moving, the carried events of `Commit`.
 
 use std::time::{Duration, Instant};
 
@@ -76,7 +77,7 @@ fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
         base,
         Msg {
             id: 9,
-            body: Body::Commit,
+            body: Body::Commit { events: vec![] },
         },
     );
     let steps: Vec<_> = std::iter::from_fn(|| t.poll()).collect();
@@ -124,4 +125,66 @@ fn a_transfer_that_keeps_moving_is_not_silent() {
         "writes that progress keep the target heard from"
     );
     assert!(run(false), "without progress the silence limit applies");
+}
+
+#[test]
+fn the_target_answers_commit_only_after_processing_the_carried_events() {
+    let (base, _, prepare) = fixture(Duration::from_secs(1), 6);
+    let mut t = Target::new(
+        base,
+        Duration::from_millis(200),
+        Duration::from_millis(50),
+        Duration::from_millis(200),
+    );
+    t.handle(
+        base,
+        Msg {
+            id: 4,
+            body: Body::Prepare(prepare),
+        },
+    );
+    let _ = t.poll();
+    t.checked(base, Ok(()));
+    let _ = t.poll();
+    let sealed = bytes::Bytes::from_static(b"snapshot bytes and a 64-byte trailer, roughly");
+    for body in [
+        Body::Chunk {
+            offset: 0,
+            total: sealed.len() as u64,
+            data: sealed.clone(),
+        },
+        Body::Sealed {
+            total: sealed.len() as u64,
+        },
+    ] {
+        t.handle(base, Msg { id: 4, body });
+    }
+    assert!(matches!(t.poll(), Some(target::Step::Restore(..))));
+    t.restored(base, Ok(()));
+    assert!(matches!(
+        t.poll(),
+        Some(target::Step::Send(Msg {
+            body: Body::Restored,
+            ..
+        }))
+    ));
+    t.handle(
+        base,
+        Msg {
+            id: 4,
+            body: Body::Commit { events: vec![] },
+        },
+    );
+    assert_eq!(t.poll(), Some(target::Step::Settle(Verdict::Committed)));
+    assert_eq!(t.poll(), Some(target::Step::Activate(vec![])));
+    assert_eq!(t.poll(), None, "no Committed before the events ran");
+    let outcomes = vec![Err(crate::mesh::Refusal::NotFound(1))];
+    t.activated(base, outcomes.clone());
+    assert_eq!(
+        t.poll(),
+        Some(target::Step::Send(Msg {
+            id: 4,
+            body: Body::Committed { outcomes }
+        }))
+    );
 }

@@ -5,6 +5,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::compute::CausalEvent;
+
 /// ALPN of the migration protocol.
 pub const ALPN_MIGRATE: &[u8] = b"cellmesh/migrate/1";
 /// Protocol versions this build speaks (lowest, highest).
@@ -150,10 +152,21 @@ pub enum Body {
     },
     /// Target → source: restored, waiting for commit.
     Restored,
-    /// Source → target: ownership flips to the target.
-    Commit,
-    /// Target → source: the target owns the daemon.
-    Committed,
+    /// Source → target: ownership flips to the target. Carries the first
+    /// events that queued at the source meanwhile (at most
+    /// [`MAX_CARRIED`]), which the target processes, in order, as it takes
+    /// ownership: the first event after the hand-over costs no round trip
+    /// of its own.
+    Commit {
+        /// The carried events, in arrival order.
+        events: Vec<CausalEvent>,
+    },
+    /// Target → source: the target owns the daemon; the outcomes of the
+    /// carried events, in the same order.
+    Committed {
+        /// One outcome per carried event.
+        outcomes: Vec<Carried>,
+    },
     /// Source → target: every event queued at the source was forwarded.
     Drained,
     /// Either way: the migration is over, unsuccessfully.
@@ -165,6 +178,12 @@ pub enum Body {
     /// Target → source: the answer to `Status`.
     Verdict(Verdict),
 }
+
+/// The most events a `Commit` carries; later ones are forwarded.
+pub const MAX_CARRIED: usize = 256;
+
+/// What became of a carried event on the target.
+pub type Carried = Result<Vec<CausalEvent>, crate::mesh::Refusal>;
 
 /// One migration message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,7 +367,32 @@ mod tests {
                 assert_eq!(data.as_ptr(), body[body.len() - len..].as_ptr());
             }
         }
-        for body in [Body::Heartbeat, Body::Sealed { total: 9 }, Body::Commit] {
+        let event = CausalEvent {
+            link: crate::compute::CausalLink {
+                origin_hash: 1,
+                horizon_encoded: 0,
+                sequence: 2,
+                parent_hash: 3,
+            },
+            payload: Bytes::from_static(b"carried"),
+            received_at: 4,
+        };
+        for body in [
+            Body::Heartbeat,
+            Body::Sealed { total: 9 },
+            Body::Commit {
+                events: vec![event.clone()],
+            },
+            Body::Committed {
+                outcomes: vec![
+                    Ok(vec![event]),
+                    Err(crate::mesh::Refusal::Duplicate {
+                        origin_hash: 1,
+                        sequence: 2,
+                    }),
+                ],
+            },
+        ] {
             let msg = Msg { id: 5, body };
             let frame = crate::mesh::frame::encode(&msg, 1 << 20).unwrap();
             assert_eq!(
