@@ -104,8 +104,7 @@ impl DaemonRuntime {
     }
 }
 
-/// Payload bytes a `Commit` carries at most (past its first event); later
-/// events are forwarded.
+/// Payload bytes a `Commit` carries at most; later events are forwarded.
 const CARRIED_BYTES: usize = 1 << 20;
 
 fn rand_id() -> u64 {

@@ -200,8 +200,9 @@ impl DaemonRuntime {
     }
 
     /// Source, commit point: clones of the first events queued since the
-    /// freeze, in order, to carry in `Commit` (at most `max` events and,
-    /// past the first, about `max_bytes` of payload).
+    /// freeze, in order, to carry in `Commit` (at most `max` events and
+    /// `max_bytes` of payload, far below a frame's limit; the rest are
+    /// forwarded).
     pub(crate) fn peek_frozen(
         &self,
         slot: &Slot,
@@ -215,7 +216,7 @@ impl DaemonRuntime {
         if let Gate::Frozen(queue) = &*gate {
             for queued in queue.iter().take(max) {
                 bytes += queued.event.payload.len();
-                if !events.is_empty() && bytes > max_bytes {
+                if bytes > max_bytes {
                     break;
                 }
                 events.push(queued.event.clone());
