@@ -587,6 +587,13 @@ fn check(seed: u64) {
         ),
     }
     if !w.src_crashed && !w.tgt_restarted {
+        // Without a crash the sender is never left waiting for good: every
+        // event it sent was answered, wherever the daemon went.
+        assert!(
+            w.accepted.len() >= 40,
+            "seed {seed}: the sender stalled after {} events",
+            w.accepted.len()
+        );
         match &w.outcome {
             Some(Ok(())) => assert!(w.tgt_owner(), "seed {seed}: committed but target not owner"),
             // In doubt at the deadline: resolved later either way.
