@@ -63,6 +63,10 @@ pub trait MeshDaemon: Send + 'static {
     fn process(&mut self, event: &CausalEvent) -> Result<Vec<Bytes>, ProcessError>;
 
     /// The daemon's state, or `None` for a stateless daemon.
+    ///
+    /// A large state is best built in a [`StateBuf`](super::StateBuf)
+    /// (recycled, huge-page backed) or handed out as `Bytes` the daemon
+    /// already holds (no copy at all).
     fn snapshot(&self) -> Option<Bytes> {
         None
     }
