@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{HandshakeData, QuicClientConfig};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::mpsc;
 
 use super::admission::{Admission, AdmissionEvent, Role, EXPORTER_LABEL, PROOF_LEN};
 use super::error::DialError;
+use super::feed::{self, Feed, Taken};
 use super::frame::{self, FrameError};
 use super::node::{close, PeerLink, Shared};
 use super::node_id::NodeId;
@@ -159,25 +159,25 @@ async fn start_ctrl(
         reason: e.to_string(),
     };
     let send = conn.open_uni().await.map_err(|e| lost(&e))?;
-    let (feed, queue) = mpsc::unbounded_channel();
+    let feed = Arc::new(Feed::default());
     let mut records = vec![shared.own_record.clone()];
     records.extend(shared.members.iter().map(|r| r.value().clone()));
-    let _ = feed.send(Ctrl::Members(records));
+    feed.send(Ctrl::Members(records));
     let located: Vec<u64> = shared.local.iter().map(|o| *o).collect();
     if !located.is_empty() {
-        let _ = feed.send(Ctrl::Located(located));
+        feed.send(Ctrl::Located(located));
     }
     let stable_id = conn.stable_id();
     shared.peers.insert(
         peer,
         PeerLink {
             conn: conn.clone(),
-            feed,
+            feed: Arc::clone(&feed),
         },
     );
     shared.bump();
     tracing::debug!(node = %shared.node_id.short(), peer = %peer.short(), "peer admitted");
-    let writer = write_feed(shared.config.max_frame, send, queue);
+    let writer = write_feed(shared.config.max_frame, send, feed);
     let reader = read_feed(Arc::clone(shared), conn.clone(), peer);
     let task_shared = Arc::clone(shared);
     shared.tasks.spawn(async move {
@@ -194,21 +194,36 @@ async fn start_ctrl(
     Ok(())
 }
 
-async fn write_feed(
-    max_frame: usize,
-    mut send: quinn::SendStream,
-    mut queue: mpsc::UnboundedReceiver<Ctrl>,
-) {
-    while let Some(msg) = queue.recv().await {
-        let Ok(bytes) = frame::encode(&msg, max_frame) else {
-            tracing::warn!("control message over the frame limit dropped");
-            continue;
+async fn write_feed(max_frame: usize, mut send: quinn::SendStream, feed: Arc<Feed>) {
+    // A varint origin takes at most 10 bytes: whole messages stay below
+    // the frame limit.
+    let max_origins = (max_frame / 16).max(1);
+    loop {
+        let (msgs, leave) = match feed.next(max_origins).await {
+            Taken::Send(msgs) => (msgs, false),
+            Taken::Leave(msgs) => (msgs, true),
+            Taken::Stuck => {
+                tracing::warn!(
+                    pending = feed::MAX_PENDING,
+                    "peer stopped reading its control feed; link given up"
+                );
+                return;
+            }
         };
-        if send.write_all(&bytes).await.is_err() {
+        for msg in msgs.iter().chain(leave.then_some(&Ctrl::Leave)) {
+            let Ok(bytes) = frame::encode(msg, max_frame) else {
+                tracing::warn!("control message over the frame limit dropped");
+                continue;
+            };
+            if send.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        if leave {
+            let _ = send.finish();
             return;
         }
     }
-    let _ = send.finish();
 }
 
 async fn read_feed(shared: Arc<Shared>, conn: quinn::Connection, peer: NodeId) {
@@ -271,7 +286,7 @@ fn learn_members(shared: &Arc<Shared>, from: NodeId, records: Vec<SignedRecord>)
         // is new or newer here, which ends the flood).
         for peer in shared.peers.iter() {
             if *peer.key() != from && *peer.key() != node {
-                let _ = peer.feed.send(Ctrl::Members(vec![signed.clone()]));
+                peer.feed.send(Ctrl::Members(vec![signed.clone()]));
             }
         }
         shared.members.insert(node, signed);

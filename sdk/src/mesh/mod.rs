@@ -15,6 +15,7 @@ mod builder;
 mod config;
 mod error;
 mod events;
+mod feed;
 pub(crate) use events::refusal as refusal_for;
 pub mod frame;
 mod handler;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use dashmap::{DashMap, DashSet};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -55,7 +55,7 @@ impl fmt::Debug for Psk {
 /// An admitted control link to a peer.
 pub(crate) struct PeerLink {
     pub(crate) conn: quinn::Connection,
-    pub(crate) feed: mpsc::UnboundedSender<Ctrl>,
+    pub(crate) feed: Arc<super::feed::Feed>,
 }
 
 /// State shared by the node's handle and its background tasks.
@@ -101,7 +101,7 @@ impl Shared {
     /// Sends `msg` to every peer's control feed.
     pub(crate) fn broadcast(&self, msg: &Ctrl) {
         for peer in self.peers.iter() {
-            let _ = peer.feed.send(msg.clone());
+            peer.feed.send(msg.clone());
         }
     }
 
