@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use bytes::buf::UninitSlice;
@@ -17,8 +18,36 @@ const LARGE: usize = 4 << 20;
 /// the same size (a snapshot and the same snapshot received) are
 /// interchangeable.
 const HUGE_PAGE: usize = 2 << 20;
-/// The most memory the pool keeps for reuse.
+/// The default of [`set_state_pool_limit`]: 256 MiB.
 pub const STATE_POOL_BYTES: usize = 256 << 20;
+
+/// The most memory the pool keeps for reuse.
+static LIMIT: AtomicUsize = AtomicUsize::new(STATE_POOL_BYTES);
+
+/// Sets the most memory this process keeps in idle state buffers for
+/// reuse (default [`STATE_POOL_BYTES`]); `0` turns the pool off. Idle
+/// buffers above the new limit are freed at once, the oldest first.
+pub fn set_state_pool_limit(bytes: usize) {
+    LIMIT.store(bytes, Ordering::Relaxed);
+    let mut evicted = Vec::new();
+    let mut pool = POOL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    while pool.bytes > bytes {
+        let Some(old) = pool.free.pop_front() else {
+            break;
+        };
+        pool.bytes -= old.capacity();
+        evicted.push(old);
+    }
+    drop(pool);
+    drop(evicted);
+}
+
+/// The current limit of the state buffer pool.
+pub fn state_pool_limit() -> usize {
+    LIMIT.load(Ordering::Relaxed)
+}
 
 /// Idle large buffers, the most recently returned last, and their total
 /// capacity.
@@ -39,7 +68,8 @@ struct Pool {
 /// A buffer of 4 MiB or more comes from a process-wide pool of recycled
 /// allocations when one fits, and goes back to it when the last `Bytes`
 /// made from it by [`freeze`](Self::freeze) is dropped; the pool keeps at
-/// most [`STATE_POOL_BYTES`], the buffers returned longest ago making room
+/// most [`state_pool_limit`] bytes (by default [`STATE_POOL_BYTES`]; see
+/// [`set_state_pool_limit`]), the buffers returned longest ago making room
 /// for newer ones. A fresh large buffer is backed by huge pages
 /// where the OS offers them (Linux transparent huge pages in `madvise` or
 /// `always` mode). Smaller buffers are ordinary allocations.
@@ -166,7 +196,8 @@ impl AsRef<[u8]> for Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         let mut vec = std::mem::take(&mut self.0);
-        if vec.capacity() > STATE_POOL_BYTES {
+        let limit = state_pool_limit();
+        if vec.capacity() > limit {
             return;
         }
         vec.clear();
@@ -176,7 +207,7 @@ impl Drop for Pooled {
         let mut pool = POOL
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while pool.bytes + vec.capacity() > STATE_POOL_BYTES {
+        while pool.bytes + vec.capacity() > limit {
             let Some(old) = pool.free.pop_front() else {
                 break;
             };
@@ -254,16 +285,29 @@ mod tests {
             "the allocation was reused"
         );
         drop(again);
-        // More than the pool keeps: the surplus is freed, not kept.
+        // More than the pool keeps: the oldest are freed, the newest kept.
         let many: Vec<Bytes> = (0..(STATE_POOL_BYTES / (64 << 20)) + 2)
             .map(|_| StateBuf::with_capacity(64 << 20).freeze())
             .collect();
+        let newest = many.last().unwrap().as_ptr() as usize;
         drop(many);
-        let pool = POOL.lock().unwrap();
-        assert!(pool.bytes <= STATE_POOL_BYTES);
-        assert_eq!(
-            pool.bytes,
-            pool.free.iter().map(Vec::capacity).sum::<usize>()
-        );
+        {
+            let pool = POOL.lock().unwrap();
+            assert!(pool.bytes <= STATE_POOL_BYTES);
+            assert_eq!(
+                pool.bytes,
+                pool.free.iter().map(Vec::capacity).sum::<usize>()
+            );
+            assert_eq!(pool.free.back().unwrap().as_ptr() as usize, newest);
+        }
+        // A lower limit frees the surplus at once; 0 turns pooling off.
+        set_state_pool_limit(64 << 20);
+        assert!(POOL.lock().unwrap().bytes <= 64 << 20);
+        set_state_pool_limit(0);
+        assert_eq!(POOL.lock().unwrap().bytes, 0);
+        drop(StateBuf::with_capacity(size).freeze());
+        assert_eq!(POOL.lock().unwrap().bytes, 0, "nothing kept when off");
+        set_state_pool_limit(STATE_POOL_BYTES);
+        assert_eq!(state_pool_limit(), STATE_POOL_BYTES);
     }
 }

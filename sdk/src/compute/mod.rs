@@ -18,7 +18,7 @@ mod remote;
 mod runtime;
 mod snapshot;
 
-pub use buffer::{StateBuf, STATE_POOL_BYTES};
+pub use buffer::{set_state_pool_limit, state_pool_limit, StateBuf, STATE_POOL_BYTES};
 pub use causal::{CausalEvent, CausalLink};
 pub use daemon::{MeshDaemon, ProcessError};
 pub use error::DaemonError;
