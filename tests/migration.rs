@@ -1,100 +1,24 @@
 //! Live migration over real QUIC on loopback: senders keep sending while a
 //! counter daemon moves; nothing is lost, duplicated or reordered. Every
-//! `MigrateError` case, state sizes up to 64 MiB, a cancel in the middle of
-//! a transfer, ping-pong. Bounded waits.
+//! `MigrateError` case, ping-pong, drain (large states:
+//! `migration_bulk.rs`). Bounded waits.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cellmesh::capabilities::{CapabilityFilter, CapabilitySet};
 use cellmesh::compute::{
-    CausalEvent, DaemonError, DaemonHostConfig, DaemonRuntime, MeshDaemon, MigrateError,
-    MigrationOpts, MigrationPhase, ProcessError,
+    CausalEvent, DaemonHostConfig, DaemonRuntime, MeshDaemon, MigrateError, MigrationOpts,
+    MigrationPhase, ProcessError,
 };
-use cellmesh::mesh::{Mesh, MeshBuilder};
 use cellmesh::Identity;
 use cellmesh_suite::{count_of, event, CounterDaemon};
 
-const PSK: [u8; 32] = [0x42; 32];
-const WAIT: Duration = Duration::from_secs(20);
-
-async fn node(caps: CapabilitySet, seeds: Vec<SocketAddr>) -> Mesh {
-    MeshBuilder::new("127.0.0.1:0", &PSK)
-        .unwrap()
-        .capabilities(caps)
-        .seed_peers(seeds)
-        .build()
-        .await
-        .expect("build node")
-}
-
-fn counter_kinds(rt: &DaemonRuntime, ballast: usize) {
-    rt.register_factory("counter", move || {
-        Box::new(CounterDaemon::with_ballast(ballast))
-    })
-    .unwrap();
-}
-
-/// Two started nodes that see each other, both with the counter kind.
-async fn pair() -> (DaemonRuntime, DaemonRuntime) {
-    pair_carrying(0).await
-}
-
-/// As [`pair`], the first node's counters carrying `ballast` bytes of
-/// state.
-async fn pair_carrying(ballast: usize) -> (DaemonRuntime, DaemonRuntime) {
-    let a = node(CapabilitySet::new(), vec![]).await;
-    let b = node(CapabilitySet::new(), vec![a.local_addr()]).await;
-    let (rt_a, rt_b) = (
-        DaemonRuntime::new(Arc::new(a)),
-        DaemonRuntime::new(Arc::new(b)),
-    );
-    counter_kinds(&rt_a, ballast);
-    counter_kinds(&rt_b, 0);
-    for rt in [&rt_a, &rt_b] {
-        rt.start().await.unwrap();
-    }
-    assert!(rt_a.mesh().wait_for_peers(1, WAIT).await);
-    assert!(rt_b.mesh().wait_for_peers(1, WAIT).await);
-    (rt_a, rt_b)
-}
-
-async fn wait(
-    handle: &cellmesh::compute::MigrationHandle,
-) -> Result<cellmesh::compute::MigrationReport, MigrateError> {
-    tokio::time::timeout(WAIT, handle.wait())
-        .await
-        .expect("a migration always ends within its deadline")
-}
-
-/// Sends `seq` until it is accepted (or found already accepted), retrying
-/// transient errors, and returns the count the daemon reported.
-async fn send_until_accepted(
-    rt: &DaemonRuntime,
-    daemon: u64,
-    origin: u64,
-    seq: u64,
-) -> Option<u64> {
-    for _ in 0..200 {
-        match rt
-            .send(daemon, event(origin, seq, Bytes::from_static(b"tick")))
-            .await
-        {
-            Ok(out) => return count_of(&out[0]),
-            Err(DaemonError::Duplicate { .. }) => return None,
-            Err(
-                DaemonError::NotFound(_)
-                | DaemonError::Unreachable { .. }
-                | DaemonError::Migrating(_)
-                | DaemonError::TooManyRedirects(_),
-            ) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err(other) => panic!("send {seq} from {origin:x}: {other}"),
-        }
-    }
-    panic!("event {seq} from {origin:x} never accepted");
-}
+#[path = "migration/support.rs"]
+#[allow(dead_code)]
+mod support;
+use support::{counter_kinds, node, pair, send_until_accepted, wait, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_under_load_loses_duplicates_and_reorders_nothing() {
@@ -154,84 +78,6 @@ async fn migrating_under_load_loses_duplicates_and_reorders_nothing() {
     println!("{report:?}");
     assert!(report.blackout <= report.total);
     assert!(report.snapshot_bytes > 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn states_of_1k_1m_16m_and_64m_arrive_whole() {
-    for size in [1usize << 10, 1 << 20, 16 << 20, 64 << 20] {
-        let (rt_a, rt_b) = pair_carrying(size).await;
-        let daemon = rt_a
-            .spawn("counter", Identity::generate(), DaemonHostConfig::default())
-            .await
-            .unwrap()
-            .origin_hash;
-        for seq in 1..=3 {
-            rt_a.send(daemon, event(1, seq, Bytes::new()))
-                .await
-                .unwrap();
-        }
-        let handle = rt_a
-            .start_migration(daemon, rt_b.mesh().node_id(), MigrationOpts::default())
-            .unwrap();
-        let report = wait(&handle).await.expect("commits");
-        assert!(report.snapshot_bytes as usize > size, "{size}: {report:?}");
-        let (sent, total) = handle.progress();
-        assert_eq!(sent, total);
-        assert_eq!(total, report.snapshot_bytes);
-        // State (count and ballast) arrived whole; replays still refused.
-        let snap = rt_b.snapshot(daemon).await.unwrap().unwrap();
-        assert_eq!(snap.state().unwrap().len(), 8 + size);
-        assert!(snap.state().unwrap()[8..].iter().all(|&b| b == 0xAB));
-        assert!(matches!(
-            rt_b.send(daemon, event(1, 3, Bytes::new())).await,
-            Err(DaemonError::Duplicate { .. })
-        ));
-        let out = rt_b.send(daemon, event(1, 4, Bytes::new())).await.unwrap();
-        assert_eq!(count_of(&out[0]), Some(4));
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_during_a_large_transfer_stops_it_midway() {
-    let size = 64 << 20;
-    let (rt_a, rt_b) = pair_carrying(size).await;
-    let daemon = rt_a
-        .spawn("counter", Identity::generate(), DaemonHostConfig::default())
-        .await
-        .unwrap()
-        .origin_hash;
-    rt_a.send(daemon, event(1, 1, Bytes::new())).await.unwrap();
-    let mut opts = MigrationOpts::default();
-    opts.chunk_size = 64 << 10;
-    let handle = rt_a
-        .start_migration(daemon, rt_b.mesh().node_id(), opts)
-        .unwrap();
-    // The phase says Transfer while the state is on its way.
-    let seen = tokio::time::timeout(WAIT, async {
-        loop {
-            if handle.phase() == MigrationPhase::Transfer && handle.progress().0 > 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-    assert!(seen.is_ok(), "the Transfer phase was never reported");
-    handle
-        .cancel()
-        .await
-        .expect("heard before the commit point");
-    assert_eq!(
-        wait(&handle).await.unwrap_err(),
-        MigrateError::Cancelled(daemon)
-    );
-    let (sent, total) = handle.progress();
-    assert!(sent < total, "stopped midway: {sent} of {total} bytes");
-    // The daemon serves on the source with its whole state.
-    let out = rt_a.send(daemon, event(1, 2, Bytes::new())).await.unwrap();
-    assert_eq!(count_of(&out[0]), Some(2));
-    let snap = rt_a.snapshot(daemon).await.unwrap().unwrap();
-    assert_eq!(snap.state().unwrap().len(), 8 + size);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

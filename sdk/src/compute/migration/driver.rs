@@ -12,16 +12,14 @@ use super::api::{
     CancelRequest, MigrateError, MigrationHandle, MigrationOpts, MigrationPhase, MigrationReport,
     Progress,
 };
-use super::gate::{FreezeError, Queued};
+use super::forward::forward;
+use super::gate::FreezeError;
 use super::source::{self, Failure, Source, Step, Timing};
 use super::wire::{encode_chunk_header, Body, Msg, Prepare, Refusal, MAX_CARRIED, VERSIONS};
-use crate::compute::remote::from_refusal;
 use crate::compute::runtime::Slot;
 use crate::compute::snapshot::Proof;
-use crate::compute::{DaemonError, DaemonRuntime};
-use crate::mesh::{
-    frame, frame::FrameError, EventReply, EventRequest, FrameReader, NodeId, Reply, Request,
-};
+use crate::compute::DaemonRuntime;
+use crate::mesh::{frame, frame::FrameError, FrameReader, NodeId};
 
 impl DaemonRuntime {
     /// Starts migrating the daemon `origin_hash` to `target` and returns at
@@ -550,75 +548,5 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
     match future.poll(&mut cx) {
         std::task::Poll::Ready(output) => Some(output),
         std::task::Poll::Pending => None,
-    }
-}
-
-/// Forwards, in order, the events queued at commit and then the late ones,
-/// to the new owner; after the grace the slot leaves the registry.
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    rt: DaemonRuntime,
-    origin_hash: u64,
-    target: NodeId,
-    mut queue: mpsc::UnboundedReceiver<Queued>,
-    slot: Arc<Slot>,
-    initial: usize,
-    drained: oneshot::Sender<Option<Instant>>,
-    grace: std::time::Duration,
-) {
-    let mut drained = Some(drained);
-    if initial == 0 {
-        let _ = drained.take().map(|d| d.send(None));
-    }
-    let mut first_answered = None;
-    let until = tokio::time::Instant::now() + grace;
-    let mut retired = false;
-    let mut sent = 0;
-    loop {
-        let item = tokio::select! {
-            item = queue.recv() => item,
-            () = tokio::time::sleep_until(until), if !retired => {
-                retired = true;
-                rt.retire_forwarding(origin_hash, &slot);
-                continue;
-            }
-        };
-        let Some(item) = item else { break };
-        let outcome = forward_one(&rt, origin_hash, target, item.event).await;
-        if first_answered.is_none() && outcome.is_ok() {
-            first_answered = Some(Instant::now());
-        }
-        let _ = item.reply.send(outcome);
-        sent += 1;
-        if sent == initial {
-            let _ = drained.take().map(|d| d.send(first_answered));
-        }
-    }
-    if !retired {
-        rt.retire_forwarding(origin_hash, &slot);
-    }
-}
-
-async fn forward_one(
-    rt: &DaemonRuntime,
-    origin_hash: u64,
-    target: NodeId,
-    event: crate::compute::CausalEvent,
-) -> Result<Vec<crate::compute::CausalEvent>, DaemonError> {
-    let request = Request::Event(EventRequest {
-        target: origin_hash,
-        event,
-        hops: 0,
-        forwarded: true,
-    });
-    match rt.call(target, origin_hash, request).await? {
-        Reply::Event(EventReply::Outputs(outputs)) => Ok(outputs),
-        Reply::Event(EventReply::Refused(refusal)) => {
-            Err(from_refusal(refusal, origin_hash, target))
-        }
-        // The new owner moved it on already: the sender routes again.
-        Reply::Event(EventReply::Redirect { .. }) | Reply::Spawn(_) => {
-            Err(DaemonError::NotFound(origin_hash))
-        }
     }
 }

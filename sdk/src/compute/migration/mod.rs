@@ -6,11 +6,13 @@
 //!   with heartbeats, a deadline and a silence timeout on every wait.
 //! - `gate`: where a daemon's events wait during the hand-over, so exactly
 //!   one node processes them, each once, in order.
-//! - `driver` / `serve`: the thin quinn tasks that run the machines.
+//! - `driver` / `serve`: the thin quinn tasks that run the machines;
+//!   `forward`: after commit, the source forwards what it still holds.
 
 mod api;
 mod drain;
 mod driver;
+mod forward;
 pub(crate) mod gate;
 pub(crate) mod serve;
 pub(crate) mod source;

@@ -1,0 +1,102 @@
+//! The invariants checked after every simulated schedule, and the tests
+//! that run the schedules.
+
+use super::*;
+
+fn check(seed: u64) {
+    let w = run(seed);
+    w.check_single_owner(seed);
+    // Nothing hangs: both sides settled (a source still resolving is one
+    // whose target restarted without memory and was never asked again).
+    if let Some(s) = &w.src {
+        assert!(
+            matches!(s.phase(), source::Phase::Committed | source::Phase::Failed),
+            "seed {seed}: source stuck in {:?}",
+            s.phase()
+        );
+        assert!(w.outcome.is_some(), "seed {seed}: source never reported");
+    }
+    if let Some(t) = &w.tgt {
+        assert!(
+            matches!(t.phase(), target::Phase::Done | target::Phase::Aborted),
+            "seed {seed}: target stuck in {:?}",
+            t.phase()
+        );
+    }
+    let owner = if w.tgt_owner() {
+        w.tgt_copy.as_ref()
+    } else if w.src_owner() {
+        w.src_copy.as_ref()
+    } else {
+        None
+    };
+    match owner {
+        Some(copy) => {
+            // Every accepted event exactly once, in order, on the owner —
+            // unless a crash took accepted events with it.
+            let crash_lost = w.tgt_restarted || w.src_crashed;
+            if !crash_lost {
+                assert_eq!(
+                    copy.seen, w.accepted,
+                    "seed {seed}: owner state != accepted events"
+                );
+            }
+            assert!(
+                copy.seen.windows(2).all(|p| p[0] < p[1]),
+                "seed {seed}: reordered or duplicated {:?}",
+                copy.seen
+            );
+        }
+        None => assert!(
+            (w.src_crashed && !w.src_crashed_after_commit) || w.tgt_restarted,
+            "seed {seed}: no owner without a crash (outcome {:?})",
+            w.outcome
+        ),
+    }
+    if !w.src_crashed && !w.tgt_restarted {
+        // Without a crash the sender is never left waiting for good: every
+        // event it sent was answered, wherever the daemon went.
+        assert!(
+            w.accepted.len() >= 40,
+            "seed {seed}: the sender stalled after {} events",
+            w.accepted.len()
+        );
+        match &w.outcome {
+            Some(Ok(())) => assert!(w.tgt_owner(), "seed {seed}: committed but target not owner"),
+            // In doubt at the deadline: resolved later either way.
+            Some(Err(source::Failure::InDoubt)) => assert!(w.src_owner() || w.tgt_owner()),
+            Some(Err(_)) => assert!(w.src_owner(), "seed {seed}: failed but source not owner"),
+            None => panic!("seed {seed}: no outcome"),
+        }
+    }
+}
+
+#[test]
+fn a_clean_migration_commits_and_loses_nothing() {
+    let mut clean = 0;
+    for seed in 0..200 {
+        let w = run(seed);
+        if w.faults.drop == 0
+            && !w.faults.reorder
+            && w.faults.dup == 0
+            && w.faults.crash_src_at.is_none()
+            && w.faults.crash_tgt_at.is_none()
+            && w.faults.cancel_at.is_none()
+            && w.faults.deadline_ms >= 2_000
+        {
+            clean += 1;
+            assert_eq!(w.outcome, Some(Ok(())), "seed {seed}");
+            assert!(w.tgt_owner());
+            assert_eq!(w.tgt_copy.as_ref().unwrap().seen, w.accepted);
+            assert!(w.accepted.len() >= 40, "seed {seed}: the sender kept going");
+        }
+    }
+    assert!(clean > 20, "enough clean runs ({clean})");
+}
+
+#[test]
+fn thousands_of_faulty_schedules_keep_one_owner_and_every_event() {
+    for seed in 0..3_000 {
+        check(seed);
+    }
+}
