@@ -163,6 +163,7 @@ impl MeshBuilder {
             redirect_addrs: DashMap::new(),
             event_links: DashMap::new(),
             event_dials: DashMap::new(),
+            migrate_dials: DashMap::new(),
             migrate_conns: DashMap::new(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),

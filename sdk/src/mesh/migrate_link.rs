@@ -11,24 +11,35 @@ use super::node_id::NodeId;
 use crate::compute::migration::wire::ALPN_MIGRATE;
 
 impl Mesh {
-    /// Opens a stream of the migration protocol to `node`.
+    /// Opens a stream of the migration protocol to `node`, on the cached
+    /// connection or on one dialled now (concurrent first users, say the
+    /// 64 migrations a drain starts at once, wait for the same dial).
     pub(crate) async fn migrate_stream(
         &self,
         node: NodeId,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), DialError> {
         let shared = &self.shared;
-        let cached = shared
-            .migrate_conns
-            .get(&node)
-            .filter(|c| c.close_reason().is_none())
-            .map(|c| c.clone());
-        let conn = match cached {
+        let cached = |shared: &Shared| {
+            shared
+                .migrate_conns
+                .get(&node)
+                .filter(|c| c.close_reason().is_none())
+                .map(|c| c.clone())
+        };
+        let conn = match cached(shared) {
             Some(conn) => conn,
             None => {
-                let addr = shared.addr_of(node).ok_or(DialError::UnknownNode(node))?;
-                let (conn, _) = dial(shared, addr, Some(node), ALPN_MIGRATE).await?;
-                shared.migrate_conns.insert(node, conn.clone());
-                conn
+                let gate = Arc::clone(shared.migrate_dials.entry(node).or_default().value());
+                let _turn = gate.lock().await;
+                match cached(shared) {
+                    Some(conn) => conn,
+                    None => {
+                        let addr = shared.addr_of(node).ok_or(DialError::UnknownNode(node))?;
+                        let (conn, _) = dial(shared, addr, Some(node), ALPN_MIGRATE).await?;
+                        shared.migrate_conns.insert(node, conn.clone());
+                        conn
+                    }
+                }
             }
         };
         conn.open_bi().await.map_err(|e| {

@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) event_dials: DashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
     /// Migration connections by peer (one stream per migration).
     pub(crate) migrate_conns: DashMap<NodeId, quinn::Connection>,
+    /// One dial at a time per node for migration connections.
+    pub(crate) migrate_dials: DashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) admission_failures: AtomicU64,
