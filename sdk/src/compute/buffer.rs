@@ -29,18 +29,7 @@ static LIMIT: AtomicUsize = AtomicUsize::new(STATE_POOL_BYTES);
 /// buffers above the new limit are freed at once, the oldest first.
 pub fn set_state_pool_limit(bytes: usize) {
     LIMIT.store(bytes, Ordering::Relaxed);
-    let mut evicted = Vec::new();
-    let mut pool = POOL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    while pool.bytes > bytes {
-        let Some(old) = pool.free.pop_front() else {
-            break;
-        };
-        pool.bytes -= old.capacity();
-        evicted.push(old);
-    }
-    drop(pool);
+    let evicted = lock_pool().evict_to(bytes);
     drop(evicted);
 }
 
@@ -59,6 +48,27 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
 struct Pool {
     free: VecDeque<Vec<u8>>,
     bytes: usize,
+}
+
+impl Pool {
+    /// Takes out the buffers returned longest ago until at most `limit`
+    /// bytes are kept; the caller frees them outside the lock.
+    fn evict_to(&mut self, limit: usize) -> Vec<Vec<u8>> {
+        let mut evicted = Vec::new();
+        while self.bytes > limit {
+            let Some(old) = self.free.pop_front() else {
+                break;
+            };
+            self.bytes -= old.capacity();
+            evicted.push(old);
+        }
+        evicted
+    }
+}
+
+fn lock_pool() -> std::sync::MutexGuard<'static, Pool> {
+    POOL.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A writable buffer for a daemon's state, to build a snapshot in
@@ -99,9 +109,7 @@ impl StateBuf {
         }
         let size = capacity.next_multiple_of(HUGE_PAGE);
         let reused = {
-            let mut pool = POOL
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut pool = lock_pool();
             let fit = pool
                 .free
                 .iter()
@@ -203,17 +211,8 @@ impl Drop for Pooled {
         vec.clear();
         // The buffers returned longest ago make room: the newest are the
         // likeliest to fit the next migration.
-        let mut evicted = Vec::new();
-        let mut pool = POOL
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while pool.bytes + vec.capacity() > limit {
-            let Some(old) = pool.free.pop_front() else {
-                break;
-            };
-            pool.bytes -= old.capacity();
-            evicted.push(old);
-        }
+        let mut pool = lock_pool();
+        let evicted = pool.evict_to(limit - vec.capacity());
         pool.bytes += vec.capacity();
         pool.free.push_back(vec);
         drop(pool);

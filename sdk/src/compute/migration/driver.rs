@@ -17,7 +17,6 @@ use super::gate::FreezeError;
 use super::source::{self, Failure, Source, Step, Timing};
 use super::wire::{encode_chunk_header, Body, Msg, Prepare, Refusal, MAX_CARRIED, VERSIONS};
 use crate::compute::runtime::Slot;
-use crate::compute::snapshot::Proof;
 use crate::compute::DaemonRuntime;
 use crate::mesh::{frame, frame::FrameError, FrameReader, NodeId};
 
@@ -205,6 +204,7 @@ impl Run {
             beat: self.opts.silence / 4,
         };
         let chunk = self.opts.chunk_size.min(max.saturating_sub(1024)).max(1);
+        let proof = prepare.proof();
         let mut machine = Source::new(self.id, prepare, now, timing, chunk);
         let (mut send, recv) = match mesh.migrate_stream(self.target).await {
             Ok(s) => s,
@@ -288,14 +288,6 @@ impl Run {
                                 measured.freeze_at = Some(Instant::now());
                                 let snapshot = slot.lock().capture();
                                 frozen = Some(slot);
-                                // A sender that hands over the key has
-                                // proved it holds it: a checksum guards
-                                // the transfer instead of a signature.
-                                let proof = if self.opts.transport_identity {
-                                    Proof::Checksummed
-                                } else {
-                                    Proof::Signed
-                                };
                                 snapshot.map(|s| s.sealer(proof)).map_err(|e| e.to_string())
                             }
                             Err(FreezeError::NotFound) => Err("the daemon was stopped".into()),

@@ -70,9 +70,6 @@ pub(crate) struct Target {
     next_beat: Instant,
     max: u64,
     buf: StateBuf,
-    /// How the snapshot proves itself: signed, or checksummed when the
-    /// sender handed over the daemon's key.
-    proof: Proof,
     /// The hash of `buf[..hashed]`, kept the trailer's length behind the
     /// end, so checking the snapshot needs no second pass.
     hasher: BodyHasher,
@@ -95,7 +92,6 @@ impl Target {
             next_beat: now + beat,
             max: 0,
             buf: StateBuf::with_capacity(0),
-            proof: Proof::Signed,
             hasher: BodyHasher::new(Proof::Signed),
             hashed: 0,
             restored: false,
@@ -142,14 +138,7 @@ impl Target {
                     self.version = version;
                     // The sealed form adds the marks, the chain and a trailer.
                     self.max = prepare.max_snapshot_bytes.saturating_add(64 << 20);
-                    // A sender that hands over the daemon's key has proved
-                    // it holds it: a checksum then guards the transfer.
-                    self.proof = if prepare.seed.is_some() {
-                        Proof::Checksummed
-                    } else {
-                        Proof::Signed
-                    };
-                    self.hasher = BodyHasher::new(self.proof);
+                    self.hasher = BodyHasher::new(prepare.proof());
                     self.phase = Phase::Check;
                     self.out.push_back(Step::Check(prepare));
                 }
@@ -199,13 +188,9 @@ impl Target {
                     self.buf = StateBuf::with_capacity(total as usize);
                 }
                 self.buf.extend_from_slice(&data);
-                // Hash in large steps: BLAKE3 is fastest on long inputs, and
-                // chunks may arrive as packet-sized pieces.
-                let upto = self.buf.len().saturating_sub(self.proof.trailer_len());
-                if upto >= self.hashed + HASH_STEP {
-                    self.hasher.update(&self.buf[self.hashed..upto]);
-                    self.hashed = upto;
-                }
+                // Hash in large steps: hashing is fastest on long inputs,
+                // and chunks may arrive as packet-sized pieces.
+                self.hash_received(HASH_STEP);
             }
             (Phase::Receive, Body::Sealed { total }) => {
                 if total != self.buf.len() as u64 {
@@ -215,11 +200,7 @@ impl Target {
                     )));
                 }
                 self.phase = Phase::Restore;
-                let upto = self.buf.len().saturating_sub(self.proof.trailer_len());
-                if upto > self.hashed {
-                    self.hasher.update(&self.buf[self.hashed..upto]);
-                    self.hashed = upto;
-                }
+                self.hash_received(1);
                 let digest = self.hasher.finish();
                 let bytes = std::mem::replace(&mut self.buf, StateBuf::with_capacity(0)).freeze();
                 self.out.push_back(Step::Restore(bytes, digest));
@@ -237,6 +218,19 @@ impl Target {
                 "unexpected {} in phase {phase:?}",
                 body_name(&body)
             ))),
+        }
+    }
+
+    /// Hashes what was received up to the trailer, if at least `step`
+    /// bytes of it are not hashed yet.
+    fn hash_received(&mut self, step: usize) {
+        let upto = self
+            .buf
+            .len()
+            .saturating_sub(self.hasher.proof().trailer_len());
+        if upto >= self.hashed + step {
+            self.hasher.update(&self.buf[self.hashed..upto]);
+            self.hashed = upto;
         }
     }
 

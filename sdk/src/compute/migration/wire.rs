@@ -29,6 +29,20 @@ pub struct Prepare {
     pub max_snapshot_bytes: u64,
 }
 
+impl Prepare {
+    /// How the snapshot proves itself in this migration: a source that
+    /// hands over the daemon's key has proved it holds it, so a checksum
+    /// guards the transfer; otherwise the daemon's signature does.
+    pub(crate) fn proof(&self) -> crate::compute::snapshot::Proof {
+        use crate::compute::snapshot::Proof;
+        if self.seed.is_some() {
+            Proof::Checksummed
+        } else {
+            Proof::Signed
+        }
+    }
+}
+
 impl std::fmt::Debug for Prepare {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepare")

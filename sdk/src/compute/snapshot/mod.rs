@@ -241,12 +241,12 @@ impl StateSnapshot {
         let mut body = vec![out.freeze()];
         body.extend(self.state.clone());
         match (&self.seal, proof) {
-            (Seal::Local(keypair), proof) => Sealer::new(body, proof, Arc::clone(keypair)),
+            (Seal::Local(keypair), Proof::Signed) => Sealer::signed(body, Arc::clone(keypair)),
             (Seal::Verified(signature), Proof::Signed) => {
                 body.push(Bytes::copy_from_slice(signature));
                 Sealer::from_segments(body)
             }
-            (Seal::Verified(_), Proof::Checksummed) => Sealer::checksummed(body),
+            (_, Proof::Checksummed) => Sealer::checksummed(body),
         }
     }
 

@@ -49,6 +49,14 @@ impl BodyHasher {
         }
     }
 
+    /// The proof whose body this hashes.
+    pub(crate) fn proof(&self) -> Proof {
+        match self {
+            BodyHasher::Blake3(_) => Proof::Signed,
+            BodyHasher::Xxh3(_) => Proof::Checksummed,
+        }
+    }
+
     pub(crate) fn update(&mut self, bytes: &[u8]) {
         match self {
             BodyHasher::Blake3(h) => {

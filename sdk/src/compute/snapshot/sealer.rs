@@ -52,22 +52,22 @@ impl Trailer {
 }
 
 impl Sealer {
-    /// Hands out `body` (the encoding before the trailer) and then the
-    /// trailer of `proof`: a signature by `keypair`, or a checksum.
-    pub(super) fn new(body: Vec<Bytes>, proof: Proof, keypair: Arc<Keypair>) -> Self {
-        let trailer = match proof {
-            Proof::Signed => Trailer::Signature(Box::default(), keypair),
-            Proof::Checksummed => Trailer::Checksum(Box::default()),
-        };
-        Self::with_trailer(body, proof, trailer)
+    /// Hands out `body` (the encoding before the trailer) and then its
+    /// signature by `keypair` ([`Proof::Signed`]).
+    pub(super) fn signed(body: Vec<Bytes>, keypair: Arc<Keypair>) -> Self {
+        Self::with_trailer(body, Trailer::Signature(Box::default(), keypair))
     }
 
-    /// Hands out `body` and then its checksum (no key needed).
+    /// Hands out `body` and then its checksum ([`Proof::Checksummed`]).
     pub(super) fn checksummed(body: Vec<Bytes>) -> Self {
-        Self::with_trailer(body, Proof::Checksummed, Trailer::Checksum(Box::default()))
+        Self::with_trailer(body, Trailer::Checksum(Box::default()))
     }
 
-    fn with_trailer(body: Vec<Bytes>, proof: Proof, trailer: Trailer) -> Self {
+    fn with_trailer(body: Vec<Bytes>, trailer: Trailer) -> Self {
+        let proof = match trailer {
+            Trailer::Signature(..) => Proof::Signed,
+            Trailer::Checksum(_) => Proof::Checksummed,
+        };
         let total = body.iter().map(|b| b.len() as u64).sum::<u64>() + proof.trailer_len() as u64;
         Self {
             pending: body.into(),
