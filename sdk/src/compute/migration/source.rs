@@ -371,19 +371,7 @@ mod tests {
 
     fn transferring(chunk: usize) -> Source {
         let (base, timing, prepare) = fixture(Duration::from_secs(60), 4);
-        let mut s = Source::new(7, prepare, base, timing, chunk);
-        let _ = s.poll();
-        s.handle(
-            base,
-            Msg {
-                id: 7,
-                body: Body::Ready { version: 1 },
-            },
-        );
-        assert_eq!(s.poll(), Some(Step::Freeze));
-        let segments = vec![Bytes::from_static(b"01234"), Bytes::from_static(b"56789")];
-        s.sealed(base, Ok(Sealer::from_segments(segments)));
-        s
+        super::super::violations::transferring(7, prepare, base, timing, chunk)
     }
 
     fn chunk_at(step: Option<Step>) -> (u64, Bytes) {

@@ -30,6 +30,55 @@ pub(super) fn fixture(deadline: Duration, seed: u8) -> (Instant, Timing, Prepare
     (base, timing, prepare)
 }
 
+/// A source with migration id `id` whose target said `Ready`, in its
+/// transfer of a 10-byte snapshot (two segments) in chunks of `chunk`.
+pub(super) fn transferring(
+    id: u64,
+    prepare: Prepare,
+    base: Instant,
+    timing: Timing,
+    chunk: usize,
+) -> Source {
+    let mut s = Source::new(id, prepare, base, timing, chunk);
+    let _ = s.poll();
+    s.handle(
+        base,
+        Msg {
+            id,
+            body: Body::Ready { version: 1 },
+        },
+    );
+    assert_eq!(s.poll(), Some(source::Step::Freeze));
+    let segments = vec![
+        bytes::Bytes::from_static(b"01234"),
+        bytes::Bytes::from_static(b"56789"),
+    ];
+    s.sealed(base, Ok(Sealer::from_segments(segments)));
+    s
+}
+
+/// A target with migration id `id` that checked `prepare` and said
+/// `Ready`.
+fn prepared_target(base: Instant, id: u64, prepare: Prepare) -> Target {
+    let mut t = Target::new(
+        base,
+        Duration::from_millis(200),
+        Duration::from_millis(50),
+        Duration::from_millis(200),
+    );
+    t.handle(
+        base,
+        Msg {
+            id,
+            body: Body::Prepare(prepare),
+        },
+    );
+    let _ = t.poll();
+    t.checked(base, Ok(()));
+    let _ = t.poll();
+    t
+}
+
 #[test]
 fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
     let (base, timing, prepare) = fixture(Duration::from_secs(1), 3);
@@ -57,22 +106,7 @@ fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
     assert_eq!(s.phase(), source::Phase::Failed);
 
     // Target: a Commit before anything was restored.
-    let mut t = Target::new(
-        base,
-        Duration::from_millis(200),
-        Duration::from_millis(50),
-        Duration::from_millis(200),
-    );
-    t.handle(
-        base,
-        Msg {
-            id: 9,
-            body: Body::Prepare(prepare),
-        },
-    );
-    let _ = t.poll();
-    t.checked(base, Ok(()));
-    let _ = t.poll();
+    let mut t = prepared_target(base, 9, prepare);
     t.handle(
         base,
         Msg {
@@ -92,22 +126,7 @@ fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
 fn a_transfer_that_keeps_moving_is_not_silent() {
     let (base, timing, prepare) = fixture(Duration::from_secs(60), 5);
     let run = |keep_moving: bool| {
-        let mut s = Source::new(9, prepare.clone(), base, timing, 4);
-        let _ = s.poll();
-        s.handle(
-            base,
-            Msg {
-                id: 9,
-                body: Body::Ready { version: 1 },
-            },
-        );
-        assert!(matches!(s.poll(), Some(source::Step::Freeze)));
-        s.sealed(
-            base,
-            Ok(Sealer::from_segments(vec![bytes::Bytes::from_static(
-                b"0123456789",
-            )])),
-        );
+        let mut s = transferring(9, prepare.clone(), base, timing, 4);
         let _: Vec<_> = std::iter::from_fn(|| s.poll()).collect();
         // A long write: nothing read from the target for a second.
         for ms in (50..=1000).step_by(50) {
@@ -130,22 +149,7 @@ fn a_transfer_that_keeps_moving_is_not_silent() {
 #[test]
 fn the_target_answers_commit_only_after_processing_the_carried_events() {
     let (base, _, prepare) = fixture(Duration::from_secs(1), 6);
-    let mut t = Target::new(
-        base,
-        Duration::from_millis(200),
-        Duration::from_millis(50),
-        Duration::from_millis(200),
-    );
-    t.handle(
-        base,
-        Msg {
-            id: 4,
-            body: Body::Prepare(prepare),
-        },
-    );
-    let _ = t.poll();
-    t.checked(base, Ok(()));
-    let _ = t.poll();
+    let mut t = prepared_target(base, 4, prepare);
     let sealed = bytes::Bytes::from_static(b"snapshot bytes and a 64-byte trailer, roughly");
     for body in [
         Body::Chunk {

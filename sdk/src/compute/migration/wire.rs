@@ -445,13 +445,7 @@ mod tests {
         let frame = crate::mesh::frame::encode(&msg, 1 << 20).unwrap();
         let body = Bytes::copy_from_slice(&frame[4..]);
         for cuts in [vec![64], vec![64, 65, 1000, 150_000], vec![100, 199_000]] {
-            let mut parts = Vec::new();
-            let mut at = 0;
-            for cut in cuts {
-                parts.push(body.slice(at..cut));
-                at = cut;
-            }
-            parts.push(body.slice(at..));
+            let parts = split_at(&body, cuts);
             let pointers: Vec<_> = parts.iter().skip(1).map(|p| p.as_ptr()).collect();
             let msgs = decode_parts(parts).unwrap();
             let mut joined = Vec::new();
@@ -491,6 +485,21 @@ mod tests {
     }
 
     /// Joins `parts` the way a frame body arrives whole.
+    /// `body` cut at the `cuts` that fall inside it.
+    fn split_at(body: &Bytes, cuts: Vec<usize>) -> Vec<Bytes> {
+        let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c < body.len()).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for cut in cuts {
+            parts.push(body.slice(at..cut));
+            at = cut;
+        }
+        parts.push(body.slice(at..));
+        parts
+    }
+
     fn joined(parts: &[Bytes]) -> Vec<u8> {
         parts.iter().flat_map(|p| p.iter().copied()).collect()
     }
@@ -525,16 +534,7 @@ mod tests {
             cuts in proptest::collection::vec(0usize..600, 0..6),
         ) {
             let body = Bytes::from(raw);
-            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c < body.len()).collect();
-            cuts.sort_unstable();
-            cuts.dedup();
-            let mut parts = Vec::new();
-            let mut at = 0;
-            for cut in cuts {
-                parts.push(body.slice(at..cut));
-                at = cut;
-            }
-            parts.push(body.slice(at..));
+            let parts = split_at(&body, cuts);
             let whole = crate::mesh::frame::decode_body::<Msg>(&joined(&parts), "migration").ok();
             let pieces = decode_parts(parts).ok();
             match (&whole, &pieces) {
@@ -565,16 +565,7 @@ mod tests {
             };
             let frame = crate::mesh::frame::encode(&msg, 1 << 20).unwrap();
             let body = Bytes::copy_from_slice(&frame[4..]);
-            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c < body.len()).collect();
-            cuts.sort_unstable();
-            cuts.dedup();
-            let mut parts = Vec::new();
-            let mut at = 0;
-            for cut in cuts {
-                parts.push(body.slice(at..cut));
-                at = cut;
-            }
-            parts.push(body.slice(at..));
+            let parts = split_at(&body, cuts);
             let msgs = decode_parts(parts).unwrap();
             if len == 0 {
                 proptest::prop_assert_eq!(msgs.len() <= 1, true);
