@@ -63,6 +63,8 @@ mod assertions;
 pub mod capabilities;
 pub mod cell;
 pub mod compute;
+#[doc(hidden)]
+pub mod fault;
 mod identity;
 pub mod mesh;
 

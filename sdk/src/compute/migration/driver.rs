@@ -258,6 +258,7 @@ impl Run {
                         };
                         match written {
                             Ok(()) => {
+                                super::sent_point(true, &msg.body);
                                 self.progress.sent.fetch_add(chunk, Ordering::Relaxed);
                                 if chunk > 0 {
                                     machine.transmitted(Instant::now());
@@ -285,6 +286,7 @@ impl Run {
                     Step::Freeze => {
                         let sealed = match rt.freeze(self.origin_hash) {
                             Ok(slot) => {
+                                crate::fault::point("migrate.source.frozen");
                                 measured.freeze_at = Some(Instant::now());
                                 let snapshot = slot.lock().capture();
                                 frozen = Some(slot);
@@ -315,6 +317,7 @@ impl Run {
                         }
                     }
                     Step::Release(outcomes) => {
+                        crate::fault::point("migrate.source.committed_heard");
                         let now = Instant::now();
                         measured.committed_at = Some(now);
                         if let Some(slot) = frozen.take() {

@@ -26,3 +26,19 @@ mod violations;
 
 pub use api::{MigrateError, MigrationHandle, MigrationOpts, MigrationPhase, MigrationReport};
 pub use drain::{DrainOpts, DrainProgress, DrainReport, ProgressFn};
+
+/// Marks the fault point for a frame just written by the source (`true`)
+/// or the target.
+fn sent_point(source: bool, body: &wire::Body) {
+    use wire::Body;
+    let name = match (source, body) {
+        (true, Body::Prepare(_)) => "migrate.source.prepare_sent",
+        (true, Body::Sealed { .. }) => "migrate.source.sealed_sent",
+        (true, Body::Commit { .. }) => "migrate.source.commit_sent",
+        (false, Body::Ready { .. }) => "migrate.target.ready_sent",
+        (false, Body::Restored) => "migrate.target.restored_sent",
+        (false, Body::Committed { .. }) => "migrate.target.committed_sent",
+        _ => return,
+    };
+    crate::fault::point(name);
+}

@@ -78,6 +78,9 @@ pub(crate) async fn serve_stream(
                         Ok(bytes) => send.write_all(&bytes).await.is_ok(),
                         Err(_) => false,
                     };
+                    if sent {
+                        super::sent_point(false, &msg.body);
+                    }
                     if !sent {
                         open = false;
                         machine.connection_lost(Instant::now());
@@ -131,6 +134,9 @@ pub(crate) async fn serve_stream(
                         verdicts.clear();
                     }
                     verdicts.insert(machine.id(), verdict);
+                    if verdict == Verdict::Committed {
+                        crate::fault::point("migrate.target.commit_settled");
+                    }
                 }
             }
         }
