@@ -34,14 +34,15 @@ pub const POINTS: &[&str] = &[
 mod imp {
     use std::sync::{OnceLock, RwLock};
 
-    type Hook = Box<dyn Fn(&str) + Send + Sync>;
+    /// A function called with each fault point's name.
+    pub type Hook = Box<dyn Fn(&str) + Send + Sync>;
 
     static HOOK: RwLock<Option<Hook>> = RwLock::new(None);
     static FROM_ENV: OnceLock<Option<(String, String)>> = OnceLock::new();
 
     /// Installs `hook`, called with the name of every point reached in this
     /// process (replacing any earlier hook); `None` removes it.
-    pub fn set_hook(hook: Option<Box<dyn Fn(&str) + Send + Sync>>) {
+    pub fn set_hook(hook: Option<Hook>) {
         *HOOK.write().unwrap_or_else(std::sync::PoisonError::into_inner) = hook;
     }
 
@@ -72,7 +73,7 @@ mod imp {
 }
 
 #[cfg(feature = "test-utils")]
-pub use imp::set_hook;
+pub use imp::{set_hook, Hook};
 
 /// Marks the fault point `name` (one of [`POINTS`]).
 #[inline]
