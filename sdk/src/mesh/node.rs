@@ -380,6 +380,18 @@ impl Mesh {
             super::links::dial(&self.shared, addr, Some(node), super::wire::ALPN_EVENTS).await?;
         Ok(conn)
     }
+
+    /// Test hook: a fresh stream of the migration protocol to `node`, for
+    /// writing raw frames as a hostile peer would.
+    ///
+    /// # Errors
+    /// As `connect`.
+    pub async fn raw_migrate_stream(
+        &self,
+        node: NodeId,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), DialError> {
+        self.migrate_stream(node).await
+    }
 }
 
 impl Drop for Mesh {
