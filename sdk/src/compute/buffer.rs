@@ -126,6 +126,20 @@ impl StateBuf {
         Self { vec }
     }
 
+    /// Makes room for `more` bytes, growing at least geometrically but
+    /// never past `cap` unless `more` needs it (a receive buffer grows as
+    /// the bytes arrive, up to the size its sender announced).
+    pub(crate) fn grow_for(&mut self, more: usize, cap: usize) {
+        let need = self.vec.len().saturating_add(more);
+        if need <= self.vec.capacity() {
+            return;
+        }
+        let want = need
+            .max(self.vec.capacity().saturating_mul(2))
+            .min(cap.max(need));
+        self.vec.reserve_exact(want - self.vec.len());
+    }
+
     /// Appends `bytes`.
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         self.vec.extend_from_slice(bytes);

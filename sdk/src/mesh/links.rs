@@ -311,6 +311,8 @@ pub(crate) struct FrameReader {
     buf: frame::FrameBuf,
     /// A large frame being received as the stream's own chunks.
     direct: Option<Direct>,
+    /// Bytes read from the stream so far, whole frames or not.
+    received: u64,
 }
 
 /// The pieces of a large frame received so far (kept here, not in the
@@ -327,7 +329,14 @@ impl FrameReader {
             recv,
             buf: frame::FrameBuf::new(max),
             direct: None,
+            received: 0,
         }
+    }
+
+    /// Bytes read from the stream so far, frames complete or not: a peer
+    /// whose large frame is still arriving is alive.
+    pub(crate) fn received(&self) -> u64 {
+        self.received
     }
 
     /// The next frame: `Ok(None)` when the stream ends cleanly (or is
@@ -352,6 +361,7 @@ impl FrameReader {
     async fn fill(&mut self) -> Result<bool, FrameError> {
         match self.recv.read_chunk(256 << 10, true).await {
             Ok(Some(chunk)) => {
+                self.received += chunk.bytes.len() as u64;
                 self.buf.push(&chunk.bytes);
                 Ok(true)
             }
@@ -381,6 +391,7 @@ impl FrameReader {
                 // what arrived is already in `direct`.
                 match self.recv.read_chunk(direct.len - direct.have, true).await {
                     Ok(Some(chunk)) => {
+                        self.received += chunk.bytes.len() as u64;
                         direct.have += chunk.bytes.len();
                         direct.parts.push(chunk.bytes);
                     }

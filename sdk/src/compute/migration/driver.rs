@@ -12,11 +12,17 @@ use super::api::{
     CancelRequest, MigrateError, MigrationHandle, MigrationOpts, MigrationPhase, MigrationReport,
     Progress,
 };
+use super::dispatch::{pump_source, SourceEffects};
 use super::forward::forward;
 use super::gate::FreezeError;
-use super::source::{self, Failure, Source, Step, Timing};
-use super::wire::{encode_chunk_header, Body, Msg, Prepare, Refusal, MAX_CARRIED, VERSIONS};
+use super::source::{Failure, Source, Timing};
+use super::verdicts::VERDICT_RETENTION;
+use super::wire::{
+    encode_chunk_header, Body, Carried, Msg, Prepare, Refusal, MAX_CARRIED, VERSIONS,
+};
 use crate::compute::runtime::Slot;
+use crate::compute::snapshot::{Proof, Sealer};
+use crate::compute::CausalEvent;
 use crate::compute::DaemonRuntime;
 use crate::mesh::{frame, frame::FrameError, FrameReader, NodeId};
 
@@ -181,14 +187,14 @@ impl Run {
                 return None;
             }
         };
-        let (seed, max_snapshot_bytes) = {
+        let (seed, max_snapshot_bytes, entity) = {
             let host = slot.lock();
             (
                 *host.keypair().secret_seed(),
                 host.config().max_snapshot_bytes,
+                *host.keypair().entity_id().as_bytes(),
             )
         };
-        let entity = *slot.lock().keypair().entity_id().as_bytes();
         let prepare = Prepare {
             versions: VERSIONS,
             kind: self.kind.clone(),
@@ -202,6 +208,7 @@ impl Run {
             deadline: self.started + self.opts.deadline,
             silence: self.opts.silence,
             beat: self.opts.silence / 4,
+            retention: VERDICT_RETENTION,
         };
         let chunk = self.opts.chunk_size.min(max.saturating_sub(1024)).max(1);
         let proof = prepare.proof();
@@ -217,176 +224,87 @@ impl Run {
             }
         };
         let mut reader = FrameReader::new(recv, max);
+        let mut received = reader.received();
         let mut open = true;
-        let mut frozen: Option<Arc<Slot>> = None;
-        let mut measured = Measured::default();
-        let mut failure = None;
+        let (answers_tx, mut answers) = mpsc::unbounded_channel();
+        let (forwarded_tx, mut forwarded) = mpsc::unbounded_channel();
+        let mut fx = OnRuntime {
+            run: self,
+            rt: rt.clone(),
+            proof,
+            max,
+            frozen: None,
+            measured: Measured::default(),
+            failure: None,
+            held: None,
+            answers: answers_tx,
+            forwarded: forwarded_tx,
+        };
         loop {
-            while let Some(step) = machine.poll() {
-                match step {
-                    Step::Send(msg) => {
-                        if !open {
-                            continue;
-                        }
-                        let chunk = match &msg.body {
-                            Body::Chunk { data, .. } => data.len() as u64,
-                            _ => 0,
-                        };
-                        let written = match &msg.body {
-                            // Large states go out without a copy into frames.
-                            Body::Chunk {
-                                offset,
-                                total,
-                                data,
-                            } => {
-                                let header =
-                                    encode_chunk_header(msg.id, *offset, *total, data.len());
-                                match send.write_all(&header).await {
-                                    Ok(()) => send
-                                        .write_chunk(data.clone())
-                                        .await
-                                        .map_err(|e| e.to_string()),
-                                    Err(e) => Err(e.to_string()),
-                                }
+            while let Some(msg) = pump_source(&mut machine, Instant::now(), &mut fx) {
+                if !open {
+                    continue;
+                }
+                let chunk = match &msg.body {
+                    Body::Chunk { data, .. } => data.len() as u64,
+                    _ => 0,
+                };
+                match write_msg(&mut send, &msg, max).await {
+                    Ok(()) => {
+                        super::sent_point(true, &msg.body);
+                        fx.run.progress.sent.fetch_add(chunk, Ordering::Relaxed);
+                        if chunk > 0 {
+                            machine.transmitted(Instant::now());
+                            // Between chunks of a long transfer: hear a
+                            // cancel or the target without waiting.
+                            if let Ok(request) = cancel_rx.try_recv() {
+                                let took = machine.cancel(Instant::now());
+                                let _ = request.send(took);
                             }
-                            _ => match frame::encode(&msg, max) {
-                                Ok(bytes) => {
-                                    send.write_all(&bytes).await.map_err(|e| e.to_string())
-                                }
-                                Err(e) => Err(e.to_string()),
-                            },
-                        };
-                        match written {
-                            Ok(()) => {
-                                super::sent_point(true, &msg.body);
-                                self.progress.sent.fetch_add(chunk, Ordering::Relaxed);
-                                if chunk > 0 {
-                                    machine.transmitted(Instant::now());
-                                    // Between chunks of a long transfer: hear
-                                    // a cancel or the target without waiting.
-                                    if let Ok(request) = cancel_rx.try_recv() {
-                                        let took = machine.cancel(Instant::now());
-                                        let _ = request.send(took);
-                                    }
-                                    if open {
-                                        if let Some(frame) =
-                                            ready_now(reader.next::<Msg>("migration"))
-                                        {
-                                            heard(&mut machine, &mut open, frame);
-                                        }
-                                    }
-                                }
-                            }
-                            Err(reason) => {
-                                open = false;
-                                machine.connection_lost(Instant::now(), reason);
+                            if let Some(frame) = ready_now(reader.next::<Msg>("migration")) {
+                                heard(&mut machine, &mut open, frame);
                             }
                         }
                     }
-                    Step::Freeze => {
-                        let sealed = match rt.freeze(self.origin_hash) {
-                            Ok(slot) => {
-                                crate::fault::point("migrate.source.frozen");
-                                measured.freeze_at = Some(Instant::now());
-                                let snapshot = slot.lock().capture();
-                                frozen = Some(slot);
-                                snapshot.map(|s| s.sealer(proof)).map_err(|e| e.to_string())
-                            }
-                            Err(FreezeError::NotFound) => Err("the daemon was stopped".into()),
-                            Err(FreezeError::AlreadyMigrating) => {
-                                Err("the daemon is held by another migration".into())
-                            }
-                        };
-                        if let Ok(sealer) = &sealed {
-                            measured.snapshot_bytes = sealer.total();
-                            self.progress.total.store(sealer.total(), Ordering::Relaxed);
-                        }
-                        machine.sealed(Instant::now(), sealed);
-                    }
-                    Step::Commit => {
-                        // `Commit` carries the events queued meanwhile, so
-                        // the target processes them as it takes over.
-                        let events = frozen.as_ref().map_or_else(Vec::new, |slot| {
-                            rt.peek_frozen(slot, MAX_CARRIED, CARRIED_BYTES)
-                        });
-                        machine.carry(events);
-                    }
-                    Step::Resume => {
-                        if let Some(slot) = frozen.take() {
-                            rt.resume(&slot);
-                        }
-                    }
-                    Step::Release(outcomes) => {
-                        crate::fault::point("migrate.source.committed_heard");
-                        let now = Instant::now();
-                        measured.committed_at = Some(now);
-                        if let Some(slot) = frozen.take() {
-                            let (tx, rx) = mpsc::unbounded_channel();
-                            let (answered, queued) =
-                                rt.release(self.origin_hash, &slot, self.target, outcomes, tx);
-                            if answered > 0 {
-                                // The target processed the carried events
-                                // before it answered `Committed`.
-                                measured.first_processed_at = Some(now);
-                            }
-                            measured.forwarded = (answered + queued) as u64;
-                            let (drained_tx, drained) = oneshot::channel();
-                            tokio::spawn(forward(
-                                rt.clone(),
-                                self.origin_hash,
-                                self.target,
-                                rx,
-                                slot,
-                                queued,
-                                drained_tx,
-                                self.opts.straggler_grace,
-                            ));
-                            if let Ok(Ok(first)) =
-                                tokio::time::timeout(self.opts.silence, drained).await
-                            {
-                                measured.first_processed_at = measured.first_processed_at.or(first);
-                            }
-                            if open {
-                                let msg = Msg {
-                                    id: self.id,
-                                    body: Body::Drained,
-                                };
-                                if let Ok(bytes) = frame::encode(&msg, max) {
-                                    let _ = send.write_all(&bytes).await;
-                                }
-                                let _ = send.finish();
-                            }
-                        }
-                    }
-                    Step::Resolve => {
-                        if let Some(verdict) = self.ask_status(&mesh, max).await {
-                            machine.handle(Instant::now(), verdict);
-                        }
-                    }
-                    Step::Finish(outcome) => {
-                        failure = outcome.as_ref().err().cloned();
-                        let retry_later =
-                            matches!(failure, Some(Failure::Refused(Refusal::NotReady)));
-                        if !retry_later || self.is_last_attempt() {
-                            self.finish(outcome, &measured);
-                        }
+                    Err(reason) => {
+                        open = false;
+                        machine.connection_lost(Instant::now(), reason);
                     }
                 }
-                self.set_phase(machine.phase());
+                fx.run.set_phase(machine.phase());
             }
-            if matches!(
-                machine.phase(),
-                source::Phase::Committed | source::Phase::Failed
-            ) {
-                return failure;
+            fx.run.set_phase(machine.phase());
+            if machine.is_done() {
+                if let Some(outcome) = fx.held.take() {
+                    fx.run.finish(outcome, &fx.measured);
+                }
+                if open {
+                    let _ = send.finish();
+                }
+                return fx.failure;
             }
             let wake = machine.poll_timeout().map_or_else(
                 || tokio::time::Instant::now() + timing.beat,
                 tokio::time::Instant::from_std,
             );
             tokio::select! {
-                frame = reader.next::<Msg>("migration"), if open => heard(&mut machine, &mut open, frame),
-                () = tokio::time::sleep_until(wake) => machine.handle_timeout(Instant::now()),
+                frame = reader.next::<Msg>("migration"), if open => {
+                    received = reader.received();
+                    heard(&mut machine, &mut open, frame);
+                }
+                Some(answer) = answers.recv() => machine.handle(Instant::now(), answer),
+                Some(first) = forwarded.recv() => {
+                    fx.measured.first_processed_at = fx.measured.first_processed_at.or(first);
+                    machine.forwarded(Instant::now());
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    if reader.received() != received {
+                        received = reader.received();
+                        machine.heard(now);
+                    }
+                    machine.handle_timeout(now);
+                }
                 Some(request) = cancel_rx.recv() => {
                     let took = machine.cancel(Instant::now());
                     let _ = request.send(took);
@@ -399,29 +317,6 @@ impl Run {
     /// publishes.
     fn is_last_attempt(&self) -> bool {
         self.attempt_no >= self.opts.retries.max(1)
-    }
-
-    /// Asks the target what became of this migration, on a fresh stream.
-    async fn ask_status(&self, mesh: &crate::mesh::Mesh, max: usize) -> Option<Msg> {
-        let ask = async {
-            let (mut send, recv) = mesh.migrate_stream(self.target).await.ok()?;
-            let bytes = frame::encode(
-                &Msg {
-                    id: self.id,
-                    body: Body::Status,
-                },
-                max,
-            )
-            .ok()?;
-            send.write_all(&bytes).await.ok()?;
-            let _ = send.finish();
-            let mut reader = FrameReader::new(recv, max);
-            reader.next::<Msg>("migration").await.ok().flatten()
-        };
-        tokio::time::timeout(self.opts.silence, ask)
-            .await
-            .ok()
-            .flatten()
     }
 
     fn finish(&mut self, outcome: Result<(), Failure>, measured: &Measured) {
@@ -495,6 +390,10 @@ impl Run {
                 }
                 Refusal::Cancelled => MigrateError::Cancelled(origin),
                 Refusal::Deadline => MigrateError::DeadlineExceeded(origin),
+                Refusal::Silence { .. } => MigrateError::TargetUnreachable {
+                    target,
+                    reason: refusal.to_string(),
+                },
                 Refusal::Version { .. } | Refusal::Protocol(_) => MigrateError::Protocol {
                     target,
                     reason: refusal.to_string(),
@@ -543,5 +442,179 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
     match future.poll(&mut cx) {
         std::task::Poll::Ready(output) => Some(output),
         std::task::Poll::Pending => None,
+    }
+}
+
+/// Writes one message; a state chunk goes out without a copy into a frame.
+async fn write_msg(send: &mut quinn::SendStream, msg: &Msg, max: usize) -> Result<(), String> {
+    match &msg.body {
+        Body::Chunk {
+            offset,
+            total,
+            data,
+        } => {
+            let header = encode_chunk_header(msg.id, *offset, *total, data.len());
+            send.write_all(&header).await.map_err(|e| e.to_string())?;
+            send.write_chunk(data.clone())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        _ => {
+            let bytes = frame::encode(msg, max).map_err(|e| e.to_string())?;
+            send.write_all(&bytes).await.map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Asks `target` what became of migration `id`, on a fresh stream.
+async fn ask_status(
+    mesh: Arc<crate::mesh::Mesh>,
+    target: NodeId,
+    id: u64,
+    max: usize,
+    limit: std::time::Duration,
+) -> Option<Msg> {
+    let ask = async {
+        let (mut send, recv) = mesh.migrate_stream(target).await.ok()?;
+        let bytes = frame::encode(
+            &Msg {
+                id,
+                body: Body::Status,
+            },
+            max,
+        )
+        .ok()?;
+        send.write_all(&bytes).await.ok()?;
+        let _ = send.finish();
+        let mut reader = FrameReader::new(recv, max);
+        reader.next::<Msg>("migration").await.ok().flatten()
+    };
+    tokio::time::timeout(limit, ask).await.ok().flatten()
+}
+
+/// The source's effects on this node's runtime.
+struct OnRuntime<'a> {
+    run: &'a mut Run,
+    rt: DaemonRuntime,
+    proof: Proof,
+    max: usize,
+    /// The daemon, frozen for the hand-over.
+    frozen: Option<Arc<Slot>>,
+    measured: Measured,
+    /// Why the attempt failed (for `drive`'s retries).
+    failure: Option<Failure>,
+    /// A success held back until the events queued at commit are
+    /// forwarded (the report then tells when the target processed the
+    /// first of them).
+    held: Option<Result<(), Failure>>,
+    /// Verdicts from status queries.
+    answers: mpsc::UnboundedSender<Msg>,
+    /// The queue at commit is forwarded (with when the target answered
+    /// the first of its events).
+    forwarded: mpsc::UnboundedSender<Option<Instant>>,
+}
+
+impl SourceEffects for OnRuntime<'_> {
+    fn freeze(&mut self) -> Result<Sealer, String> {
+        let sealed = match self.rt.freeze(self.run.origin_hash) {
+            Ok(slot) => {
+                crate::fault::point("migrate.source.frozen");
+                self.measured.freeze_at = Some(Instant::now());
+                let snapshot = slot.lock().capture();
+                self.frozen = Some(slot);
+                snapshot
+                    .map(|s| s.sealer(self.proof))
+                    .map_err(|e| e.to_string())
+            }
+            Err(FreezeError::NotFound) => Err("the daemon was stopped".into()),
+            Err(FreezeError::AlreadyMigrating) => {
+                Err("the daemon is held by another migration".into())
+            }
+        };
+        if let Ok(sealer) = &sealed {
+            self.measured.snapshot_bytes = sealer.total();
+            self.run
+                .progress
+                .total
+                .store(sealer.total(), Ordering::Relaxed);
+        }
+        sealed
+    }
+
+    fn resume(&mut self) {
+        if let Some(slot) = self.frozen.take() {
+            self.rt.resume(&slot);
+        }
+    }
+
+    fn carry(&mut self) -> Vec<CausalEvent> {
+        // `Commit` carries the events queued meanwhile, so the target
+        // processes them as it takes over.
+        self.frozen.as_ref().map_or_else(Vec::new, |slot| {
+            self.rt.peek_frozen(slot, MAX_CARRIED, CARRIED_BYTES)
+        })
+    }
+
+    fn release(&mut self, outcomes: Vec<Carried>) {
+        let now = Instant::now();
+        self.measured.committed_at = Some(now);
+        let Some(slot) = self.frozen.take() else {
+            let _ = self.forwarded.send(None);
+            return;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (origin, target) = (self.run.origin_hash, self.run.target);
+        let (answered, queued) = self.rt.release(origin, &slot, target, outcomes, tx);
+        if answered > 0 {
+            // The target processed the carried events before it answered
+            // `Committed`.
+            self.measured.first_processed_at = Some(now);
+        }
+        self.measured.forwarded = (answered + queued) as u64;
+        let (drained_tx, drained) = oneshot::channel();
+        tokio::spawn(forward(
+            self.rt.clone(),
+            origin,
+            target,
+            rx,
+            slot,
+            queued,
+            drained_tx,
+            self.run.opts.straggler_grace,
+        ));
+        let forwarded = self.forwarded.clone();
+        tokio::spawn(async move {
+            if let Ok(first) = drained.await {
+                let _ = forwarded.send(first);
+            }
+        });
+    }
+
+    fn resolve(&mut self) {
+        let answers = self.answers.clone();
+        let ask = ask_status(
+            Arc::clone(self.rt.mesh()),
+            self.run.target,
+            self.run.id,
+            self.max,
+            self.run.opts.silence,
+        );
+        tokio::spawn(async move {
+            if let Some(answer) = ask.await {
+                let _ = answers.send(answer);
+            }
+        });
+    }
+
+    fn finish(&mut self, outcome: Result<(), Failure>) {
+        self.failure = outcome.as_ref().err().cloned();
+        if outcome.is_ok() {
+            self.held = Some(outcome);
+            return;
+        }
+        let retry_later = matches!(self.failure, Some(Failure::Refused(Refusal::NotReady)));
+        if !retry_later || self.run.is_last_attempt() {
+            self.run.finish(outcome, &self.measured);
+        }
     }
 }

@@ -10,6 +10,7 @@
 //!   `forward`: after commit, the source forwards what it still holds.
 
 mod api;
+mod dispatch;
 mod drain;
 mod driver;
 mod forward;
@@ -17,6 +18,7 @@ pub(crate) mod gate;
 pub(crate) mod serve;
 pub(crate) mod source;
 pub(crate) mod target;
+pub(crate) mod verdicts;
 pub mod wire;
 
 #[cfg(test)]
@@ -26,6 +28,7 @@ mod violations;
 
 pub use api::{MigrateError, MigrationHandle, MigrationOpts, MigrationPhase, MigrationReport};
 pub use drain::{DrainOpts, DrainProgress, DrainReport, ProgressFn};
+pub use verdicts::{MAX_VERDICTS, VERDICT_RETENTION};
 
 /// Marks the fault point for a frame just written by the source (`true`)
 /// or the target.

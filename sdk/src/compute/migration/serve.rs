@@ -6,21 +6,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::dispatch::{answer_status, TargetEffects, TargetSession};
 use super::gate::{Delivery, Gate};
-use super::target::{Phase, Step, Target};
-use super::wire::{decode_parts, Body, Msg, Prepare, Refusal, Verdict};
-
-/// Frames at least this large (state chunks) are not reassembled.
-const DIRECT_MIN: usize = 64 << 10;
+use super::target::Target;
+use super::wire::{decode_parts, Body, Carried, Msg, Prepare, Refusal};
 use crate::compute::host::DaemonHost;
 use crate::compute::runtime::Slot;
 use crate::compute::snapshot::BodyDigest;
-use crate::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, SnapshotError, StateSnapshot};
+use crate::compute::{
+    CausalEvent, DaemonError, DaemonHostConfig, DaemonRuntime, SnapshotError, StateSnapshot,
+    MAX_SNAPSHOT_BYTES,
+};
 use crate::identity::Identity;
 use crate::mesh::{frame, FrameReader, NodeId};
 
-/// Verdicts kept for `Status` queries before the oldest are dropped.
-const MAX_VERDICTS: usize = 4096;
+/// Frames at least this large (state chunks) are not reassembled.
+const DIRECT_MIN: usize = 64 << 10;
 
 /// Serves one migration-protocol stream from `peer`.
 pub(crate) async fn serve_stream(
@@ -35,115 +36,62 @@ pub(crate) async fn serve_stream(
         return;
     };
     let write = |msg: &Msg| frame::encode(msg, max).map_err(|e| e.to_string());
-    let Some(rt) = runtime else {
-        if let Ok(bytes) = write(&Msg {
+    let answer = match &runtime {
+        None => Some(Msg {
             id: first.id,
             body: Body::Abort(Refusal::NotReady),
-        }) {
-            let _ = send.write_all(&bytes).await;
+        }),
+        Some(rt) if first.body == Body::Status => {
+            Some(answer_status(rt.verdicts(), peer, first.id, Instant::now()))
         }
-        let _ = send.finish();
-        return;
+        Some(_) => None,
     };
-    if first.body == Body::Status {
-        let verdict = rt
-            .verdicts()
-            .get(&first.id)
-            .map_or(Verdict::Unknown, |v| *v);
-        if let Ok(bytes) = write(&Msg {
-            id: first.id,
-            body: Body::Verdict(verdict),
-        }) {
+    if let Some(answer) = answer {
+        if let Ok(bytes) = write(&answer) {
             let _ = send.write_all(&bytes).await;
         }
         let _ = send.finish();
         return;
     }
+    let Some(rt) = runtime else { return };
     let silence = rt.mesh().config().idle_timeout;
-    let mut machine = Target::new(Instant::now(), silence, silence / 4, silence);
-    machine.handle(Instant::now(), first);
+    let now = Instant::now();
+    let machine = Target::new(
+        now,
+        silence,
+        silence / 4,
+        silence,
+        MAX_SNAPSHOT_BYTES as u64,
+    );
+    let mut session = TargetSession::new(machine, peer, Arc::clone(rt.verdicts()));
+    session.machine().handle(now, first);
+    let mut fx = OnRuntime {
+        rt: &rt,
+        slot: None,
+        built: None,
+    };
     let mut open = true;
-    let mut prepare: Option<Prepare> = None;
-    let mut slot: Option<Arc<Slot>> = None;
-    // The daemon the check built, restored later: one factory call.
-    let mut built: Option<Built> = None;
+    let mut received = reader.received();
     loop {
-        while let Some(step) = machine.poll() {
-            match step {
-                Step::Send(msg) => {
-                    if !open {
-                        continue;
-                    }
-                    let sent = match write(&msg) {
-                        Ok(bytes) => send.write_all(&bytes).await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if sent {
-                        super::sent_point(false, &msg.body);
-                    }
-                    if !sent {
-                        open = false;
-                        machine.connection_lost(Instant::now());
-                    }
-                }
-                Step::Check(p) => {
-                    let result = check(&rt, &p).map(|daemon| {
-                        built = Some(daemon);
-                    });
-                    prepare = Some(p);
-                    machine.checked(Instant::now(), result);
-                }
-                Step::Restore(bytes, digest) => {
-                    let result = match prepare.as_ref() {
-                        Some(p) => restore(&rt, p, &bytes, &digest, built.take()).map(|s| {
-                            slot = Some(s);
-                        }),
-                        None => Err(Refusal::Protocol("restore without prepare".into())),
-                    };
-                    machine.restored(Instant::now(), result);
-                }
-                Step::Activate(events) => {
-                    let mut outcomes = Vec::with_capacity(events.len());
-                    if let (Some(s), Some(p)) = (&slot, &prepare) {
-                        rt.activate(p.origin_hash, s);
-                        // The hand-over lets forwarded events through at
-                        // once, ahead of any direct one.
-                        for event in &events {
-                            let outcome = match rt.deliver_or_queue(p.origin_hash, event, true) {
-                                Delivery::Done(outcome) => outcome,
-                                Delivery::Pending(_) => Err(DaemonError::NotFound(p.origin_hash)),
-                            };
-                            outcomes.push(outcome.map_err(crate::mesh::refusal_for));
-                        }
-                    }
-                    machine.activated(Instant::now(), outcomes);
-                }
-                Step::OpenGate => {
-                    if let Some(s) = slot.take() {
-                        rt.open_gate(&s);
-                    }
-                }
-                Step::Discard => {
-                    if let (Some(s), Some(p)) = (slot.take(), &prepare) {
-                        rt.discard(p.origin_hash, &s);
-                    }
-                }
-                Step::Settle(verdict) => {
-                    let verdicts = rt.verdicts();
-                    if verdicts.len() >= MAX_VERDICTS {
-                        verdicts.clear();
-                    }
-                    verdicts.insert(machine.id(), verdict);
-                    if verdict == Verdict::Committed {
-                        crate::fault::point("migrate.target.commit_settled");
-                    }
-                }
+        while let Some(msg) = session.pump(Instant::now(), &mut fx) {
+            if !open {
+                continue;
+            }
+            let sent = match write(&msg) {
+                Ok(bytes) => send.write_all(&bytes).await.is_ok(),
+                Err(_) => false,
+            };
+            if sent {
+                super::sent_point(false, &msg.body);
+            } else {
+                open = false;
+                session.machine().connection_lost(Instant::now());
             }
         }
-        if matches!(machine.phase(), Phase::Done | Phase::Aborted) {
+        if session.is_done() {
             break;
         }
-        let wake = machine.poll_timeout().map_or_else(
+        let wake = session.poll_timeout().map_or_else(
             || tokio::time::Instant::now() + Duration::from_secs(1),
             tokio::time::Instant::from_std,
         );
@@ -154,20 +102,93 @@ pub(crate) async fn serve_stream(
             }) {
                 Ok(Some(msgs)) => {
                     let now = Instant::now();
+                    received = reader.received();
                     for msg in msgs {
-                        machine.handle(now, msg);
+                        session.machine().handle(now, msg);
                     }
                 }
                 Ok(None) | Err(_) => {
                     open = false;
-                    machine.connection_lost(Instant::now());
+                    session.machine().connection_lost(Instant::now());
                 }
             },
-            () = tokio::time::sleep_until(wake) => machine.handle_timeout(Instant::now()),
+            () = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                // Bytes of a frame still arriving count as hearing.
+                if reader.received() != received {
+                    received = reader.received();
+                    session.machine().heard(now);
+                }
+                session.machine().handle_timeout(now);
+            }
         }
     }
     let _ = send.finish();
+    let machine = session.machine();
     tracing::debug!(peer = %peer.short(), migration = machine.id(), phase = ?machine.phase(), "migration stream done");
+}
+
+/// The target's effects on this node's runtime.
+struct OnRuntime<'a> {
+    rt: &'a DaemonRuntime,
+    /// The restored copy, installed gated.
+    slot: Option<Arc<Slot>>,
+    /// The daemon the check built, restored later: one factory call.
+    built: Option<Built>,
+}
+
+impl TargetEffects for OnRuntime<'_> {
+    fn check(&mut self, prepare: &Prepare) -> Result<(), Refusal> {
+        self.built = Some(check(self.rt, prepare)?);
+        Ok(())
+    }
+
+    fn restore(
+        &mut self,
+        prepare: &Prepare,
+        bytes: Bytes,
+        digest: BodyDigest,
+    ) -> Result<(), Refusal> {
+        self.slot = Some(restore(
+            self.rt,
+            prepare,
+            &bytes,
+            &digest,
+            self.built.take(),
+        )?);
+        Ok(())
+    }
+
+    fn activate(&mut self, prepare: &Prepare, events: Vec<CausalEvent>) -> Vec<Carried> {
+        let Some(slot) = &self.slot else {
+            return Vec::new();
+        };
+        self.rt.activate(prepare.origin_hash, slot);
+        // The hand-over lets forwarded events through at once, ahead of
+        // any direct one.
+        events
+            .iter()
+            .map(|event| {
+                let outcome = match self.rt.deliver_or_queue(prepare.origin_hash, event, true) {
+                    Delivery::Done(outcome) => outcome,
+                    Delivery::Pending(_) => Err(DaemonError::NotFound(prepare.origin_hash)),
+                };
+                outcome.map_err(crate::mesh::refusal_for)
+            })
+            .collect()
+    }
+
+    fn open_gate(&mut self, _prepare: &Prepare) {
+        if let Some(slot) = self.slot.take() {
+            self.rt.open_gate(&slot);
+        }
+    }
+
+    fn discard(&mut self, prepare: &Prepare) {
+        if let Some(slot) = self.slot.take() {
+            self.rt.discard(prepare.origin_hash, &slot);
+        }
+    }
 }
 
 /// A daemon built from its factory, with its kind.

@@ -44,7 +44,9 @@ pub(crate) enum Step {
     Commit,
     /// Committed: answer the carried events with their outcomes (empty if
     /// the target's answer was lost: they are forwarded again and refused
-    /// as duplicates), forward the other queued events, then `Drained`.
+    /// as duplicates), forward the other queued events, and answer
+    /// `forwarded` once those queued at commit are (the machine then says
+    /// `Drained`).
     Release(Vec<Carried>),
     /// Ask the target for its verdict on a fresh stream (`Status`).
     Resolve,
@@ -60,6 +62,9 @@ pub(crate) struct Timing {
     pub(crate) silence: Duration,
     /// Heartbeat interval.
     pub(crate) beat: Duration,
+    /// How long after `Commit` a target's `Unknown` is conclusive (it
+    /// keeps verdicts this long; see `verdicts`).
+    pub(crate) retention: Duration,
 }
 
 /// The source machine.
@@ -80,6 +85,10 @@ pub(crate) struct Source {
     sealer: Option<Sealer>,
     /// Bytes of the snapshot handed out so far.
     offset: u64,
+    /// When `Commit` was handed to the driver to write.
+    commit_at: Option<Instant>,
+    /// After commit: `Drained` is said (or cannot be: the stream is gone).
+    drained: bool,
 }
 
 impl Source {
@@ -108,6 +117,18 @@ impl Source {
             out,
             sealer: None,
             offset: 0,
+            commit_at: None,
+            drained: false,
+        }
+    }
+
+    /// Whether the driver is done with this machine: failed, or committed
+    /// and the target told the queue is forwarded.
+    pub(crate) fn is_done(&self) -> bool {
+        match self.phase {
+            Phase::Failed => true,
+            Phase::Committed => self.drained,
+            _ => false,
         }
     }
 
@@ -149,6 +170,9 @@ impl Source {
     /// When `handle_timeout` is next due (`None` once settled).
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
+            // The queue at commit is forwarded within a silence, or the
+            // target's hand-over times out anyway: `Drained` goes then.
+            Phase::Committed if !self.drained => Some(self.last_heard + self.timing.silence),
             Phase::Committed | Phase::Failed => None,
             Phase::Resolve => Some(self.next_beat),
             _ => Some(
@@ -193,9 +217,25 @@ impl Source {
                 // The target aborts only before it commits: its word decides.
                 self.settle_failed(Failure::Refused(reason), false);
             }
-            (Phase::Resolve, Body::Verdict(Verdict::Aborted | Verdict::Unknown)) => {
+            (Phase::Resolve, Body::Verdict(Verdict::Aborted)) => {
                 let cause = self.doubt.take().unwrap_or(Failure::InDoubt);
                 self.settle_failed(cause, false);
+            }
+            (Phase::Resolve, Body::Verdict(Verdict::Unknown)) => {
+                // The target keeps a verdict for `retention` after it
+                // settles, and it recorded one before it said `Restored`:
+                // within that time `Unknown` means it restarted and holds
+                // nothing. Later it may have forgotten a commit: the
+                // daemon stays frozen here.
+                let conclusive = self
+                    .commit_at
+                    .is_none_or(|at| now.saturating_duration_since(at) < self.timing.retention);
+                if conclusive {
+                    let cause = self.doubt.take().unwrap_or(Failure::InDoubt);
+                    self.settle_failed(cause, false);
+                } else if !self.finished {
+                    self.finish(Err(Failure::InDoubt));
+                }
             }
             (Phase::Resolve, Body::Verdict(Verdict::Pending)) => {}
             (
@@ -212,9 +252,19 @@ impl Source {
     }
 
     /// The events `Commit` carries (the driver's answer to `Step::Commit`).
-    pub(crate) fn carry(&mut self, events: Vec<CausalEvent>) {
-        if self.phase == Phase::Commit {
+    pub(crate) fn carry(&mut self, now: Instant, events: Vec<CausalEvent>) {
+        if self.phase == Phase::Commit && self.commit_at.is_none() {
+            self.commit_at = Some(now);
             self.send(Body::Commit { events });
+        }
+    }
+
+    /// The events queued at commit are forwarded (the driver's answer to
+    /// `Release`): the target may open its gate.
+    pub(crate) fn forwarded(&mut self, _now: Instant) {
+        if self.phase == Phase::Committed && !self.drained {
+            self.drained = true;
+            self.send(Body::Drained);
         }
     }
 
@@ -236,12 +286,21 @@ impl Source {
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
-            Phase::Committed | Phase::Failed => {}
+            Phase::Committed => {
+                if !self.drained && now >= self.last_heard + self.timing.silence {
+                    self.forwarded(now);
+                }
+            }
+            Phase::Failed => {}
             Phase::Resolve => {
                 if now >= self.timing.deadline && !self.finished {
                     self.finish(Err(Failure::InDoubt));
                 }
-                if now >= self.next_beat {
+                // Past the retention no answer can settle it any more.
+                let expired = self
+                    .commit_at
+                    .is_some_and(|at| now.saturating_duration_since(at) >= self.timing.retention);
+                if now >= self.next_beat && !expired {
                     self.next_beat = now + self.timing.beat;
                     self.out.push_back(Step::Resolve);
                 }
@@ -271,9 +330,19 @@ impl Source {
         }
     }
 
+    /// Bytes of the target's stream arrived (a frame may be incomplete).
+    pub(crate) fn heard(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Failed | Phase::Resolve) {
+            self.last_heard = self.last_heard.max(now);
+        }
+    }
+
     pub(crate) fn connection_lost(&mut self, _now: Instant, reason: String) {
-        if self.phase != Phase::Resolve {
-            self.fail(Failure::ConnectionLost(reason));
+        match self.phase {
+            Phase::Resolve => {}
+            // Nothing more can be said to the target.
+            Phase::Committed => self.drained = true,
+            _ => self.fail(Failure::ConnectionLost(reason)),
         }
     }
 
@@ -319,6 +388,8 @@ impl Source {
 
     fn commit(&mut self, outcomes: Vec<Carried>) {
         self.phase = Phase::Committed;
+        // Resolved on a status stream: the migration stream is gone.
+        self.drained = self.doubt.is_some();
         self.frozen = false;
         self.out.push_back(Step::Release(outcomes));
         if !self.finished {
@@ -340,6 +411,7 @@ fn refusal_for(failure: &Failure) -> Refusal {
     match failure {
         Failure::Cancelled => Refusal::Cancelled,
         Failure::Deadline => Refusal::Deadline,
+        Failure::Silence => Refusal::Protocol("the source heard nothing from the target".into()),
         Failure::Refused(r) => r.clone(),
         other => Refusal::Protocol(format!("{other:?}")),
     }
@@ -455,7 +527,7 @@ mod tests {
             payload: Bytes::from_static(b"waiting"),
             received_at: 0,
         };
-        s.carry(vec![event.clone()]);
+        s.carry(Instant::now(), vec![event.clone()]);
         assert_eq!(
             s.poll(),
             Some(Step::Send(Msg {

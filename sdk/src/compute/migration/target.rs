@@ -52,9 +52,19 @@ pub(crate) enum Step {
     OpenGate,
     /// Drop the restored copy, if any.
     Discard,
-    /// The verdict, for `Status` queries.
+    /// The verdict, for `Status` queries. `Pending` opens the migration's
+    /// entry (answer `recorded`) before the target says `Restored`, so a
+    /// source that sent `Commit` always finds one; `Committed`/`Aborted`
+    /// settle it.
     Settle(Verdict),
 }
+
+/// A state chunk is received into a buffer of at most this much up front;
+/// the buffer grows as the bytes arrive, so a peer that announces a large
+/// state and sends little costs little.
+const RESERVE_UP_FRONT: u64 = 64 << 20;
+/// What the sealed form adds to a state: the marks, the chain, a trailer.
+const SEALED_OVERHEAD: u64 = 64 << 20;
 
 /// The target machine.
 #[derive(Debug)]
@@ -68,18 +78,31 @@ pub(crate) struct Target {
     handover_until: Option<Instant>,
     last_heard: Instant,
     next_beat: Instant,
+    /// The largest state this node accepts (its own limit).
+    limit: u64,
     max: u64,
+    /// The state's size as its first chunk stated.
+    total: u64,
     buf: StateBuf,
     /// The hash of `buf[..hashed]`, kept the trailer's length behind the
     /// end, so checking the snapshot needs no second pass.
     hasher: BodyHasher,
     hashed: usize,
     restored: bool,
+    /// The `Pending` verdict is recorded: the source may ask.
+    recorded: bool,
     out: VecDeque<Step>,
 }
 
 impl Target {
-    pub(crate) fn new(now: Instant, silence: Duration, beat: Duration, handover: Duration) -> Self {
+    /// A target that accepts sealed states of at most `limit` bytes.
+    pub(crate) fn new(
+        now: Instant,
+        silence: Duration,
+        beat: Duration,
+        handover: Duration,
+        limit: u64,
+    ) -> Self {
         Self {
             id: 0,
             phase: Phase::AwaitPrepare,
@@ -90,11 +113,14 @@ impl Target {
             handover_until: None,
             last_heard: now,
             next_beat: now + beat,
+            limit,
             max: 0,
+            total: 0,
             buf: StateBuf::with_capacity(0),
             hasher: BodyHasher::new(Proof::Signed),
             hashed: 0,
             restored: false,
+            recorded: false,
             out: VecDeque::new(),
         }
     }
@@ -136,8 +162,12 @@ impl Target {
                         });
                     }
                     self.version = version;
-                    // The sealed form adds the marks, the chain and a trailer.
-                    self.max = prepare.max_snapshot_bytes.saturating_add(64 << 20);
+                    // The peer's stated size counts only below this node's
+                    // own limit.
+                    self.max = prepare
+                        .max_snapshot_bytes
+                        .saturating_add(SEALED_OVERHEAD)
+                        .min(self.limit);
                     self.hasher = BodyHasher::new(prepare.proof());
                     self.phase = Phase::Check;
                     self.out.push_back(Step::Check(prepare));
@@ -184,9 +214,17 @@ impl Target {
                     });
                 }
                 if offset == 0 {
-                    // One allocation for the whole state (bounded by max).
-                    self.buf = StateBuf::with_capacity(total as usize);
+                    // Room for the state up to a bound; the rest as it
+                    // arrives.
+                    self.total = total;
+                    self.buf = StateBuf::with_capacity(total.min(RESERVE_UP_FRONT) as usize);
+                } else if total != self.total {
+                    return self.abort(Refusal::Protocol(format!(
+                        "chunk says the state is {total} bytes, earlier {}",
+                        self.total
+                    )));
                 }
+                self.buf.grow_for(data.len(), self.total as usize);
                 self.buf.extend_from_slice(&data);
                 // Hash in large steps: hashing is fastest on long inputs,
                 // and chunks may arrive as packet-sized pieces.
@@ -205,7 +243,7 @@ impl Target {
                 let bytes = std::mem::replace(&mut self.buf, StateBuf::with_capacity(0)).freeze();
                 self.out.push_back(Step::Restore(bytes, digest));
             }
-            (Phase::AwaitCommit, Body::Commit { events }) => {
+            (Phase::AwaitCommit, Body::Commit { events }) if self.recorded => {
                 self.phase = Phase::Handover;
                 self.handover_until = Some(now + self.handover);
                 self.out.push_back(Step::Settle(Verdict::Committed));
@@ -271,9 +309,35 @@ impl Target {
             Ok(()) => {
                 self.restored = true;
                 self.phase = Phase::AwaitCommit;
+                // A source that sends `Commit` and then loses the
+                // connection will ask: the entry must exist first.
+                self.out.push_back(Step::Settle(Verdict::Pending));
+            }
+            Err(refusal) => self.abort(refusal),
+        }
+    }
+
+    /// The driver's answer to `Settle(Pending)`: the entry exists (the
+    /// target may say `Restored`), or why it could not be made.
+    pub(crate) fn recorded(&mut self, _now: Instant, result: Result<(), Refusal>) {
+        if self.phase != Phase::AwaitCommit || self.recorded {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.recorded = true;
                 self.send(Body::Restored);
             }
             Err(refusal) => self.abort(refusal),
+        }
+    }
+
+    /// Bytes of the source's stream arrived (a frame may still be
+    /// incomplete): the source is alive. Silence counts bytes, not frames,
+    /// so a large chunk on a slow link does not look like a dead peer.
+    pub(crate) fn heard(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Done | Phase::Aborted) {
+            self.last_heard = self.last_heard.max(now);
         }
     }
 
@@ -285,9 +349,17 @@ impl Target {
                     self.open();
                 }
             }
+            // No migration id yet: nothing to say, nothing to beat for.
+            Phase::AwaitPrepare => {
+                if now >= self.last_heard + self.silence {
+                    self.abort_quietly();
+                }
+            }
             _ => {
                 if now >= self.last_heard + self.silence {
-                    return self.abort(Refusal::Deadline);
+                    return self.abort(Refusal::Silence {
+                        ms: self.silence.as_millis().try_into().unwrap_or(u64::MAX),
+                    });
                 }
                 if now >= self.next_beat {
                     self.next_beat = now + self.beat;
@@ -321,7 +393,9 @@ impl Target {
             self.out.push_back(Step::Discard);
         }
         self.phase = Phase::Aborted;
-        self.out.push_back(Step::Settle(Verdict::Aborted));
+        if self.recorded {
+            self.out.push_back(Step::Settle(Verdict::Aborted));
+        }
     }
 
     fn send(&mut self, body: Body) {

@@ -97,6 +97,11 @@ pub enum Refusal {
     Cancelled,
     /// A deadline passed.
     Deadline,
+    /// The target heard nothing from the source for this long.
+    Silence {
+        /// The target's silence limit, in milliseconds.
+        ms: u64,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -122,6 +127,9 @@ impl std::fmt::Display for Refusal {
             Self::Protocol(m) => write!(f, "protocol violation: {m}"),
             Self::Cancelled => write!(f, "cancelled"),
             Self::Deadline => write!(f, "deadline exceeded"),
+            Self::Silence { ms } => {
+                write!(f, "the target heard nothing from the source for {ms} ms")
+            }
         }
     }
 }

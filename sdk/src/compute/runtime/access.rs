@@ -8,7 +8,7 @@ use dashmap::DashMap;
 use super::{DaemonRuntime, Expected, Hasher, Slot};
 use crate::compute::daemon::MeshDaemon;
 use crate::compute::error::panic_message;
-use crate::compute::migration::wire::Verdict;
+use crate::compute::migration::verdicts::Verdicts;
 use crate::compute::DaemonError;
 
 impl DaemonRuntime {
@@ -81,7 +81,7 @@ impl DaemonRuntime {
     }
 
     /// Incoming migrations' verdicts, by migration id.
-    pub(crate) fn verdicts(&self) -> &DashMap<u64, Verdict, Hasher> {
+    pub(crate) fn verdicts(&self) -> &Arc<Verdicts> {
         &self.inner.verdicts
     }
 

@@ -84,7 +84,7 @@ struct Inner {
     /// Outgoing migrations in progress: origin → migration id.
     migrations: DashMap<u64, u64, Hasher>,
     /// Verdicts of incoming migrations, by migration id (for `Status`).
-    verdicts: DashMap<u64, super::migration::wire::Verdict, Hasher>,
+    verdicts: Arc<super::migration::verdicts::Verdicts>,
     #[cfg(feature = "test-utils")]
     stalls: test_hooks::Stalls,
 }
@@ -121,7 +121,7 @@ impl DaemonRuntime {
                 expected: DashMap::with_hasher(Hasher::default()),
                 migrations: DashMap::with_hasher(Hasher::default()),
                 forwarding: DashMap::with_hasher(Hasher::default()),
-                verdicts: DashMap::with_hasher(Hasher::default()),
+                verdicts: Arc::default(),
                 #[cfg(feature = "test-utils")]
                 stalls: test_hooks::Stalls::default(),
             }),
