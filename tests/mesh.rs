@@ -202,6 +202,12 @@ async fn a_stale_location_is_redirected() {
     // Move it from B to C by snapshot.
     let snap = h.snapshot().await.unwrap().unwrap();
     rt_b.stop(origin).await.unwrap();
+    // One identity, one place: C spawns it once it has heard B let go.
+    assert!(
+        rt_c.mesh()
+            .wait_for(WAIT, |m| m.locate(origin).is_none())
+            .await
+    );
     rt_c.spawn_from_snapshot("counter", id, snap, DaemonHostConfig::default())
         .await
         .unwrap();

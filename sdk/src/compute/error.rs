@@ -45,6 +45,27 @@ pub enum DaemonError {
     /// async `send`, which queues the event and waits.
     #[error("daemon {0:016x} is migrating; the event was not accepted (retry, or use send)")]
     Migrating(u64),
+    /// The daemon is migrating and as many events as its gate holds
+    /// (`limit`) already wait for the hand-over; this one was not
+    /// accepted. Retry after the migration settles.
+    #[error("daemon {origin_hash:016x} is migrating with {limit} events waiting; the event was not accepted (retry later)")]
+    Busy {
+        /// The daemon.
+        origin_hash: u64,
+        /// The most events its gate holds.
+        limit: usize,
+    },
+    /// The daemon's identity is hosted on another node of the mesh: one
+    /// identity runs in one place. Send to it there, or migrate it. The
+    /// directory is gossiped: right after a `stop` on another node, a spawn
+    /// here may be refused until this node has heard of it.
+    #[error("daemon {origin_hash:016x} is already hosted on node {node}")]
+    HostedElsewhere {
+        /// The daemon.
+        origin_hash: u64,
+        /// Where it runs.
+        node: NodeId,
+    },
     /// The event's sequence is at or below the high-water mark of its
     /// origin: it was accepted before (or is sequence 0). The daemon's
     /// state is untouched.

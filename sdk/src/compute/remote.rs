@@ -120,7 +120,9 @@ impl DaemonRuntime {
     /// spawned remotely; the directory will show it.
     ///
     /// # Errors
-    /// As [`spawn`](Self::spawn) (from the remote runtime too), plus
+    /// As [`spawn`](Self::spawn) (from the remote runtime too; an identity
+    /// hosted here or placed elsewhere by the directory is
+    /// `HostedElsewhere`), plus
     /// `CapabilityMismatch` when no connected node meets the requirements
     /// (for `Capable`, the kind must be registered locally to read them)
     /// and `Unreachable`.
@@ -142,6 +144,15 @@ impl DaemonRuntime {
             self.spawn(kind, identity, config).await?;
             return Ok(PlacedDaemon { origin_hash, node });
         }
+        // One identity runs in one place: not here, not elsewhere (the
+        // target checks its own view too).
+        if self.slot_of(origin_hash).is_ok() {
+            return Err(DaemonError::HostedElsewhere {
+                origin_hash,
+                node: mesh.node_id(),
+            });
+        }
+        self.check_not_elsewhere(origin_hash)?;
         let request = Request::Spawn(SpawnRequest {
             kind: kind.to_owned(),
             seed: *identity.keypair().secret_seed(),
@@ -230,6 +241,13 @@ pub(crate) fn from_refusal(refusal: Refusal, origin_hash: u64, node: NodeId) -> 
             kind,
             unmet: format!("{unmet} (on node {})", node.short()),
         },
+        Refusal::Busy { origin_hash, limit } => DaemonError::Busy {
+            origin_hash,
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        },
+        Refusal::HostedElsewhere { origin_hash, node } => {
+            DaemonError::HostedElsewhere { origin_hash, node }
+        }
         Refusal::Failed(reason) => DaemonError::RemoteFailed {
             origin_hash,
             node,

@@ -362,6 +362,13 @@ pub(crate) fn refusal(error: DaemonError) -> Refusal {
         DaemonError::CapabilityMismatch { kind, unmet } => {
             Refusal::CapabilityMismatch { kind, unmet }
         }
+        DaemonError::Busy { origin_hash, limit } => Refusal::Busy {
+            origin_hash,
+            limit: limit as u64,
+        },
+        DaemonError::HostedElsewhere { origin_hash, node } => {
+            Refusal::HostedElsewhere { origin_hash, node }
+        }
         other => Refusal::Failed(other.to_string()),
     }
 }

@@ -176,6 +176,20 @@ pub enum Refusal {
     ShuttingDown,
     /// The daemon (or the spawn) failed; the text says which and why.
     Failed(String),
+    /// The daemon is migrating and its gate is full.
+    Busy {
+        /// The daemon.
+        origin_hash: u64,
+        /// The most events its gate holds.
+        limit: u64,
+    },
+    /// The identity runs on another node.
+    HostedElsewhere {
+        /// The daemon.
+        origin_hash: u64,
+        /// Where it runs.
+        node: NodeId,
+    },
     /// The target node cannot host the daemon's requirements.
     CapabilityMismatch {
         /// The daemon kind.

@@ -14,7 +14,7 @@ use super::api::{
 };
 use super::dispatch::{pump_source, SourceEffects};
 use super::forward::forward;
-use super::gate::FreezeError;
+use super::gate::{FreezeError, MAX_GATE_EVENTS};
 use super::source::{Failure, Source, Timing};
 use super::verdicts::VERDICT_RETENTION;
 use super::wire::{
@@ -562,7 +562,7 @@ impl SourceEffects for OnRuntime<'_> {
             let _ = self.forwarded.send(None);
             return;
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(MAX_GATE_EVENTS);
         let (origin, target) = (self.run.origin_hash, self.run.target);
         let (answered, queued) = self.rt.release(origin, &slot, target, outcomes, tx);
         if answered > 0 {

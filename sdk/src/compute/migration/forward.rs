@@ -20,7 +20,7 @@ pub(super) async fn forward(
     rt: DaemonRuntime,
     origin_hash: u64,
     target: NodeId,
-    mut queue: mpsc::UnboundedReceiver<Queued>,
+    mut queue: mpsc::Receiver<Queued>,
     slot: Arc<Slot>,
     initial: usize,
     drained: oneshot::Sender<Option<Instant>>,

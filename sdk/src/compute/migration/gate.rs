@@ -27,6 +27,63 @@ pub(crate) struct Queued {
     pub(crate) reply: oneshot::Sender<Outcome>,
 }
 
+/// The most events that may wait at one daemon's gate during a migration
+/// (queued while it is frozen or handed over, or being forwarded after it
+/// left). Beyond it a delivery is refused with `DaemonError::Busy`.
+pub const MAX_GATE_EVENTS: usize = 4096;
+/// The most payload bytes that may wait at one daemon's gate.
+pub const MAX_GATE_BYTES: usize = 64 << 20;
+
+/// The events waiting at a gate, in arrival order, bounded by
+/// [`MAX_GATE_EVENTS`] and [`MAX_GATE_BYTES`].
+#[derive(Default)]
+pub(crate) struct Waiting {
+    queue: VecDeque<Queued>,
+    bytes: usize,
+    /// The first this many are carried by `Commit` (their outcomes come
+    /// back by position): they stay, even if their sender gave up.
+    pinned: usize,
+}
+
+impl Waiting {
+    /// Queues `queued`; when the bounds are reached, the events whose
+    /// senders gave up make room first. Gives it back if still full.
+    fn push(&mut self, queued: Queued) -> Result<(), Queued> {
+        let len = queued.event.payload.len();
+        if self.queue.len() >= MAX_GATE_EVENTS || self.bytes + len > MAX_GATE_BYTES {
+            self.drop_abandoned();
+        }
+        if self.queue.len() >= MAX_GATE_EVENTS || self.bytes + len > MAX_GATE_BYTES {
+            return Err(queued);
+        }
+        self.bytes += len;
+        self.queue.push_back(queued);
+        Ok(())
+    }
+
+    /// Drops the waiting events nobody waits for any more (past the pinned
+    /// ones): a sender that timed out and retries must not leave its
+    /// abandoned copies behind.
+    fn drop_abandoned(&mut self) {
+        let mut i = 0;
+        let pinned = self.pinned;
+        let mut freed = 0;
+        self.queue.retain(|q| {
+            i += 1;
+            let keep = i <= pinned || !q.reply.is_closed();
+            if !keep {
+                freed += q.event.payload.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+
+    fn take(self) -> VecDeque<Queued> {
+        self.queue
+    }
+}
+
 /// Where a daemon's events go.
 #[derive(Default)]
 pub(crate) enum Gate {
@@ -34,14 +91,15 @@ pub(crate) enum Gate {
     #[default]
     Open,
     /// Source, drain → commit: queued, not processed.
-    Frozen(VecDeque<Queued>),
+    Frozen(Waiting),
     /// Target, restore → commit: queued (this node does not own it yet).
-    Incoming(VecDeque<Queued>),
+    Incoming(Waiting),
     /// Target, after commit until the source has forwarded its queue:
     /// forwarded events are processed, direct ones wait behind them.
-    Handover(VecDeque<Queued>),
-    /// Source, after commit: everything goes, in order, to the new owner.
-    Forwarding(mpsc::UnboundedSender<Queued>),
+    Handover(Waiting),
+    /// Source, after commit: everything goes, in order, to the new owner
+    /// (at most [`MAX_GATE_EVENTS`] at a time).
+    Forwarding(mpsc::Sender<Queued>),
 }
 
 impl Gate {
@@ -52,9 +110,14 @@ impl Gate {
 
     fn take_queue(&mut self) -> VecDeque<Queued> {
         match std::mem::take(self) {
-            Gate::Frozen(q) | Gate::Incoming(q) | Gate::Handover(q) => q,
+            Gate::Frozen(q) | Gate::Incoming(q) | Gate::Handover(q) => q.take(),
             Gate::Open | Gate::Forwarding(_) => VecDeque::new(),
         }
+    }
+
+    /// A gate for an incoming daemon.
+    pub(crate) fn incoming() -> Self {
+        Gate::Incoming(Waiting::default())
     }
 }
 
@@ -113,15 +176,24 @@ impl DaemonRuntime {
             event: event.clone(),
             reply,
         };
+        let busy = || DaemonError::Busy {
+            origin_hash,
+            limit: MAX_GATE_EVENTS,
+        };
         match &mut *gate {
             Gate::Handover(_) if forwarded => Delivery::Done(host.deliver(event)),
             Gate::Frozen(queue) | Gate::Incoming(queue) | Gate::Handover(queue) => {
-                queue.push_back(queued);
-                Delivery::Pending(rx)
+                match queue.push(queued) {
+                    Ok(()) => Delivery::Pending(rx),
+                    Err(_) => Delivery::Done(Err(busy())),
+                }
             }
-            Gate::Forwarding(to) => match to.send(queued) {
+            Gate::Forwarding(to) => match to.try_send(queued) {
                 Ok(()) => Delivery::Pending(rx),
-                Err(_) => Delivery::Done(Err(DaemonError::NotFound(origin_hash))),
+                Err(mpsc::error::TrySendError::Full(_)) => Delivery::Done(Err(busy())),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Delivery::Done(Err(DaemonError::NotFound(origin_hash)))
+                }
             },
             Gate::Open if host.is_retired() => {
                 Delivery::Done(Err(DaemonError::NotFound(origin_hash)))
@@ -156,13 +228,14 @@ impl DaemonRuntime {
         if slot.gated.load(Ordering::Acquire) {
             match &mut *gate {
                 Gate::Handover(queue) => {
-                    let queue = std::mem::take(queue);
+                    let mut queue = std::mem::take(queue);
+                    queue.pinned = 0;
                     *gate = Gate::Frozen(queue);
                 }
                 _ => return Err(FreezeError::AlreadyMigrating),
             }
         } else {
-            *gate = Gate::Frozen(VecDeque::new());
+            *gate = Gate::Frozen(Waiting::default());
         }
         slot.gated.store(true, Ordering::Release);
         drop(gate);
@@ -210,17 +283,19 @@ impl DaemonRuntime {
         max_bytes: usize,
     ) -> Vec<CausalEvent> {
         let host = slot.lock();
-        let gate = slot.lock_gate();
+        let mut gate = slot.lock_gate();
         let mut events = Vec::new();
         let mut bytes = 0;
-        if let Gate::Frozen(queue) = &*gate {
-            for queued in queue.iter().take(max) {
+        if let Gate::Frozen(waiting) = &mut *gate {
+            for queued in waiting.queue.iter().take(max) {
                 bytes += queued.event.payload.len();
                 if bytes > max_bytes {
                     break;
                 }
                 events.push(queued.event.clone());
             }
+            // Their outcomes come back by position: they stay queued.
+            waiting.pinned = events.len();
         }
         drop(gate);
         drop(host);
@@ -238,7 +313,7 @@ impl DaemonRuntime {
         slot: &Slot,
         target: NodeId,
         carried: Vec<Carried>,
-        forward: mpsc::UnboundedSender<Queued>,
+        forward: mpsc::Sender<Queued>,
     ) -> (usize, usize) {
         let mut host = slot.lock();
         host.retire();
@@ -255,7 +330,14 @@ impl DaemonRuntime {
         }
         let n = queue.len();
         for queued in queue {
-            let _ = forward.send(queued);
+            // The gate held at most MAX_GATE_EVENTS: the channel has room.
+            if let Err(e) = forward.try_send(queued) {
+                let queued = e.into_inner();
+                let _ = queued.reply.send(Err(DaemonError::Busy {
+                    origin_hash,
+                    limit: MAX_GATE_EVENTS,
+                }));
+            }
         }
         *gate = Gate::Forwarding(forward);
         drop(gate);
@@ -286,8 +368,11 @@ impl DaemonRuntime {
     pub(crate) fn activate(&self, origin_hash: u64, slot: &Slot) {
         let host = slot.lock();
         let mut gate = slot.lock_gate();
-        let queue = gate.take_queue();
-        *gate = Gate::Handover(queue);
+        let waiting = match std::mem::take(&mut *gate) {
+            Gate::Frozen(w) | Gate::Incoming(w) | Gate::Handover(w) => w,
+            Gate::Open | Gate::Forwarding(_) => Waiting::default(),
+        };
+        *gate = Gate::Handover(waiting);
         drop(gate);
         drop(host);
         self.mesh().announce(origin_hash);
@@ -311,5 +396,77 @@ impl DaemonRuntime {
         slot.gated.store(false, Ordering::Release);
         drop(host);
         self.remove_slot(origin_hash, slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::CausalLink;
+
+    fn queued(seq: u64, bytes: usize) -> (Queued, oneshot::Receiver<Outcome>) {
+        let (reply, rx) = oneshot::channel();
+        let event = CausalEvent {
+            link: CausalLink {
+                origin_hash: 1,
+                horizon_encoded: 0,
+                sequence: seq,
+                parent_hash: 0,
+            },
+            payload: bytes::Bytes::from(vec![0; bytes]),
+            received_at: 0,
+        };
+        (Queued { event, reply }, rx)
+    }
+
+    #[test]
+    fn a_full_gate_refuses_until_abandoned_events_make_room() {
+        let mut waiting = Waiting::default();
+        let mut waiters = Vec::new();
+        for seq in 1..=MAX_GATE_EVENTS as u64 {
+            let (q, rx) = queued(seq, 0);
+            assert!(waiting.push(q).is_ok());
+            waiters.push(rx);
+        }
+        let (q, _rx) = queued(u64::MAX, 0);
+        assert!(waiting.push(q).is_err(), "full");
+        // Senders that gave up (timed out, will retry) free their places.
+        waiters.truncate(MAX_GATE_EVENTS - 10);
+        let (q, _rx) = queued(u64::MAX, 0);
+        assert!(waiting.push(q).is_ok());
+        assert_eq!(waiting.queue.len(), MAX_GATE_EVENTS - 9);
+        // The survivors keep their order.
+        let seqs: Vec<u64> = waiting
+            .queue
+            .iter()
+            .map(|q| q.event.link.sequence)
+            .collect();
+        assert!(seqs[..seqs.len() - 1].windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn the_gate_bounds_bytes_and_keeps_the_events_commit_carries() {
+        let mut waiting = Waiting::default();
+        let big = MAX_GATE_BYTES / 4;
+        let mut waiters = Vec::new();
+        for seq in 1..=4 {
+            let (q, rx) = queued(seq, big);
+            assert!(waiting.push(q).is_ok());
+            waiters.push(rx);
+        }
+        let (q, _rx) = queued(5, 1);
+        assert!(waiting.push(q).is_err(), "the byte bound holds");
+        // The first two travel in Commit; all four senders give up.
+        waiting.pinned = 2;
+        waiters.clear();
+        let (q, _rx) = queued(5, big);
+        assert!(waiting.push(q).is_ok());
+        let seqs: Vec<u64> = waiting
+            .queue
+            .iter()
+            .map(|q| q.event.link.sequence)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 5], "carried events stay, by position");
+        assert_eq!(waiting.bytes, 3 * big);
     }
 }

@@ -28,6 +28,7 @@ mod violations;
 
 pub use api::{MigrateError, MigrationHandle, MigrationOpts, MigrationPhase, MigrationReport};
 pub use drain::{DrainOpts, DrainProgress, DrainReport, ProgressFn};
+pub use gate::{MAX_GATE_BYTES, MAX_GATE_EVENTS};
 pub use verdicts::{MAX_VERDICTS, VERDICT_RETENTION};
 
 /// Marks the fault point for a frame just written by the source (`true`)

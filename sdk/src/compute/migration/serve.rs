@@ -274,22 +274,17 @@ fn restore(
     };
     let config = rt.expectation(p.origin_hash).map_or_else(
         || DaemonHostConfig {
-            max_snapshot_bytes: p.max_snapshot_bytes,
+            max_snapshot_bytes: p.max_snapshot_bytes.min(MAX_SNAPSHOT_BYTES as u64),
         },
         |e| e.config,
     );
     let host = DaemonHost::restore(daemon, identity.into_keypair(), snapshot, config)
         .map_err(|e| Refusal::RestoreFailed(e.to_string()))?;
     rt.take_expectation(p.origin_hash);
-    rt.insert_slot(
-        p.origin_hash,
-        kind,
-        host,
-        Some(Gate::Incoming(std::collections::VecDeque::new())),
-    )
-    .map_err(|e| match e {
-        DaemonError::AlreadyRegistered(_) => Refusal::AlreadyHosted,
-        DaemonError::ShuttingDown | DaemonError::NotReady => Refusal::NotReady,
-        other => Refusal::RestoreFailed(other.to_string()),
-    })
+    rt.insert_slot(p.origin_hash, kind, host, Some(Gate::incoming()))
+        .map_err(|e| match e {
+            DaemonError::AlreadyRegistered(_) => Refusal::AlreadyHosted,
+            DaemonError::ShuttingDown | DaemonError::NotReady => Refusal::NotReady,
+            other => Refusal::RestoreFailed(other.to_string()),
+        })
 }

@@ -59,10 +59,11 @@ pub(crate) enum Step {
     Settle(Verdict),
 }
 
-/// A state chunk is received into a buffer of at most this much up front;
+/// A state is received into a buffer of at most this much up front (a
+/// 64 MiB state and its seal fit);
 /// the buffer grows as the bytes arrive, so a peer that announces a large
 /// state and sends little costs little.
-const RESERVE_UP_FRONT: u64 = 64 << 20;
+const RESERVE_UP_FRONT: u64 = 80 << 20;
 /// What the sealed form adds to a state: the marks, the chain, a trailer.
 const SEALED_OVERHEAD: u64 = 64 << 20;
 

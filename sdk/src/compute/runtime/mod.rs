@@ -245,7 +245,8 @@ impl DaemonRuntime {
     /// `CapabilityMismatch` (this node does not meet the daemon's
     /// `requirements()`), `AlreadyRegistered` (the identity runs here
     /// already or is reserved by `expect_migration`; the incumbent is left
-    /// untouched).
+    /// untouched), `HostedElsewhere` (the mesh's directory places the
+    /// identity on another node: one identity runs in one place).
     pub async fn spawn(
         &self,
         kind: &str,
@@ -296,6 +297,7 @@ impl DaemonRuntime {
             .expected
             .get(&origin_hash)
             .is_some_and(|held| held.kind != kind);
+        self.check_not_elsewhere(origin_hash)?;
         if reserved_for_other_kind || self.inner.daemons.contains_key(&origin_hash) {
             return Err(DaemonError::AlreadyRegistered(origin_hash));
         }
@@ -481,7 +483,25 @@ impl DaemonRuntime {
         {
             return Err(DaemonError::AlreadyRegistered(origin_hash));
         }
-        Ok(())
+        self.check_not_elsewhere(origin_hash)
+    }
+
+    /// One identity runs in one place: refuses an identity the directory
+    /// places on another node (or that left this node for one).
+    pub(crate) fn check_not_elsewhere(&self, origin_hash: u64) -> Result<(), DaemonError> {
+        let mesh = self.mesh();
+        let moved = self
+            .inner
+            .forwarding
+            .contains_key(&origin_hash)
+            .then(|| mesh.locate(origin_hash))
+            .flatten();
+        match moved.or_else(|| mesh.locate(origin_hash)) {
+            Some(node) if node != mesh.node_id() => {
+                Err(DaemonError::HostedElsewhere { origin_hash, node })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Runs the factory (containing a panic) and checks the daemon's
