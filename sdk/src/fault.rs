@@ -1,6 +1,6 @@
 //! Named fault points for fault-injection tests (feature `test-utils`).
 //!
-//! The protocol drivers call [`point`] at the moments a crash or a stall
+//! The protocol drivers call `point` at the moments a crash or a stall
 //! matters (after `Commit` is written, after the verdict is settled, ...).
 //! Without the feature every call compiles to nothing. With it, a point can
 //! act in two ways:
