@@ -22,6 +22,8 @@ pub(crate) mod verdicts;
 pub mod wire;
 
 #[cfg(test)]
+mod hostile;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod violations;

@@ -130,6 +130,12 @@ impl Target {
         self.id
     }
 
+    /// Bytes reserved for the state being received.
+    #[cfg(test)]
+    pub(crate) fn reserved(&self) -> usize {
+        self.buf.capacity()
+    }
+
     pub(crate) fn phase(&self) -> Phase {
         self.phase
     }
