@@ -43,11 +43,16 @@ mod imp {
     /// Installs `hook`, called with the name of every point reached in this
     /// process (replacing any earlier hook); `None` removes it.
     pub fn set_hook(hook: Option<Hook>) {
-        *HOOK.write().unwrap_or_else(std::sync::PoisonError::into_inner) = hook;
+        *HOOK
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = hook;
     }
 
     pub(crate) fn point(name: &'static str) {
-        if let Some(hook) = &*HOOK.read().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        if let Some(hook) = &*HOOK
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
             hook(name);
         }
         let armed = FROM_ENV.get_or_init(|| {
