@@ -17,6 +17,12 @@ mod support;
 #[path = "faults/points.rs"]
 mod points;
 
+#[path = "faults/blackout.rs"]
+mod blackout;
+
+#[path = "faults/loss.rs"]
+mod loss;
+
 /// Runs the node program when this binary is started as a node process;
 /// does nothing otherwise.
 #[test]

@@ -279,3 +279,63 @@ pub fn outcome_name(outcome: &Option<Outcome>) -> String {
         None => "none".into(),
     }
 }
+
+/// A source and a target process, the target joined through a proxy in
+/// front of the source, so that every packet between them crosses it:
+/// ingress is target → source, egress source → target. A counter with
+/// `ballast` bytes of state runs on the source.
+pub struct ProxiedPair {
+    /// The source (the daemon runs here first).
+    pub src: Arc<NodeProcess>,
+    /// The target.
+    pub dst: Arc<NodeProcess>,
+    /// The proxy in front of the source.
+    pub proxy: cellmesh_suite::faults::UdpProxy,
+    /// The counter's origin hash.
+    pub origin: u64,
+}
+
+/// Starts a [`ProxiedPair`] with the matrix's short idle timeout when
+/// faults are armed (`src_fault`, `dst_fault`), else the nodes' defaults.
+pub async fn proxied_pair(
+    src_fault: Option<String>,
+    dst_fault: Option<String>,
+    ballast: usize,
+    seed: u64,
+) -> ProxiedPair {
+    let short = src_fault.is_some() || dst_fault.is_some();
+    let opts = |fault_at: Option<String>| NodeOpts {
+        fault_at,
+        idle_timeout: short.then_some(IDLE),
+        keep_alive: short.then_some(KEEP_ALIVE),
+        ..NodeOpts::default()
+    };
+    let (src, dst) = tokio::join!(
+        NodeProcess::start(opts(src_fault)),
+        NodeProcess::start(opts(dst_fault))
+    );
+    let (src, dst) = (
+        Arc::new(src.expect("source process starts")),
+        Arc::new(dst.expect("target process starts")),
+    );
+    let proxy = cellmesh_suite::faults::UdpProxy::start(src.addr(), seed)
+        .await
+        .expect("proxy starts");
+    dst.connect(proxy.addr())
+        .await
+        .expect("the target joins through the proxy");
+    assert!(
+        wait_linked(&src, &dst).await,
+        "nodes linked through the proxy"
+    );
+    let origin = src
+        .spawn_counter(fresh_seed(), ballast)
+        .await
+        .expect("spawn a counter");
+    ProxiedPair {
+        src,
+        dst,
+        proxy,
+        origin,
+    }
+}
