@@ -20,8 +20,14 @@ mod points;
 #[path = "faults/blackout.rs"]
 mod blackout;
 
+#[path = "faults/lossy.rs"]
+mod lossy;
+
 #[path = "faults/loss.rs"]
 mod loss;
+
+#[path = "faults/hostile.rs"]
+mod hostile;
 
 /// Runs the node program when this binary is started as a node process;
 /// does nothing otherwise.

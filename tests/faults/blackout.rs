@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use cellmesh_suite::faults::Direction;
+use cellmesh_suite::faults::{Direction, HostState};
 
 use super::support::{
     check_one_owner, outcome_name, proxied_pair, quick_migration, settle, Sender, BOUND, DEADLINE,
@@ -79,6 +79,10 @@ async fn trial(case: String, at: &'static str, dark: Dark, hold: Duration, seed:
     assert!(
         owner.is_some(),
         "{case}: both nodes live but neither owns the daemon (outcome {name}): {hosted:?}"
+    );
+    assert!(
+        hosted.iter().flatten().all(|h| h.state != HostState::Held),
+        "{case}: the migration never resolved (outcome {name}): {hosted:?}"
     );
     if name != "InDoubt" {
         let want = if name == "committed" { 1 } else { 0 };
