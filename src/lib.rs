@@ -1,6 +1,8 @@
 //! Reference daemons shared by the cellmesh examples, integration tests and
 //! benchmarks: a stateless echo and a stateful counter.
 
+pub mod faults;
+
 use bytes::Bytes;
 use cellmesh::capabilities::CapabilityFilter;
 use cellmesh::compute::{CausalEvent, CausalLink, MeshDaemon, ProcessError};
