@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::api::{
@@ -249,7 +250,7 @@ impl Run {
                     Body::Chunk { data, .. } => data.len() as u64,
                     _ => 0,
                 };
-                match write_msg(&mut send, &msg, max).await {
+                match write_msg(&mut send, &msg, max, &mut machine).await {
                     Ok(()) => {
                         super::sent_point(true, &msg.body);
                         fx.run.progress.sent.fetch_add(chunk, Ordering::Relaxed);
@@ -266,9 +267,15 @@ impl Run {
                             }
                         }
                     }
-                    Err(reason) => {
+                    Err(Stop::Lost(reason)) => {
                         open = false;
                         machine.connection_lost(Instant::now(), reason);
+                    }
+                    Err(Stop::Ended) => {
+                        // The migration ended (deadline, silence) while the
+                        // write waited: the target learns it from the reset.
+                        open = false;
+                        let _ = send.reset(STOPPED.into());
                     }
                 }
                 fx.run.set_phase(machine.phase());
@@ -445,25 +452,72 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
     }
 }
 
-/// Writes one message; a state chunk goes out without a copy into a frame.
-async fn write_msg(send: &mut quinn::SendStream, msg: &Msg, max: usize) -> Result<(), String> {
-    match &msg.body {
+/// The stream error code a source resets its stream with when the
+/// migration ended while a write waited.
+const STOPPED: u32 = 1;
+
+/// Why a write did not complete.
+enum Stop {
+    /// The stream or the connection failed.
+    Lost(String),
+    /// The machine ended the migration (deadline, silence) meanwhile.
+    Ended,
+}
+
+/// Writes one message as the stream takes it, in cancel-safe pieces (a
+/// state chunk without a copy into a frame). Each piece the stream accepts
+/// counts as hearing from the target (its flow control let it through),
+/// and the machine's timers run while a piece waits, so a write stalled
+/// past the deadline or the silence bound ends the migration instead of
+/// holding it.
+async fn write_msg(
+    send: &mut quinn::SendStream,
+    msg: &Msg,
+    max: usize,
+    machine: &mut Source,
+) -> Result<(), Stop> {
+    let mut parts = match &msg.body {
         Body::Chunk {
             offset,
             total,
             data,
-        } => {
-            let header = encode_chunk_header(msg.id, *offset, *total, data.len());
-            send.write_all(&header).await.map_err(|e| e.to_string())?;
-            send.write_chunk(data.clone())
-                .await
-                .map_err(|e| e.to_string())
+        } => [
+            Bytes::copy_from_slice(&encode_chunk_header(msg.id, *offset, *total, data.len())),
+            data.clone(),
+        ],
+        _ => [
+            frame::encode(msg, max)
+                .map(Bytes::from)
+                .map_err(|e| Stop::Lost(e.to_string()))?,
+            Bytes::new(),
+        ],
+    };
+    let mut first = 0;
+    while parts[first..].iter().any(|p| !p.is_empty()) {
+        let wake = machine.poll_timeout().map_or_else(
+            || tokio::time::Instant::now() + std::time::Duration::from_secs(1),
+            tokio::time::Instant::from_std,
+        );
+        tokio::select! {
+            written = send.write_chunks(&mut parts[first..]) => {
+                let written = written.map_err(|e| Stop::Lost(e.to_string()))?;
+                first += written.chunks;
+                if written.bytes > 0 {
+                    machine.transmitted(Instant::now());
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {
+                machine.handle_timeout(Instant::now());
+                if matches!(machine.phase(), MigrationPhase::Failed | MigrationPhase::Resolve) {
+                    return Err(Stop::Ended);
+                }
+            }
         }
-        _ => {
-            let bytes = frame::encode(msg, max).map_err(|e| e.to_string())?;
-            send.write_all(&bytes).await.map_err(|e| e.to_string())
+        while first < parts.len() && parts[first].is_empty() {
+            first += 1;
         }
     }
+    Ok(())
 }
 
 /// Asks `target` what became of migration `id`, on a fresh stream.
