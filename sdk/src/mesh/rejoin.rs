@@ -7,9 +7,10 @@
 //! past the idle timeout or was partitioned joins again on its own once the
 //! network lets it:
 //!
-//! - The k-th retry of a target waits a random time in `[d/2, d]` with
-//!   `d = min(FIRST_RETRY · 2^k, MAX_RETRY)`: 125–250 ms, then 250–500 ms,
-//!   … up to 2.5–5 s. Once connectivity is back a target is dialled within
+//! - A link lost is first redialled after 125–250 ms; after the n-th failed
+//!   dial of a target the next waits a random time in `[d/2, d]` with
+//!   `d = min(FIRST_RETRY · 2^n, MAX_RETRY)`: 250–500 ms, 0.5–1 s, … up to
+//!   2.5–5 s. Once connectivity is back a target is dialled within
 //!   [`MAX_RETRY`] (plus one handshake).
 //! - A **seed** is retried for as long as the node runs (it is
 //!   configuration), except one that turns out to be this node. A seed whose
