@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cellmesh::capabilities::{CapabilityFilter, CapabilitySet};
 use cellmesh::compute::{DaemonError, DaemonHostConfig, DaemonRuntime};
-use cellmesh::mesh::{DialError, Mesh, MeshBuilder};
+use cellmesh::mesh::{AdmissionError, DialError, Mesh, MeshBuilder};
 use cellmesh::Identity;
 use cellmesh_suite::{count_of, event, CounterDaemon};
 
@@ -56,19 +56,31 @@ async fn two_nodes_admit_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_psk_is_rejected_on_both_sides() {
-    let a = node_with([1; 32], CapabilitySet::new(), vec![]).await;
+    // Several rounds: which side decides first is a race, and the answer
+    // must not depend on it.
     let b = node().await;
-    let err = a.connect(b.local_addr()).await.expect_err("wrong key");
-    assert!(
-        matches!(err, DialError::Admission(_) | DialError::Refused { .. }),
-        "{err:?}"
-    );
-    assert!(b.wait_for(WAIT, |m| m.admission_failures() == 1).await);
-    assert!(a.peers().is_empty());
-    assert!(
-        b.peers().is_empty(),
-        "no traffic is accepted before the proof"
-    );
+    for round in 1..=10 {
+        let a = node_with([1; 32], CapabilitySet::new(), vec![]).await;
+        let err = a.connect(b.local_addr()).await.expect_err("wrong key");
+        assert!(
+            matches!(err, DialError::Admission(AdmissionError::BadProof(id)) if id == b.node_id()),
+            "round {round}: {err:?}"
+        );
+        assert!(
+            b.wait_for(WAIT, |m| m.admission_failures() == round).await,
+            "round {round}: the acceptor counts it"
+        );
+        assert_eq!(
+            b.admission_stats().bad_proof,
+            round,
+            "round {round}: as a bad proof"
+        );
+        assert!(a.peers().is_empty());
+        assert!(
+            b.peers().is_empty(),
+            "no traffic is accepted before the proof"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,20 +1,22 @@
 //! [`MeshBuilder`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use dashmap::{DashMap, DashSet};
 use quinn::crypto::rustls::QuicServerConfig;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::config::MeshConfig;
+use super::config::{MeshConfig, PRE_ADMISSION_WINDOW};
 use super::error::MeshError;
 use super::node::{own_record, Mesh, Psk, Shared};
 use super::node_id::NodeId;
+use super::rejoin::{DialOutcome, Rejoin};
+use super::stats::AdmissionCounters;
 use super::tls::{self, Credentials};
 use super::wire::{ALPN_CTRL, ALPN_EVENTS};
 use crate::capabilities::CapabilitySet;
@@ -117,6 +119,11 @@ impl MeshBuilder {
     /// # Errors
     /// [`MeshError::Bind`], [`MeshError::Tls`], [`MeshError::InvalidConfig`].
     pub async fn build(self) -> Result<Mesh, MeshError> {
+        if self.config.max_unadmitted == 0 {
+            return Err(MeshError::InvalidConfig(
+                "max_unadmitted must be at least 1".into(),
+            ));
+        }
         if self.config.keep_alive >= self.config.idle_timeout {
             return Err(MeshError::InvalidConfig(format!(
                 "keep_alive {:?} must be below idle_timeout {:?}",
@@ -128,8 +135,7 @@ impl MeshBuilder {
         let server_tls = tls::server_config(&credentials, &[ALPN_CTRL, ALPN_EVENTS, ALPN_MIGRATE])?;
         let crypto = QuicServerConfig::try_from(server_tls)
             .map_err(|e| MeshError::Tls(tls::TlsError::Config(e.to_string())))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(transport(&self.config));
+        let server = server_config(crypto, &self.config);
         let endpoint = bind(server, self.addr, self.config.udp_buffer_bytes).map_err(|source| {
             MeshError::Bind {
                 addr: self.addr,
@@ -145,8 +151,9 @@ impl MeshBuilder {
         let incarnation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
+        let node_id = NodeId::from(identity.entity_id());
         let shared = Arc::new(Shared {
-            node_id: NodeId::from(identity.entity_id()),
+            node_id,
             own_record: own_record(&identity, local_addr, &self.capabilities, incarnation),
             capabilities: self.capabilities,
             psk: self.psk,
@@ -167,20 +174,47 @@ impl MeshBuilder {
             migrate_conns: DashMap::new(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            admission_failures: AtomicU64::new(0),
+            admission: AdmissionCounters::default(),
+            rejoin: Mutex::new(Rejoin::new(
+                node_id,
+                &self.seeds,
+                tokio::time::Instant::now().into_std(),
+                jitter_seed(),
+            )),
+            rejoin_wake: Notify::new(),
             changes: tokio::sync::watch::channel(0).0,
         });
         shared
             .tasks
-            .spawn(super::links::accept_loop(Arc::clone(&shared)));
-        let mesh = Mesh { shared };
-        for seed in self.seeds {
-            if let Err(e) = mesh.connect(seed).await {
-                tracing::warn!(%seed, error = %e, "seed peer unreachable");
+            .spawn(super::admit::accept_loop(Arc::clone(&shared)));
+        // The seeds are dialled once before `build` returns; the rejoin task
+        // retries those that failed, and whoever drops out later.
+        let first = shared
+            .poll_rejoin(|r, now| std::iter::from_fn(|| r.poll_dial(now)).collect::<Vec<_>>());
+        for dial in first {
+            let outcome = super::redial::dial_once(&shared, dial).await;
+            if outcome == DialOutcome::Failed {
+                tracing::warn!(seed = %dial.addr, "seed peer unreachable; retrying in the background");
             }
+            shared.poll_rejoin(|r, now| r.handle_dial_result(now, dial.target, outcome));
         }
-        Ok(mesh)
+        shared.tasks.spawn(super::redial::run(Arc::clone(&shared)));
+        Ok(Mesh { shared })
     }
+}
+
+/// A seed for the rejoin jitter, so that nodes restarted together do not
+/// retry in step.
+fn jitter_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Jitter only spreads retries; the time is random enough for that.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        return u64::from(nanos) ^ u64::from(std::process::id()) << 32;
+    }
+    u64::from_le_bytes(bytes)
 }
 
 /// The node's endpoint on a UDP socket with `buffer` bytes of kernel
@@ -209,16 +243,46 @@ fn bind(
     )
 }
 
-/// The QUIC transport settings derived from `config`.
+/// Connection-level receive window of an admitted connection.
+const ADMITTED_WINDOW: u32 = 32 << 20;
+/// Unidirectional streams an admitted peer may have open (the control feed).
+const ADMITTED_UNI_STREAMS: u32 = 4;
+
+/// The QUIC transport settings derived from `config`, as a connection
+/// starts: until admission the peer may open one bidirectional stream (the
+/// dialer's, for the proof), no unidirectional one, and send at most
+/// [`PRE_ADMISSION_WINDOW`] bytes in all; quinn closes a connection that
+/// goes past these limits. [`open_up`] raises them once the peer is
+/// admitted.
 pub(crate) fn transport(config: &MeshConfig) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok());
     t.keep_alive_interval(Some(config.keep_alive));
-    t.max_concurrent_bidi_streams(config.max_concurrent_requests.into());
-    t.max_concurrent_uni_streams(4u32.into());
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
     t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
-    t.receive_window(quinn::VarInt::from_u32(32 << 20));
+    t.receive_window(quinn::VarInt::from_u32(PRE_ADMISSION_WINDOW));
     Arc::new(t)
+}
+
+/// Gives an admitted peer the full limits: `max_concurrent_requests`
+/// bidirectional streams, the control feed's unidirectional ones, and a
+/// 32 MiB connection window (8 MiB per stream).
+pub(crate) fn open_up(conn: &quinn::Connection, config: &MeshConfig) {
+    conn.set_max_concurrent_bi_streams(config.max_concurrent_requests.into());
+    conn.set_max_concurrent_uni_streams(ADMITTED_UNI_STREAMS.into());
+    conn.set_receive_window(quinn::VarInt::from_u32(ADMITTED_WINDOW));
+}
+
+/// The server side: the pre-admission transport, and little buffered for
+/// connections not yet accepted (the accept loop takes or refuses each at
+/// once; nothing is sent as 0-RTT).
+fn server_config(crypto: QuicServerConfig, config: &MeshConfig) -> quinn::ServerConfig {
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport(config));
+    server.incoming_buffer_size(64 << 10);
+    server.incoming_buffer_size_total((config.max_unadmitted.max(1) as u64) << 16);
+    server
 }
 
 #[cfg(test)]

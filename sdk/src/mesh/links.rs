@@ -4,19 +4,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use quinn::crypto::rustls::{HandshakeData, QuicClientConfig};
-use rustls::pki_types::CertificateDer;
+use quinn::crypto::rustls::QuicClientConfig;
 
-use super::admission::{Admission, AdmissionEvent, Role, EXPORTER_LABEL, PROOF_LEN};
+use super::admission::Role;
+use super::admit::{admit, peer_id, tell, told, AdmitFailure};
 use super::error::DialError;
 use super::feed::{self, Feed, Taken};
 use super::frame::{self, FrameError};
 use super::node::{close, PeerLink, Shared};
 use super::node_id::NodeId;
-use super::tls::{self, node_id_of};
-use super::wire::{Ctrl, SignedRecord, ALPN_CTRL, ALPN_EVENTS};
+use super::tls;
+use super::wire::{Ctrl, SignedRecord, ALPN_CTRL};
 
 /// Dials `addr` for protocol `alpn`, checks the peer's key (pinned when
 /// `expected` is given) and runs admission.
@@ -47,93 +47,15 @@ pub(crate) async fn dial(
         other => connect_err(other.to_string()),
     })?;
     let peer = peer_id(&conn).ok_or_else(|| connect_err("peer presented no node key".into()))?;
-    admit(shared, &conn, Role::Dialer, peer)
+    let deadline = tokio::time::Instant::now() + shared.config.admission_timeout;
+    admit(shared, &conn, Role::Dialer, peer, deadline)
         .await
         .map_err(|e| match e {
             AdmitFailure::Verdict(e) => DialError::Admission(e),
             AdmitFailure::Transport(reason) => DialError::Refused { addr, reason },
         })?;
+    super::builder::open_up(&conn, &shared.config);
     Ok((conn, peer))
-}
-
-/// The peer's node id, from the certificate TLS verified.
-fn peer_id(conn: &quinn::Connection) -> Option<NodeId> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
-    node_id_of(certs.first()?).ok()
-}
-
-enum AdmitFailure {
-    Verdict(super::admission::AdmissionError),
-    Transport(String),
-}
-
-/// Runs the admission exchange on a fresh bidirectional stream.
-async fn admit(
-    shared: &Shared,
-    conn: &quinn::Connection,
-    role: Role,
-    peer: NodeId,
-) -> Result<(), AdmitFailure> {
-    let transport = |e: &dyn std::fmt::Display| AdmitFailure::Transport(e.to_string());
-    let mut exporter = [0u8; 32];
-    conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-        .map_err(|_| AdmitFailure::Transport("TLS exporter unavailable".into()))?;
-    let mut machine = Admission::new(
-        role,
-        shared.psk.bytes(),
-        shared.node_id,
-        peer,
-        &exporter,
-        Instant::now(),
-        shared.config.admission_timeout,
-    );
-    let ours = machine.poll_transmit();
-    let deadline = machine
-        .poll_timeout()
-        .map(tokio::time::Instant::from_std)
-        .unwrap_or_else(tokio::time::Instant::now);
-    let exchange = async {
-        let (mut send, mut recv) = match role {
-            Role::Dialer => conn.open_bi().await.map_err(|e| transport(&e))?,
-            Role::Acceptor => conn.accept_bi().await.map_err(|e| transport(&e))?,
-        };
-        if let Some(proof) = ours {
-            send.write_all(&proof).await.map_err(|e| transport(&e))?;
-            let _ = send.finish();
-        }
-        let mut theirs = [0u8; PROOF_LEN];
-        recv.read_exact(&mut theirs)
-            .await
-            .map_err(|e| transport(&e))?;
-        Ok::<_, AdmitFailure>(theirs)
-    };
-    tokio::select! {
-        proof = exchange => {
-            let proof = match proof {
-                Ok(proof) => proof,
-                Err(e) => {
-                    conn.close(close::ADMISSION.into(), b"admission failed");
-                    return Err(e);
-                }
-            };
-            machine.handle_proof(Instant::now(), &proof);
-        }
-        () = tokio::time::sleep_until(deadline) => machine.handle_timeout(Instant::now()),
-    }
-    match machine.poll_event() {
-        Some(AdmissionEvent::Admitted(_)) => Ok(()),
-        Some(AdmissionEvent::Rejected(e)) => {
-            conn.close(close::ADMISSION.into(), e.to_string().as_bytes());
-            Err(AdmitFailure::Verdict(e))
-        }
-        None => {
-            conn.close(close::ADMISSION.into(), b"admission incomplete");
-            Err(AdmitFailure::Transport("admission incomplete".into()))
-        }
-    }
 }
 
 /// Dials a control link and starts its feed.
@@ -147,18 +69,14 @@ pub(crate) async fn dial_ctrl(
     Ok(peer)
 }
 
-/// Opens our feed to `peer`, registers the link, sends what we know, and
-/// starts reading the peer's feed.
-async fn start_ctrl(
+/// Registers the control link to an admitted `peer` (unless its id is
+/// already connected from another address: see [`Shared::duplicate_of`]),
+/// opens our feed, sends what we know, and starts reading the peer's feed.
+pub(crate) async fn start_ctrl(
     shared: &Arc<Shared>,
     conn: quinn::Connection,
     peer: NodeId,
 ) -> Result<(), DialError> {
-    let lost = |e: &dyn std::fmt::Display| DialError::Lost {
-        peer,
-        reason: e.to_string(),
-    };
-    let send = conn.open_uni().await.map_err(|e| lost(&e))?;
     let feed = Arc::new(Feed::default());
     let mut records = vec![shared.own_record.clone()];
     records.extend(shared.members.iter().map(|r| r.value().clone()));
@@ -168,14 +86,31 @@ async fn start_ctrl(
         feed.send(Ctrl::Located(located));
     }
     let stable_id = conn.stable_id();
-    shared.peers.insert(
-        peer,
-        PeerLink {
-            conn: conn.clone(),
-            feed: Arc::clone(&feed),
-        },
-    );
-    shared.bump();
+    let link = PeerLink {
+        conn: conn.clone(),
+        feed: Arc::clone(&feed),
+    };
+    // Checked and inserted under the map's lock: of two connections with
+    // one id from two addresses, only one is ever listed.
+    if let Err(e) = shared.insert_peer(peer, link) {
+        tell(&conn, &e);
+        return Err(DialError::Admission(e));
+    }
+    super::builder::open_up(&conn, &shared.config);
+    let send = match conn.open_uni().await {
+        Ok(send) => send,
+        Err(e) => {
+            shared.drop_peer(peer, stable_id, super::node::LinkEnd::Lost);
+            return Err(match told(shared, &conn, peer) {
+                Some(e) => DialError::Admission(e),
+                None => DialError::Lost {
+                    peer,
+                    reason: e.to_string(),
+                },
+            });
+        }
+    };
+    shared.on_joined(peer, conn.remote_address());
     tracing::debug!(node = %shared.node_id.short(), peer = %peer.short(), "peer admitted");
     let writer = write_feed(shared.config.max_frame, send, feed);
     let reader = read_feed(Arc::clone(shared), conn.clone(), peer);
@@ -183,18 +118,42 @@ async fn start_ctrl(
     shared.tasks.spawn(async move {
         let cancel = task_shared.cancel.clone();
         // Either half ending means the link is dead.
-        tokio::select! {
+        let left = tokio::select! {
             biased;
-            () = cancel.cancelled() => {}
-            () = reader => {}
-            () = writer => {}
-        }
-        task_shared.drop_peer(peer, stable_id);
+            () = cancel.cancelled() => return,
+            left = reader => left,
+            // After our `Leave`, `Mesh::leave` closes the link after a grace.
+            written = writer => matches!(written, Written::Left),
+        };
+        let end = match conn.close_reason() {
+            _ if left => super::node::LinkEnd::Left,
+            Some(quinn::ConnectionError::ApplicationClosed(c))
+                if c.error_code == close::LEAVE.into() || c.error_code == close::NORMAL.into() =>
+            {
+                super::node::LinkEnd::Left
+            }
+            Some(_) => super::node::LinkEnd::Lost,
+            None => {
+                // A half ended on a live connection (a stuck or finished
+                // feed): the link is given up, so close it.
+                conn.close(close::PROTOCOL.into(), b"control link ended");
+                super::node::LinkEnd::Lost
+            }
+        };
+        task_shared.drop_peer(peer, stable_id, end);
     });
     Ok(())
 }
 
-async fn write_feed(max_frame: usize, mut send: quinn::SendStream, feed: Arc<Feed>) {
+/// How a feed writer ended.
+enum Written {
+    /// After writing `Leave`.
+    Left,
+    /// The stream broke, or the peer stopped reading.
+    Ended,
+}
+
+async fn write_feed(max_frame: usize, mut send: quinn::SendStream, feed: Arc<Feed>) -> Written {
     // A varint origin takes at most 10 bytes: whole messages stay below
     // the frame limit.
     let max_origins = (max_frame / 16).max(1);
@@ -207,7 +166,7 @@ async fn write_feed(max_frame: usize, mut send: quinn::SendStream, feed: Arc<Fee
                     pending = feed::MAX_PENDING,
                     "peer stopped reading its control feed; link given up"
                 );
-                return;
+                return Written::Ended;
             }
         };
         for msg in msgs.iter().chain(leave.then_some(&Ctrl::Leave)) {
@@ -216,29 +175,31 @@ async fn write_feed(max_frame: usize, mut send: quinn::SendStream, feed: Arc<Fee
                 continue;
             };
             if send.write_all(&bytes).await.is_err() {
-                return;
+                return Written::Ended;
             }
         }
         if leave {
             let _ = send.finish();
-            return;
+            return Written::Left;
         }
     }
 }
 
-async fn read_feed(shared: Arc<Shared>, conn: quinn::Connection, peer: NodeId) {
+/// Reads the peer's control feed until it ends; returns whether the peer
+/// said it leaves.
+async fn read_feed(shared: Arc<Shared>, conn: quinn::Connection, peer: NodeId) -> bool {
     let Ok(recv) = conn.accept_uni().await else {
-        return;
+        return false;
     };
     let mut reader = FrameReader::new(recv, shared.config.max_frame);
     loop {
         let msg: Ctrl = match reader.next("control").await {
             Ok(Some(msg)) => msg,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e) => {
                 tracing::warn!(peer = %peer.short(), error = %e, "control protocol violation");
                 conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
-                return;
+                return false;
             }
         };
         match msg {
@@ -259,14 +220,15 @@ async fn read_feed(shared: Arc<Shared>, conn: quinn::Connection, peer: NodeId) {
             }
             Ctrl::Leave => {
                 conn.close(close::LEAVE.into(), b"peer left");
-                return;
+                return true;
             }
         }
     }
 }
 
-/// Records the peer's view and dials members we do not know yet. Only
-/// records signed by their own node are taken.
+/// Records the peer's view. Only records signed by their own node are
+/// taken, never one of this node, nor the old record of a node that left;
+/// the rejoin schedule decides whom to dial.
 fn learn_members(shared: &Arc<Shared>, from: NodeId, records: Vec<SignedRecord>) {
     for signed in records {
         let node = signed.record.node;
@@ -277,10 +239,9 @@ fn learn_members(shared: &Arc<Shared>, from: NodeId, records: Vec<SignedRecord>)
             .members
             .get(&node)
             .is_none_or(|known| known.record.incarnation < signed.record.incarnation);
-        if !newer {
+        if !newer || !shared.on_member(&signed.record) {
             continue;
         }
-        let addr = signed.record.addr;
         // Push what changed our view on to the other peers, so that news of
         // a new member reaches everyone (a record is forwarded only when it
         // is new or newer here, which ends the flood).
@@ -290,16 +251,6 @@ fn learn_members(shared: &Arc<Shared>, from: NodeId, records: Vec<SignedRecord>)
             }
         }
         shared.members.insert(node, signed);
-        if node != from && !shared.peers.contains_key(&node) && shared.node_id < node {
-            // The smaller id dials, so that two nodes learning of each other
-            // at once open one link, not two.
-            let shared2 = Arc::clone(shared);
-            shared.tasks.spawn(async move {
-                if let Err(e) = dial_ctrl(&shared2, addr, Some(node)).await {
-                    tracing::debug!(peer = %node.short(), error = %e, "discovered member unreachable");
-                }
-            });
-        }
     }
     shared.bump();
 }
@@ -428,63 +379,6 @@ impl FrameReader {
         what: &'static str,
     ) -> Result<Option<T>, FrameError> {
         self.buf.next(what)
-    }
-}
-
-/// Accepts connections until the node is cancelled.
-pub(crate) async fn accept_loop(shared: Arc<Shared>) {
-    loop {
-        let incoming = tokio::select! {
-            biased;
-            () = shared.cancel.cancelled() => return,
-            incoming = shared.endpoint.accept() => incoming,
-        };
-        let Some(incoming) = incoming else { return };
-        let shared2 = Arc::clone(&shared);
-        shared.tasks.spawn(async move {
-            if let Err(e) = handle_incoming(&shared2, incoming).await {
-                tracing::debug!(node = %shared2.node_id.short(), error = %e, "inbound connection refused");
-            }
-        });
-    }
-}
-
-async fn handle_incoming(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<(), String> {
-    let conn = incoming.await.map_err(|e| e.to_string())?;
-    let alpn = conn
-        .handshake_data()
-        .and_then(|d| d.downcast::<HandshakeData>().ok())
-        .and_then(|d| d.protocol)
-        .unwrap_or_default();
-    let Some(peer) = peer_id(&conn) else {
-        conn.close(close::ADMISSION.into(), b"no node key");
-        return Err("peer presented no node key".into());
-    };
-    if let Err(e) = admit(shared, &conn, Role::Acceptor, peer).await {
-        shared
-            .admission_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Err(match e {
-            AdmitFailure::Verdict(e) => e.to_string(),
-            AdmitFailure::Transport(e) => e,
-        });
-    }
-    match alpn.as_slice() {
-        ALPN_CTRL => start_ctrl(shared, conn, peer)
-            .await
-            .map_err(|e| e.to_string()),
-        ALPN_EVENTS => {
-            super::events::serve(Arc::clone(shared), conn, peer).await;
-            Ok(())
-        }
-        crate::compute::migration::wire::ALPN_MIGRATE => {
-            super::migrate_link::serve(Arc::clone(shared), conn, peer).await;
-            Ok(())
-        }
-        other => {
-            conn.close(close::PROTOCOL.into(), b"unknown protocol");
-            Err(format!("unknown ALPN {:?}", String::from_utf8_lossy(other)))
-        }
     }
 }
 

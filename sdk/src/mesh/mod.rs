@@ -11,6 +11,7 @@
 //! - Frames are length-prefixed with a checked maximum ([`frame`]).
 
 pub(crate) mod admission;
+mod admit;
 mod builder;
 mod config;
 mod error;
@@ -23,16 +24,20 @@ mod links;
 mod migrate_link;
 mod node;
 mod node_id;
+mod redial;
+mod rejoin;
+mod stats;
 mod tls;
 pub mod wire;
 
 pub use admission::AdmissionError;
 pub use builder::MeshBuilder;
-pub use config::MeshConfig;
+pub use config::{MeshConfig, PRE_ADMISSION_WINDOW};
 pub use error::{DialError, MeshError};
 pub(crate) use handler::MigrationHandler;
 pub(crate) use links::FrameReader;
 pub use node::Mesh;
 pub use node_id::NodeId;
+pub use stats::AdmissionStats;
 pub use tls::TlsError;
 pub use wire::{EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest, Tagged};

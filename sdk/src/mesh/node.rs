@@ -2,31 +2,35 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use dashmap::mapref::entry::Entry;
 use dashmap::{DashMap, DashSet};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admission::AdmissionError;
 use super::config::MeshConfig;
 use super::error::DialError;
 use super::handler::MigrationHandler;
 use super::node_id::NodeId;
+use super::rejoin::Rejoin;
+use super::stats::{AdmissionCounters, AdmissionStats};
 use super::tls::Credentials;
 use super::wire::{Ctrl, MemberRecord, SignedRecord};
 use crate::capabilities::{CapabilityFilter, CapabilitySet};
 use crate::identity::Identity;
 
-/// Application close codes.
+/// Application close codes (admission refusals have their own, in
+/// [`admission::code`](super::admission::code), 0x10 and 0x13–0x15).
 pub(crate) mod close {
     /// Normal close (node dropped).
     pub(crate) const NORMAL: u32 = 0;
-    /// Admission failed.
-    pub(crate) const ADMISSION: u32 = 0x10;
+    /// Admission failed for a reason the close reason states.
+    pub(crate) const ADMISSION: u32 = super::super::admission::code::REFUSED;
     /// The peer broke the protocol (garbage, oversized frame).
     pub(crate) const PROTOCOL: u32 = 0x11;
     /// The node leaves the mesh.
@@ -91,8 +95,22 @@ pub(crate) struct Shared {
     pub(crate) migrate_dials: DashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
-    pub(crate) admission_failures: AtomicU64,
+    /// Inbound connections turned away, by reason.
+    pub(crate) admission: AdmissionCounters,
+    /// Whom to dial again, and when; driven by the rejoin task.
+    pub(crate) rejoin: Mutex<Rejoin>,
+    /// Wakes the rejoin task after an input.
+    pub(crate) rejoin_wake: Notify,
     pub(crate) changes: watch::Sender<u64>,
+}
+
+/// How a control link ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkEnd {
+    /// The peer said it leaves, or closed its connections on purpose.
+    Left,
+    /// Timed out, reset or broken: the peer may come back.
+    Lost,
 }
 
 impl Shared {
@@ -107,8 +125,9 @@ impl Shared {
         }
     }
 
-    /// Forgets a peer whose control link `stable_id` ended.
-    pub(crate) fn drop_peer(&self, peer: NodeId, stable_id: usize) {
+    /// Forgets a peer whose control link `stable_id` ended, and tells the
+    /// rejoin schedule how.
+    pub(crate) fn drop_peer(&self, peer: NodeId, stable_id: usize, end: LinkEnd) {
         let removed = self
             .peers
             .remove_if(&peer, |_, link| link.conn.stable_id() == stable_id)
@@ -117,9 +136,87 @@ impl Shared {
             self.members.remove(&peer);
             self.directory.retain(|_, node| *node != peer);
             self.event_links.remove(&peer);
-            tracing::debug!(node = %self.node_id.short(), peer = %peer.short(), "peer gone");
+            tracing::debug!(node = %self.node_id.short(), peer = %peer.short(), ?end, "peer gone");
+            self.with_rejoin(|r, now| match end {
+                LinkEnd::Left => r.handle_left(now, peer),
+                LinkEnd::Lost => r.handle_lost(now, peer),
+            });
         }
         self.bump();
+    }
+
+    /// The error refusing `peer` connecting from `addr` when its id already
+    /// has a live control link from another address (a second node with its
+    /// key). A link from the same address is the same node reconnecting and
+    /// replaces the old one; so does any link once the old one is closed (a
+    /// restarted node at a new address is let in once its old connection
+    /// has idled out).
+    pub(crate) fn duplicate_of(&self, peer: NodeId, addr: SocketAddr) -> Option<AdmissionError> {
+        let link = self.peers.get(&peer)?;
+        let live_elsewhere =
+            link.conn.close_reason().is_none() && link.conn.remote_address() != addr;
+        live_elsewhere.then_some(AdmissionError::DuplicateId {
+            node: peer,
+            by: self.node_id,
+        })
+    }
+
+    /// Lists `link` as the control link of `peer`, unless `peer` is this
+    /// node or is live from another address ([`duplicate_of`](Self::duplicate_of)),
+    /// checked under the map's lock.
+    pub(crate) fn insert_peer(&self, peer: NodeId, link: PeerLink) -> Result<(), AdmissionError> {
+        if peer == self.node_id {
+            return Err(AdmissionError::OwnId(peer));
+        }
+        match self.peers.entry(peer) {
+            Entry::Occupied(mut held) => {
+                let old = &held.get().conn;
+                if old.close_reason().is_none()
+                    && old.remote_address() != link.conn.remote_address()
+                {
+                    return Err(AdmissionError::DuplicateId {
+                        node: peer,
+                        by: self.node_id,
+                    });
+                }
+                held.insert(link);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(link);
+            }
+        }
+        self.bump();
+        Ok(())
+    }
+
+    /// A control link to `peer` is up.
+    pub(crate) fn on_joined(&self, peer: NodeId, addr: SocketAddr) {
+        self.with_rejoin(|r, now| r.handle_joined(now, peer, addr));
+    }
+
+    /// A verified record arrived; returns whether to take it (not the old
+    /// record of a node that left).
+    pub(crate) fn on_member(&self, record: &MemberRecord) -> bool {
+        self.with_rejoin(|r, now| {
+            r.handle_member(now, record.node, record.addr, record.incarnation)
+        })
+    }
+
+    /// Feeds the rejoin schedule and wakes its task.
+    pub(crate) fn with_rejoin<T>(&self, f: impl FnOnce(&mut Rejoin, std::time::Instant) -> T) -> T {
+        let out = self.poll_rejoin(f);
+        self.rejoin_wake.notify_one();
+        out
+    }
+
+    /// Runs `f` on the rejoin schedule at the current time, without waking
+    /// its task (the task's own polls).
+    pub(crate) fn poll_rejoin<T>(&self, f: impl FnOnce(&mut Rejoin, std::time::Instant) -> T) -> T {
+        let now = tokio::time::Instant::now().into_std();
+        // A panic under this lock would be a bug in the schedule, whose
+        // state stays consistent enough to go on with.
+        let mut rejoin = self.rejoin.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut rejoin, now)
     }
 
     /// Where to dial `node`: the address its live control connection comes
@@ -196,9 +293,21 @@ impl Mesh {
     }
 
     /// How many inbound connections failed admission (wrong key, wrong
-    /// proof, timeout).
+    /// proof, timeout, own or duplicate id); see
+    /// [`admission_stats`](Self::admission_stats) for the reasons.
     pub fn admission_failures(&self) -> u64 {
-        self.shared.admission_failures.load(Ordering::Relaxed)
+        self.shared.admission.snapshot().failed()
+    }
+
+    /// Inbound connections turned away before admission, by reason.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        self.shared.admission.snapshot()
+    }
+
+    /// Inbound connections refused at their first packet because
+    /// `MeshConfig::max_unadmitted` others were already awaiting admission.
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.admission.snapshot().over_limit
     }
 
     /// Connects to the node at `addr`, learning its id from its certificate,
@@ -247,9 +356,11 @@ impl Mesh {
     }
 
     /// Leaves the mesh gracefully: tells every peer (they drop this node at
-    /// once) and closes all connections. The node stays usable for local
-    /// work.
+    /// once and do not dial it again) and closes all connections. The node
+    /// stays usable for local work and dials no one again on its own
+    /// (`connect` still works).
     pub async fn leave(&self) {
+        self.shared.with_rejoin(|r, _| r.stop());
         self.shared.broadcast(&Ctrl::Leave);
         // Give the feeds a moment to flush their last frame.
         tokio::task::yield_now().await;
