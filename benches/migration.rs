@@ -181,13 +181,24 @@ struct RawQuinn {
     client: Option<tokio::runtime::Runtime>,
 }
 
+/// The transport an admitted mesh connection runs with: BBR congestion
+/// control, 8 MiB per stream and 32 MiB per connection.
+fn same_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
+    t.receive_window(quinn::VarInt::from_u32(32 << 20));
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    Arc::new(t)
+}
+
 impl RawQuinn {
     async fn connect() -> Self {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
         let cert_der = cert.cert.der().clone();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-        let server_cfg = quinn::ServerConfig::with_single_cert(vec![cert_der.clone()], key)
+        let mut server_cfg = quinn::ServerConfig::with_single_cert(vec![cert_der.clone()], key)
             .expect("server config");
+        server_cfg.transport_config(same_transport());
         let (server, client) = (own_runtime(), own_runtime());
         let addr = on(&server, async move {
             let endpoint = quinn::Endpoint::new(
@@ -220,8 +231,9 @@ impl RawQuinn {
         let conn = on(&client, async move {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(cert_der).expect("root");
-            let client_cfg =
+            let mut client_cfg =
                 quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client");
+            client_cfg.transport_config(same_transport());
             let mut endpoint = quinn::Endpoint::new(
                 quinn::EndpointConfig::default(),
                 None,
