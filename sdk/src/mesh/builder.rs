@@ -39,6 +39,7 @@ pub struct MeshBuilder {
     identity: Option<Identity>,
     capabilities: CapabilitySet,
     seeds: Vec<SocketAddr>,
+    advertise: Option<SocketAddr>,
     config: MeshConfig,
 }
 
@@ -64,8 +65,17 @@ impl MeshBuilder {
             identity: None,
             capabilities: CapabilitySet::default(),
             seeds: Vec::new(),
+            advertise: None,
             config: MeshConfig::default(),
         })
+    }
+
+    /// The address peers should dial this node at, put in its signed
+    /// membership record (default: the bound address). For a node behind
+    /// NAT or a port forward, or a relay placed in front of it.
+    pub fn advertise_addr(mut self, addr: SocketAddr) -> Self {
+        self.advertise = Some(addr);
+        self
     }
 
     /// The node's key (generated when not set).
@@ -154,7 +164,12 @@ impl MeshBuilder {
         let node_id = NodeId::from(identity.entity_id());
         let shared = Arc::new(Shared {
             node_id,
-            own_record: own_record(&identity, local_addr, &self.capabilities, incarnation),
+            own_record: own_record(
+                &identity,
+                self.advertise.unwrap_or(local_addr),
+                &self.capabilities,
+                incarnation,
+            ),
             capabilities: self.capabilities,
             psk: self.psk,
             config: self.config,

@@ -465,9 +465,9 @@ enum Stop {
 }
 
 /// Writes one message as the stream takes it, in cancel-safe pieces (a
-/// state chunk without a copy into a frame). Each piece the stream accepts
-/// counts as hearing from the target (its flow control let it through),
-/// and the machine's timers run while a piece waits, so a write stalled
+/// state chunk without a copy into a frame). Each piece of a chunk the
+/// stream accepts counts as hearing from the target (its flow control let
+/// it through), and the machine's timers run while a piece waits, so a write stalled
 /// past the deadline or the silence bound ends the migration instead of
 /// holding it.
 async fn write_msg(
@@ -492,6 +492,9 @@ async fn write_msg(
             Bytes::new(),
         ],
     };
+    // Only state chunks count: past the first stream window a chunk moves
+    // only as the target grants credit; a heartbeat moves regardless.
+    let is_chunk = matches!(msg.body, Body::Chunk { .. });
     let mut first = 0;
     while parts[first..].iter().any(|p| !p.is_empty()) {
         let wake = machine.poll_timeout().map_or_else(
@@ -502,7 +505,7 @@ async fn write_msg(
             written = send.write_chunks(&mut parts[first..]) => {
                 let written = written.map_err(|e| Stop::Lost(e.to_string()))?;
                 first += written.chunks;
-                if written.bytes > 0 {
+                if written.bytes > 0 && is_chunk {
                     machine.transmitted(Instant::now());
                 }
             }
