@@ -29,6 +29,9 @@ mod loss;
 #[path = "faults/hostile.rs"]
 mod hostile;
 
+#[path = "faults/gate.rs"]
+mod gate;
+
 /// Runs the node program when this binary is started as a node process;
 /// does nothing otherwise.
 #[test]

@@ -23,6 +23,7 @@
 //! | `spawn SEED_HEX [ballast=BYTES]` | `ok origin=HEX` |
 //! | `migrate ORIGIN NODE [chunk=B] [deadline_ms=N] [silence_ms=N]` | `ok id=HEX`, later `outcome result=committed snapshot_bytes=N` or `outcome result=failed err=NAME -- msg` |
 //! | `send ORIGIN SEQ [from=HEX] [timeout_ms=N]` | `ok count=N` or `err err=NAME` (`Timeout` when not answered in time) |
+//! | `flood ORIGIN N BYTES [from=HEX] [first=SEQ] [timeout_ms=N] [width=N]` | `ok ok=N busy=N timeout=N other=N` |
 //! | `hosted ORIGIN` | `ok state=active\|held\|absent [count=N]` |
 //! | `peers` | `ok peers=HEX,HEX` |
 //! | `rss` | `ok rss_kib=N` |
@@ -306,6 +307,60 @@ async fn command(rt: DaemonRuntime, tag: u64, cmd: String, args: Vec<String>) {
                 Ok(Err(e)) => fail(tag, &e),
                 Err(_) => say(tag, "err", &[("err", "Timeout".into())], ""),
             }
+        }
+        "flood" => {
+            // Senders that give up: N events of BYTES each, `width` at a
+            // time, each send abandoned (its future dropped) after
+            // `timeout_ms`, as a client that times out and retries does.
+            let (Some(origin), Some(n), Some(bytes)) =
+                (origin(), parse_num(arg(1)), parse_num(arg(2)))
+            else {
+                return usage(
+                    tag,
+                    "flood ORIGIN N BYTES [from=HEX] [first=SEQ] [timeout_ms=N] [width=N]",
+                );
+            };
+            let from = opt(&args, "from").unwrap_or(DEFAULT_FROM);
+            let first = opt(&args, "first").unwrap_or(1);
+            let within = Duration::from_millis(opt(&args, "timeout_ms").unwrap_or(5));
+            let width = opt(&args, "width").unwrap_or(32).max(1);
+            let (mut ok, mut busy, mut timeout, mut other) = (0u64, 0u64, 0u64, 0u64);
+            let mut seq = first;
+            let mut left = n;
+            while left > 0 {
+                let batch = left.min(width);
+                let sends = (0..batch).map(|i| {
+                    let rt = rt.clone();
+                    // A buffer of its own per event, as separate clients'.
+                    let payload = Bytes::from(vec![0x5a; bytes as usize]);
+                    let event = event(from, seq + i, payload);
+                    tokio::spawn(async move {
+                        tokio::time::timeout(within, rt.send(origin, event)).await
+                    })
+                });
+                let handles: Vec<_> = sends.collect();
+                for handle in handles {
+                    match handle.await {
+                        Ok(Ok(Ok(_))) => ok += 1,
+                        Ok(Ok(Err(DaemonError::Busy { .. }))) => busy += 1,
+                        Ok(Err(_)) => timeout += 1,
+                        _ => other += 1,
+                    }
+                }
+                seq += batch;
+                left -= batch;
+            }
+            say(
+                tag,
+                "ok",
+                &[
+                    ("ok", ok.to_string()),
+                    ("busy", busy.to_string()),
+                    ("timeout", timeout.to_string()),
+                    ("other", other.to_string()),
+                ],
+                "",
+            );
         }
         "hosted" => {
             let Some(origin) = origin() else {

@@ -512,6 +512,35 @@ impl NodeProcess {
         Self::field(&line, &reply, "count", |v| v.parse().ok())
     }
 
+    /// Sends `n` events of `bytes` each to `origin` from `from`, sequences
+    /// from `first`, `width` at a time, each abandoned after `within`;
+    /// returns how many were (accepted, refused busy, abandoned, other).
+    ///
+    /// # Errors
+    /// No answer within `limit`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn flood(
+        &self,
+        origin: u64,
+        from: u64,
+        first: u64,
+        n: u64,
+        bytes: usize,
+        within: Duration,
+        limit: Duration,
+    ) -> Result<[u64; 4], ProcessError> {
+        let line = format!(
+            "flood {origin:016x} {n} {bytes} from={from} first={first} timeout_ms={}",
+            within.as_millis()
+        );
+        let reply = self.call(&line, limit, None).await?;
+        let mut counts = [0; 4];
+        for (slot, key) in counts.iter_mut().zip(["ok", "busy", "timeout", "other"]) {
+            *slot = Self::field(&line, &reply, key, |v| v.parse().ok())?;
+        }
+        Ok(counts)
+    }
+
     /// Whether daemon `origin` runs here, and its count.
     ///
     /// # Errors

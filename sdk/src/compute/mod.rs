@@ -25,7 +25,8 @@ pub use error::DaemonError;
 pub use handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
 pub use migration::{
     DrainOpts, DrainProgress, DrainReport, MigrateError, MigrationHandle, MigrationOpts,
-    MigrationPhase, MigrationReport,
+    MigrationPhase, MigrationReport, MAX_GATE_BYTES, MAX_GATE_EVENTS, MAX_VERDICTS,
+    VERDICT_RETENTION,
 };
 pub use remote::{PlacedDaemon, Placement};
 pub use runtime::DaemonRuntime;
