@@ -67,7 +67,7 @@ async fn abandoned_sends_to_a_daemon_in_doubt_keep_memory_bounded() {
     assert!(
         grew_mib < ((MAX_GATE_BYTES as u64) >> 20) + 48,
         "{case}: the source grew by {grew_mib} MiB for {} MiB of abandoned events",
-        EVENTS * PAYLOAD as u64 >> 20
+        (EVENTS * PAYLOAD as u64) >> 20
     );
     // The target comes back: the verdict settles it, one owner, nothing
     // accepted lost.
