@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cellmesh::capabilities::{CapabilityFilter, CapabilitySet};
 use cellmesh::compute::{DaemonError, DaemonHostConfig, DaemonRuntime};
-use cellmesh::mesh::{AdmissionError, DialError, Mesh, MeshBuilder};
+use cellmesh::mesh::{AdmissionError, DialError, Mesh, MeshBuilder, Psk};
 use cellmesh::Identity;
 use cellmesh_suite::{count_of, event, CounterDaemon};
 
@@ -52,6 +52,24 @@ async fn two_nodes_admit_each_other() {
     assert!(b.wait_for_peers(1, WAIT).await);
     assert_eq!(b.peers(), vec![a.node_id()]);
     assert_eq!(b.admission_failures(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listens_on_a_host_name_with_a_hex_key() {
+    let psk = Psk::from_hex(&"42".repeat(32)).expect("64 hex digits");
+    let a = MeshBuilder::new("localhost:0", psk)
+        .expect("localhost resolves")
+        .build()
+        .await
+        .expect("bind on localhost");
+    assert!(a.local_addr().ip().is_loopback());
+    assert_ne!(a.local_addr().port(), 0);
+    // The same key as bytes: the nodes admit each other.
+    let b = node().await;
+    assert_eq!(
+        b.connect(a.local_addr()).await.expect("admitted"),
+        a.node_id()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
