@@ -21,7 +21,7 @@ mod snapshot;
 pub use buffer::{set_state_pool_limit, state_pool_limit, StateBuf, STATE_POOL_BYTES};
 pub use causal::{CausalEvent, CausalLink};
 pub use daemon::{MeshDaemon, ProcessError};
-pub use error::DaemonError;
+pub use error::{DaemonError, RemoteRefusal};
 pub use handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
 pub use migration::{
     DrainOpts, DrainProgress, DrainReport, MigrateError, MigrationHandle, MigrationOpts,
