@@ -65,6 +65,8 @@ pub mod cell;
 pub mod compute;
 #[doc(hidden)]
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 pub mod mesh;
 

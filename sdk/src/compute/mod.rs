@@ -13,7 +13,7 @@ mod daemon;
 mod error;
 mod handle;
 mod host;
-pub mod migration;
+pub(crate) mod migration;
 mod remote;
 mod runtime;
 mod snapshot;
@@ -25,7 +25,8 @@ pub use error::{DaemonError, RemoteRefusal};
 pub use handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
 pub use migration::{
     DrainOpts, DrainProgress, DrainReport, MigrateError, MigrationHandle, MigrationOpts,
-    MigrationPhase, MigrationReport,
+    MigrationPhase, MigrationReport, ProgressFn, MAX_GATE_BYTES, MAX_GATE_EVENTS, MAX_VERDICTS,
+    VERDICT_RETENTION,
 };
 pub use remote::{PlacedDaemon, Placement};
 pub use runtime::DaemonRuntime;

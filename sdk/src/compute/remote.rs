@@ -5,7 +5,7 @@ use super::causal::CausalEvent;
 use super::error::{DaemonError, RemoteRefusal};
 use super::handle::DaemonHostConfig;
 use super::runtime::DaemonRuntime;
-use crate::mesh::{EventReply, EventRequest, NodeId, Refusal, Reply, Request, SpawnRequest};
+use crate::mesh::{EventRefusal, EventReply, EventRequest, NodeId, Reply, Request, SpawnRequest};
 use crate::Identity;
 
 /// Redirects a send follows before giving up.
@@ -106,7 +106,7 @@ impl DaemonRuntime {
                     mesh.learn_location(origin_hash, next, addr);
                 }
                 EventReply::Refused(refusal) => {
-                    if matches!(refusal, Refusal::NotFound(_)) {
+                    if matches!(refusal, EventRefusal::NotFound(_)) {
                         mesh.forget_location(origin_hash, node);
                     }
                     return Err(from_refusal(refusal, origin_hash, node));
@@ -231,35 +231,35 @@ fn unexpected(origin_hash: u64, node: NodeId) -> DaemonError {
 /// The error for `node`'s refusal of a request about daemon `origin_hash`:
 /// [`DaemonError::Remote`] naming the node where the refusal holds there
 /// only.
-pub(crate) fn from_refusal(refusal: Refusal, origin_hash: u64, node: NodeId) -> DaemonError {
+pub(crate) fn from_refusal(refusal: EventRefusal, origin_hash: u64, node: NodeId) -> DaemonError {
     let remote = |refusal| DaemonError::Remote {
         node,
         origin_hash,
         refusal,
     };
     match refusal {
-        Refusal::NotFound(_) => remote(RemoteRefusal::NotHosted),
-        Refusal::Duplicate {
+        EventRefusal::NotFound(_) => remote(RemoteRefusal::NotHosted),
+        EventRefusal::Duplicate {
             origin_hash,
             sequence,
         } => DaemonError::Duplicate {
             origin_hash,
             sequence,
         },
-        Refusal::NotReady => remote(RemoteRefusal::NotReady),
-        Refusal::ShuttingDown => remote(RemoteRefusal::ShuttingDown),
-        Refusal::CapabilityMismatch { kind, unmet } => DaemonError::CapabilityMismatch {
+        EventRefusal::NotReady => remote(RemoteRefusal::NotReady),
+        EventRefusal::ShuttingDown => remote(RemoteRefusal::ShuttingDown),
+        EventRefusal::CapabilityMismatch { kind, unmet } => DaemonError::CapabilityMismatch {
             kind,
             unmet: format!("{unmet} (on node {})", node.short()),
         },
-        Refusal::Busy { origin_hash, limit } => DaemonError::Busy {
+        EventRefusal::Busy { origin_hash, limit } => DaemonError::Busy {
             origin_hash,
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
         },
-        Refusal::HostedElsewhere { origin_hash, node } => {
+        EventRefusal::HostedElsewhere { origin_hash, node } => {
             DaemonError::HostedElsewhere { origin_hash, node }
         }
-        Refusal::Failed(reason) => DaemonError::RemoteFailed {
+        EventRefusal::Failed(reason) => DaemonError::RemoteFailed {
             origin_hash,
             node,
             reason,
@@ -271,12 +271,12 @@ pub(crate) fn from_refusal(refusal: Refusal, origin_hash: u64, node: NodeId) -> 
 /// migration: a target that does not host the daemon any more reads as
 /// `NotFound` here, so that the waiting sender routes the event again.
 pub(crate) fn from_forward_refusal(
-    refusal: Refusal,
+    refusal: EventRefusal,
     origin_hash: u64,
     node: NodeId,
 ) -> DaemonError {
     match refusal {
-        Refusal::NotFound(o) => DaemonError::NotFound(o),
+        EventRefusal::NotFound(o) => DaemonError::NotFound(o),
         other => from_refusal(other, origin_hash, node),
     }
 }
