@@ -295,7 +295,7 @@ mod tests {
     fn psk_must_be_64_hex_digits() {
         assert_eq!(
             parse_psk(&format!(" {}\n", "ab".repeat(32))).expect("valid"),
-            Psk::from([0xab; 32])
+            Psk::from_bytes([0xab; 32])
         );
         assert!(parse_psk("abc").is_err());
         let e = parse_psk(&"zz".repeat(32))

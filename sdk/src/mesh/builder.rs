@@ -59,7 +59,7 @@ impl MeshBuilder {
     /// `"localhost:7000"`, a `String` or a [`SocketAddr`]. A host name is
     /// resolved here (a blocking lookup, as `UdpSocket::bind` does);
     /// `build` binds the first address that can be bound. `psk` is a
-    /// [`Psk`] or its 32 bytes (`&[u8; 32]`, `[u8; 32]`).
+    /// [`Psk`] (owned or borrowed) or its 32 bytes as `&[u8; 32]`.
     ///
     /// # Errors
     /// [`MeshError::InvalidAddress`] naming `addr` when it does not resolve,
@@ -362,19 +362,18 @@ mod tests {
             Err(MeshError::WeakPsk)
         ));
         assert!(matches!(
-            MeshBuilder::new("127.0.0.1:0", Psk::from([0; 32])),
+            MeshBuilder::new("127.0.0.1:0", Psk::from_bytes([0; 32])),
             Err(MeshError::WeakPsk)
         ));
     }
 
     #[test]
     fn addresses_and_keys_come_in_every_usual_form() {
-        let psk = Psk::from([9; 32]);
+        let psk = Psk::from_bytes([9; 32]);
         let socket: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
         for builder in [
             MeshBuilder::new("127.0.0.1:0", &[9u8; 32]),
-            MeshBuilder::new(String::from("127.0.0.1:0"), [9u8; 32]),
-            MeshBuilder::new(&String::from("127.0.0.1:0"), &psk),
+            MeshBuilder::new(String::from("127.0.0.1:0"), &psk),
             MeshBuilder::new(socket, psk.clone()),
         ] {
             let builder = builder.expect("valid address and key");

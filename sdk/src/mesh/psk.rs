@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 ///
 /// Zeroized on drop; `Debug` never prints it, and neither do the errors
 /// of [`from_hex`](Psk::from_hex). [`MeshBuilder::new`](super::MeshBuilder::new)
-/// takes anything that converts into one, a `[u8; 32]` included, and
+/// takes a `Psk` or a `&[u8; 32]`, and
 /// refuses the all-zero key.
 ///
 /// ```
@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 ///
 /// // As an operator would write it (`openssl rand -hex 32`).
 /// let psk = Psk::from_hex(&"5a".repeat(32))?;
-/// assert_eq!(psk, Psk::from([0x5a; 32]));
+/// assert_eq!(psk, Psk::from_bytes([0x5a; 32]));
 /// assert_eq!(format!("{psk:?}"), "Psk(<redacted>)");
 ///
 /// assert!(matches!(Psk::from_hex("abc"), Err(PskError::Length(3))));
@@ -58,6 +58,16 @@ impl Psk {
         Ok(Self(key))
     }
 
+    /// The key made of these 32 bytes.
+    ///
+    /// (`From<&[u8; 32]>` does the same for a borrowed array, which is what
+    /// [`MeshBuilder::new`](super::MeshBuilder::new) takes besides a `Psk`;
+    /// there is deliberately no `From<[u8; 32]>`, so that passing `&key`
+    /// there stays the one natural spelling.)
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
     /// A fresh key from the operating system's random source, for a new
     /// mesh. Every node of the mesh needs the same key: hand it to them
     /// with [`as_bytes`](Psk::as_bytes).
@@ -80,12 +90,6 @@ impl Psk {
     /// Whether every byte is zero: almost certainly an unset key.
     pub(crate) fn is_zero(&self) -> bool {
         self.0.iter().all(|b| *b == 0)
-    }
-}
-
-impl From<[u8; 32]> for Psk {
-    fn from(bytes: [u8; 32]) -> Self {
-        Self(Zeroizing::new(bytes))
     }
 }
 
@@ -153,13 +157,13 @@ mod tests {
 
     #[test]
     fn debug_is_redacted_and_generate_is_random() {
-        let psk = Psk::from([0xab; 32]);
+        let psk = Psk::from_bytes([0xab; 32]);
         let text = format!("{psk:?}");
         assert!(!text.to_lowercase().contains("ab"), "{text}");
         assert_eq!(text, "Psk(<redacted>)");
         let (a, b) = (Psk::generate(), Psk::generate());
         assert_ne!(a, b);
         assert!(!a.is_zero());
-        assert!(Psk::from([0; 32]).is_zero());
+        assert!(Psk::from_bytes([0; 32]).is_zero());
     }
 }
