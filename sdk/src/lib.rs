@@ -67,7 +67,7 @@
 //! `tracing-subscriber` with its `env-filter` feature, and choose what to
 //! see with `RUST_LOG`:
 //!
-//! ```ignore
+//! ```text
 //! // Cargo.toml: tracing-subscriber = { version = "0.3", features = ["env-filter"] }
 //! tracing_subscriber::fmt()
 //!     .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
