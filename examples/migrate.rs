@@ -58,7 +58,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 match rt.send(daemon, event(100 + s, seq, Bytes::new())).await {
                     Ok(_) => sent = seq,
                     // Retried at once: the directory catches up.
-                    Err(DaemonError::NotFound(_) | DaemonError::Unreachable { .. }) => {}
+                    Err(
+                        DaemonError::NotFound(_)
+                        | DaemonError::NotLocated(_)
+                        | DaemonError::Remote { .. }
+                        | DaemonError::Unreachable { .. },
+                    ) => {}
                     Err(e) => return Err(e),
                 }
             }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cellmesh::cell::backend::StubBackend;
+use cellmesh::cell::StubBackend;
 use cellmesh::cell::{
     CellBackend, CellError, CellHandle, CellHost, ExecutionCellDocument, ProcessBackend,
     ProcessBackendConfig, RunLimits, TerminalState, FORCED_EXIT_CODE,

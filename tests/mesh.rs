@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cellmesh::capabilities::{CapabilityFilter, CapabilitySet};
-use cellmesh::compute::{DaemonError, DaemonHostConfig, DaemonRuntime};
-use cellmesh::mesh::{AdmissionError, DialError, Mesh, MeshBuilder};
+use cellmesh::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, RemoteRefusal};
+use cellmesh::mesh::{AdmissionError, DialError, Mesh, MeshBuilder, Psk};
 use cellmesh::Identity;
 use cellmesh_suite::{count_of, event, CounterDaemon};
 
@@ -52,6 +52,24 @@ async fn two_nodes_admit_each_other() {
     assert!(b.wait_for_peers(1, WAIT).await);
     assert_eq!(b.peers(), vec![a.node_id()]);
     assert_eq!(b.admission_failures(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listens_on_a_host_name_with_a_hex_key() {
+    let psk = Psk::from_hex(&"42".repeat(32)).expect("64 hex digits");
+    let a = MeshBuilder::new("localhost:0", psk)
+        .expect("localhost resolves")
+        .build()
+        .await
+        .expect("bind on localhost");
+    assert!(a.local_addr().ip().is_loopback());
+    assert_ne!(a.local_addr().port(), 0);
+    // The same key as bytes: the nodes admit each other.
+    let b = node().await;
+    assert_eq!(
+        b.connect(a.local_addr()).await.expect("admitted"),
+        a.node_id()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,6 +259,74 @@ async fn a_stale_location_is_redirected() {
         Some(c_id),
         "the redirect updated the cache"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_from_another_node_names_that_node() {
+    let (a, b) = (node().await, node().await);
+    a.connect(b.local_addr()).await.unwrap();
+    let b_id = b.node_id();
+    let rt_a = runtime(a).await;
+    let origin = Identity::generate().keypair().origin_hash();
+    // B has no runtime started: it refuses as not ready, and the error
+    // says the refusal is B's, not this node's.
+    rt_a.mesh().set_location(origin, b_id);
+    let err = rt_a.send(origin, tick(1, 1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DaemonError::Remote { node, origin_hash, refusal: RemoteRefusal::NotReady }
+                if node == b_id && origin_hash == origin
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(&b_id.to_string()), "names the node: {text}");
+    assert!(
+        !text.contains("the daemon runtime is not started"),
+        "{text}"
+    );
+    // B serving but not hosting the daemon: refused as not hosted there,
+    // and A forgets the stale location.
+    let _rt_b = runtime(b).await;
+    rt_a.mesh().set_location(origin, b_id);
+    let err = rt_a.send(origin, tick(1, 1)).await.unwrap_err();
+    assert!(
+        matches!(err, DaemonError::Remote { node, refusal: RemoteRefusal::NotHosted, .. } if node == b_id),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("on this node"), "{err}");
+    assert_eq!(rt_a.mesh().locate(origin), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_a_daemon_whose_node_left_does_not_blame_this_node() {
+    let (a, b) = (node().await, node().await);
+    a.connect(b.local_addr()).await.unwrap();
+    let (rt_a, rt_b) = (runtime(a).await, runtime(b).await);
+    let h = rt_b
+        .spawn("counter", Identity::generate(), DaemonHostConfig::default())
+        .await
+        .unwrap();
+    let origin = h.origin_hash;
+    assert!(
+        rt_a.mesh()
+            .wait_for(WAIT, |m| m.locate(origin).is_some())
+            .await
+    );
+    rt_a.send(origin, tick(1, 1))
+        .await
+        .expect("reachable while B is up");
+    rt_b.mesh().leave().await;
+    assert!(rt_a.mesh().wait_for(WAIT, |m| m.peers().is_empty()).await);
+    let err = rt_a.send(origin, tick(1, 2)).await.unwrap_err();
+    assert!(
+        matches!(err, DaemonError::NotLocated(o) if o == origin),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(!text.contains("not found on this node"), "{text}");
+    assert!(text.contains("left or failed"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ fn free_port() -> SocketAddr {
 async fn a_node_is_dialled_at_the_address_it_advertises() {
     let a_addr = free_port();
     let proxy = UdpProxy::start(a_addr, 7).await.expect("proxy");
-    let a = MeshBuilder::new(&a_addr.to_string(), &PSK)
+    let a = MeshBuilder::new(a_addr, &PSK)
         .unwrap()
         .advertise_addr(proxy.addr())
         .build()

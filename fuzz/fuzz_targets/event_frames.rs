@@ -6,8 +6,8 @@
 
 #![no_main]
 
-use cellmesh::mesh::frame::{self, FrameBuf};
-use cellmesh::mesh::{Reply, Request, Tagged};
+use cellmesh::fuzzing::frame::{self, FrameBuf};
+use cellmesh::fuzzing::mesh_wire::{Reply, Request, Tagged};
 use libfuzzer_sys::fuzz_target;
 
 const MAX: usize = 64 << 10;

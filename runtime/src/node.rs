@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cellmesh::capabilities::CapabilitySet;
 use cellmesh::compute::DaemonRuntime;
-use cellmesh::mesh::MeshBuilder;
+use cellmesh::mesh::{MeshBuilder, Psk, PskError};
 use cellmesh::Identity;
 
 use crate::demo::Counter;
@@ -120,23 +120,17 @@ pub fn parse(args: &[String]) -> Result<NodeArgs, NodeError> {
 ///
 /// # Errors
 /// [`NodeError::Psk`] saying what is wrong (never echoing the key).
-pub fn parse_psk(text: &str) -> Result<[u8; 32], NodeError> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return Err(NodeError::Psk(format!(
-            "expected 64 hex digits, got {} characters",
-            text.len()
-        )));
-    }
-    let mut psk = [0u8; 32];
-    for (i, byte) in psk.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-            .map_err(|_| NodeError::Psk(format!("non-hex digit near position {}", 2 * i)))?;
-    }
-    Ok(psk)
+pub fn parse_psk(text: &str) -> Result<Psk, NodeError> {
+    Psk::from_hex(text).map_err(|e| {
+        NodeError::Psk(match e {
+            PskError::Length(n) => format!("expected 64 hex digits, got {n} characters"),
+            PskError::NotHex(at) => format!("non-hex digit at position {at}"),
+            other => other.to_string(),
+        })
+    })
 }
 
-fn load_psk(args: &NodeArgs) -> Result<[u8; 32], NodeError> {
+fn load_psk(args: &NodeArgs) -> Result<Psk, NodeError> {
     match &args.psk_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -198,7 +192,7 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
         .tags
         .iter()
         .fold(CapabilitySet::new(), |set, tag| set.with_tag(tag.clone()));
-    let mesh = MeshBuilder::new(&args.listen.to_string(), &psk)
+    let mesh = MeshBuilder::new(args.listen, psk)
         .map_err(|e| NodeError::Mesh(e.to_string()))?
         .identity(identity)
         .capabilities(capabilities)
@@ -299,7 +293,10 @@ mod tests {
 
     #[test]
     fn psk_must_be_64_hex_digits() {
-        assert_eq!(parse_psk(&"ab".repeat(32)).expect("valid"), [0xab; 32]);
+        assert_eq!(
+            parse_psk(&format!(" {}\n", "ab".repeat(32))).expect("valid"),
+            Psk::from_bytes([0xab; 32])
+        );
         assert!(parse_psk("abc").is_err());
         let e = parse_psk(&"zz".repeat(32))
             .expect_err("not hex")

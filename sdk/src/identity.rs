@@ -81,6 +81,15 @@ impl EntityId {
     }
 }
 
+impl std::str::FromStr for EntityId {
+    type Err = IdentityError;
+
+    /// As [`EntityId::from_hex`].
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::from_hex(text)
+    }
+}
+
 impl fmt::Display for EntityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex(&self.0))

@@ -57,6 +57,23 @@
 //! assert!(rt.deliver(daemon.origin_hash, &event).is_err());
 //! # Ok(()) }
 //! ```
+//!
+//! ## Logs
+//!
+//! The SDK logs through [`tracing`](https://docs.rs/tracing) and installs
+//! nothing itself: without a subscriber its diagnostics (a seed peer
+//! unreachable, a refused connection, a migration's phases, a daemon
+//! that panicked) go nowhere. Install one in your binary, for example
+//! `tracing-subscriber` with its `env-filter` feature, and choose what to
+//! see with `RUST_LOG`:
+//!
+//! ```text
+//! // Cargo.toml: tracing-subscriber = { version = "0.3", features = ["env-filter"] }
+//! tracing_subscriber::fmt()
+//!     .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+//!     .init();
+//! // then run with RUST_LOG=cellmesh=debug (or info, warn, ...)
+//! ```
 #![deny(missing_docs)]
 
 mod assertions;
@@ -65,6 +82,8 @@ pub mod cell;
 pub mod compute;
 #[doc(hidden)]
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 pub mod mesh;
 

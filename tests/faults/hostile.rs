@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cellmesh::compute::migration::wire::{Body, Msg, Prepare, Refusal};
-use cellmesh::mesh::{frame, Mesh, MeshBuilder, NodeId};
+use cellmesh::fuzzing::frame;
+use cellmesh::fuzzing::migration_wire::{Body, MigrationRefusal, Msg, Prepare};
+use cellmesh::mesh::{Mesh, MeshBuilder, NodeId};
 use cellmesh::Identity;
 use cellmesh_suite::faults::node::{parse_node_id, PSK};
 use cellmesh_suite::faults::{Direction, HostState, NodeProcess};
@@ -142,7 +143,7 @@ async fn oversized(case: &str, total: u64) {
         matches!(
             answer,
             Some(Msg {
-                body: Body::Abort(Refusal::TooLarge { .. }),
+                body: Body::Abort(MigrationRefusal::TooLarge { .. }),
                 ..
             })
         ),

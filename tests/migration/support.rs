@@ -81,6 +81,8 @@ pub async fn send_until_accepted(
             Err(DaemonError::Duplicate { .. }) => return None,
             Err(
                 DaemonError::NotFound(_)
+                | DaemonError::NotLocated(_)
+                | DaemonError::Remote { .. }
                 | DaemonError::Unreachable { .. }
                 | DaemonError::Migrating(_)
                 | DaemonError::TooManyRedirects(_),

@@ -12,7 +12,7 @@
 //! - [`CellBackend`] — hosts: [`ProcessBackend`] runs the command as a
 //!   child process.
 
-pub mod backend;
+mod backend;
 mod event;
 mod host;
 #[cfg(feature = "jetstream")]
@@ -23,9 +23,12 @@ mod projection;
 mod sign;
 mod spec;
 
+#[cfg(any(test, feature = "test-utils"))]
+#[doc(hidden)]
+pub use backend::StubBackend;
 pub use backend::{
-    CellBackend, CellError, CellHandle, CellHost, ExitReport, FederatedBackend, ProcessBackend,
-    ProcessBackendConfig, TeardownReport,
+    BackendFuture, CellBackend, CellError, CellHandle, CellHost, ExitReport, FederatedBackend,
+    ProcessBackend, ProcessBackendConfig, TeardownReport,
 };
 pub use event::{
     rfc3339, CellEventKind, CellEvents, CloudEventV1, EventContext, TerminalState,

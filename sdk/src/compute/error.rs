@@ -40,6 +40,29 @@ pub enum DaemonError {
     /// No daemon with this origin hash runs on this node.
     #[error("daemon {0:016x} not found on this node")]
     NotFound(u64),
+    /// A [`send`](super::DaemonRuntime::send) found the daemon neither on
+    /// this node nor in the mesh's location directory: it was never
+    /// spawned, or was stopped, or the node it lived on left the mesh or
+    /// failed (the directory forgets the daemons of a node that goes).
+    #[error(
+        "daemon {0:016x} is not on this node and no node of the mesh is known to host it \
+         (never spawned, stopped, or its node left or failed)"
+    )]
+    NotLocated(u64),
+    /// Another node refused a request about the daemon for a reason that
+    /// holds on that node only (its runtime is not serving, or it does
+    /// not host the daemon). Refusals that mean the same wherever they
+    /// come from keep their own variants: `Duplicate`, `Busy`,
+    /// `HostedElsewhere`, `CapabilityMismatch`, `RemoteFailed`.
+    #[error("node {node} refused the request for daemon {origin_hash:016x}: {refusal}")]
+    Remote {
+        /// The node that refused.
+        node: NodeId,
+        /// The daemon the request was about.
+        origin_hash: u64,
+        /// Why it refused.
+        refusal: RemoteRefusal,
+    },
     /// The daemon is being migrated: the synchronous `deliver` cannot wait
     /// for the hand-over, so the event was not accepted. Retry, or use the
     /// async `send`, which queues the event and waits.
@@ -132,6 +155,30 @@ pub enum DaemonError {
     /// Another runtime is started on this mesh node.
     #[error("another daemon runtime is already started on mesh node {0}")]
     MeshAlreadyBound(NodeId),
+}
+
+/// Why another node refused a request about a daemon
+/// ([`DaemonError::Remote`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteRefusal {
+    /// Its daemon runtime is not started (yet).
+    NotReady,
+    /// Its daemon runtime is shutting down.
+    ShuttingDown,
+    /// It does not host the daemon: the directory that sent the request
+    /// there was out of date (this node forgets that location).
+    NotHosted,
+}
+
+impl std::fmt::Display for RemoteRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::NotReady => "its daemon runtime is not started yet",
+            Self::ShuttingDown => "its daemon runtime is shutting down",
+            Self::NotHosted => "the daemon does not run there",
+        })
+    }
 }
 
 impl From<ProcessError> for DaemonError {

@@ -16,6 +16,17 @@ pub struct DaemonStats {
 }
 
 /// How a daemon is hosted.
+///
+/// Build it from [`Default`] with the setters (the struct is
+/// `#[non_exhaustive]`, so a struct literal does not compile outside this
+/// crate):
+///
+/// ```
+/// use cellmesh::compute::DaemonHostConfig;
+///
+/// let config = DaemonHostConfig::default().max_snapshot_bytes(64 << 20);
+/// assert_eq!(config.max_snapshot_bytes, 64 << 20);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DaemonHostConfig {
@@ -30,6 +41,15 @@ impl Default for DaemonHostConfig {
         Self {
             max_snapshot_bytes: 1 << 30,
         }
+    }
+}
+
+impl DaemonHostConfig {
+    /// Sets `max_snapshot_bytes`.
+    #[must_use]
+    pub fn max_snapshot_bytes(mut self, bytes: u64) -> Self {
+        self.max_snapshot_bytes = bytes;
+        self
     }
 }
 

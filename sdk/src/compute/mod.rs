@@ -13,7 +13,7 @@ mod daemon;
 mod error;
 mod handle;
 mod host;
-pub mod migration;
+pub(crate) mod migration;
 mod remote;
 mod runtime;
 mod snapshot;
@@ -21,11 +21,11 @@ mod snapshot;
 pub use buffer::{set_state_pool_limit, state_pool_limit, StateBuf, STATE_POOL_BYTES};
 pub use causal::{CausalEvent, CausalLink};
 pub use daemon::{MeshDaemon, ProcessError};
-pub use error::DaemonError;
+pub use error::{DaemonError, RemoteRefusal};
 pub use handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
 pub use migration::{
     DrainOpts, DrainProgress, DrainReport, MigrateError, MigrationHandle, MigrationOpts,
-    MigrationPhase, MigrationReport, MAX_GATE_BYTES, MAX_GATE_EVENTS, MAX_VERDICTS,
+    MigrationPhase, MigrationReport, ProgressFn, MAX_GATE_BYTES, MAX_GATE_EVENTS, MAX_VERDICTS,
     VERDICT_RETENTION,
 };
 pub use remote::{PlacedDaemon, Placement};

@@ -2,10 +2,10 @@
 //! `spawn_on`.
 
 use super::causal::CausalEvent;
-use super::error::DaemonError;
+use super::error::{DaemonError, RemoteRefusal};
 use super::handle::DaemonHostConfig;
 use super::runtime::DaemonRuntime;
-use crate::mesh::{EventReply, EventRequest, NodeId, Refusal, Reply, Request, SpawnRequest};
+use crate::mesh::{EventRefusal, EventReply, EventRequest, NodeId, Reply, Request, SpawnRequest};
 use crate::Identity;
 
 /// Redirects a send follows before giving up.
@@ -51,8 +51,11 @@ impl DaemonRuntime {
     /// duplicate if it was).
     ///
     /// # Errors
-    /// As [`deliver`](Self::deliver), plus `Unreachable`, `TooManyRedirects`
-    /// and `RemoteFailed`.
+    /// As [`deliver`](Self::deliver) (from the daemon's node too), except
+    /// that a daemon neither here nor in the directory is `NotLocated`;
+    /// plus `Unreachable`, `TooManyRedirects`, `RemoteFailed`, and
+    /// `Remote` when the node the directory names refuses for a reason of
+    /// its own (not serving, or not hosting the daemon).
     pub async fn send(
         &self,
         origin_hash: u64,
@@ -80,7 +83,7 @@ impl DaemonRuntime {
         loop {
             let node = mesh
                 .locate(origin_hash)
-                .ok_or(DaemonError::NotFound(origin_hash))?;
+                .ok_or(DaemonError::NotLocated(origin_hash))?;
             let reply = self
                 .call(node, origin_hash, Request::Event(request.clone()))
                 .await?;
@@ -103,7 +106,7 @@ impl DaemonRuntime {
                     mesh.learn_location(origin_hash, next, addr);
                 }
                 EventReply::Refused(refusal) => {
-                    if matches!(refusal, Refusal::NotFound(_)) {
+                    if matches!(refusal, EventRefusal::NotFound(_)) {
                         mesh.forget_location(origin_hash, node);
                     }
                     return Err(from_refusal(refusal, origin_hash, node));
@@ -225,33 +228,55 @@ fn unexpected(origin_hash: u64, node: NodeId) -> DaemonError {
     }
 }
 
-pub(crate) fn from_refusal(refusal: Refusal, origin_hash: u64, node: NodeId) -> DaemonError {
+/// The error for `node`'s refusal of a request about daemon `origin_hash`:
+/// [`DaemonError::Remote`] naming the node where the refusal holds there
+/// only.
+pub(crate) fn from_refusal(refusal: EventRefusal, origin_hash: u64, node: NodeId) -> DaemonError {
+    let remote = |refusal| DaemonError::Remote {
+        node,
+        origin_hash,
+        refusal,
+    };
     match refusal {
-        Refusal::NotFound(o) => DaemonError::NotFound(o),
-        Refusal::Duplicate {
+        EventRefusal::NotFound(_) => remote(RemoteRefusal::NotHosted),
+        EventRefusal::Duplicate {
             origin_hash,
             sequence,
         } => DaemonError::Duplicate {
             origin_hash,
             sequence,
         },
-        Refusal::NotReady => DaemonError::NotReady,
-        Refusal::ShuttingDown => DaemonError::ShuttingDown,
-        Refusal::CapabilityMismatch { kind, unmet } => DaemonError::CapabilityMismatch {
+        EventRefusal::NotReady => remote(RemoteRefusal::NotReady),
+        EventRefusal::ShuttingDown => remote(RemoteRefusal::ShuttingDown),
+        EventRefusal::CapabilityMismatch { kind, unmet } => DaemonError::CapabilityMismatch {
             kind,
             unmet: format!("{unmet} (on node {})", node.short()),
         },
-        Refusal::Busy { origin_hash, limit } => DaemonError::Busy {
+        EventRefusal::Busy { origin_hash, limit } => DaemonError::Busy {
             origin_hash,
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
         },
-        Refusal::HostedElsewhere { origin_hash, node } => {
+        EventRefusal::HostedElsewhere { origin_hash, node } => {
             DaemonError::HostedElsewhere { origin_hash, node }
         }
-        Refusal::Failed(reason) => DaemonError::RemoteFailed {
+        EventRefusal::Failed(reason) => DaemonError::RemoteFailed {
             origin_hash,
             node,
             reason,
         },
+    }
+}
+
+/// As [`from_refusal`], for an event this node forwarded after a
+/// migration: a target that does not host the daemon any more reads as
+/// `NotFound` here, so that the waiting sender routes the event again.
+pub(crate) fn from_forward_refusal(
+    refusal: EventRefusal,
+    origin_hash: u64,
+    node: NodeId,
+) -> DaemonError {
+    match refusal {
+        EventRefusal::NotFound(o) => DaemonError::NotFound(o),
+        other => from_refusal(other, origin_hash, node),
     }
 }

@@ -93,7 +93,7 @@ pub(crate) async fn admit(
     let now = Instant::now();
     let mut machine = Admission::new(
         role,
-        shared.psk.bytes(),
+        shared.psk.as_bytes(),
         shared.node_id,
         peer,
         &exporter,

@@ -1,6 +1,7 @@
 //! [`MeshBuilder`].
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,8 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use super::config::{MeshConfig, PRE_ADMISSION_WINDOW};
 use super::error::MeshError;
-use super::node::{own_record, Mesh, Psk, Shared};
+use super::node::{own_record, Mesh, Shared};
 use super::node_id::NodeId;
+use super::psk::Psk;
 use super::rejoin::{DialOutcome, Rejoin};
 use super::stats::AdmissionCounters;
 use super::tls::{self, Credentials};
@@ -26,15 +28,21 @@ use crate::identity::Identity;
 /// Configures a [`Mesh`] node.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), cellmesh::mesh::MeshError> {
-/// use cellmesh::mesh::MeshBuilder;
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use cellmesh::mesh::{MeshBuilder, Psk};
 /// let mesh = MeshBuilder::new("127.0.0.1:0", &[7u8; 32])?.build().await?;
 /// println!("node {} on {}", mesh.node_id(), mesh.local_addr());
+///
+/// // A host name resolves; the key may come as hex.
+/// let psk = Psk::from_hex(&std::env::var("CELLMESH_PSK")?)?;
+/// let other = MeshBuilder::new("localhost:0", psk)?.build().await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct MeshBuilder {
-    addr: SocketAddr,
+    /// Where to listen: every address the input resolved to, tried in
+    /// order at `build` (as `UdpSocket::bind` does).
+    addrs: Vec<SocketAddr>,
     psk: Psk,
     identity: Option<Identity>,
     capabilities: CapabilitySet,
@@ -44,24 +52,40 @@ pub struct MeshBuilder {
 }
 
 impl MeshBuilder {
-    /// A node that will listen on `addr` (`"127.0.0.1:0"` picks a port) and
-    /// admit peers that know `psk`.
+    /// A node that will listen on `addr` and admit peers that know `psk`.
+    ///
+    /// `addr` is anything [`ToSocketAddrs`] resolves that can also name
+    /// itself in an error: `"127.0.0.1:0"` (port 0 picks a port),
+    /// `"localhost:7000"`, a `String` or a [`SocketAddr`]. A host name is
+    /// resolved here (a blocking lookup, as `UdpSocket::bind` does);
+    /// `build` binds the first address that can be bound. `psk` is a
+    /// [`Psk`] (owned or borrowed) or its 32 bytes as `&[u8; 32]`.
     ///
     /// # Errors
-    /// [`MeshError::InvalidAddress`], [`MeshError::WeakPsk`].
-    pub fn new(addr: &str, psk: &[u8; 32]) -> Result<Self, MeshError> {
-        let addr = addr
-            .parse::<SocketAddr>()
-            .map_err(|e| MeshError::InvalidAddress {
-                addr: addr.to_owned(),
-                reason: e.to_string(),
-            })?;
-        if psk.iter().all(|b| *b == 0) {
+    /// [`MeshError::InvalidAddress`] naming `addr` when it does not resolve,
+    /// [`MeshError::WeakPsk`] for the all-zero key.
+    pub fn new(
+        addr: impl ToSocketAddrs + fmt::Display,
+        psk: impl Into<Psk>,
+    ) -> Result<Self, MeshError> {
+        let invalid = |reason: String| MeshError::InvalidAddress {
+            addr: addr.to_string(),
+            reason,
+        };
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| invalid(e.to_string()))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(invalid("it resolves to no address".into()));
+        }
+        let psk = psk.into();
+        if psk.is_zero() {
             return Err(MeshError::WeakPsk);
         }
         Ok(Self {
-            addr,
-            psk: Psk::new(psk),
+            addrs,
+            psk,
             identity: None,
             capabilities: CapabilitySet::default(),
             seeds: Vec::new(),
@@ -146,16 +170,10 @@ impl MeshBuilder {
         let crypto = QuicServerConfig::try_from(server_tls)
             .map_err(|e| MeshError::Tls(tls::TlsError::Config(e.to_string())))?;
         let server = server_config(crypto, &self.config);
-        let endpoint = bind(server, self.addr, self.config.udp_buffer_bytes).map_err(|source| {
-            MeshError::Bind {
-                addr: self.addr,
-                source,
-            }
-        })?;
-        let local_addr = endpoint.local_addr().map_err(|source| MeshError::Bind {
-            addr: self.addr,
-            source,
-        })?;
+        let (addr, endpoint) = bind_first(server, &self.addrs, self.config.udp_buffer_bytes)?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| MeshError::Bind { addr, source })?;
         // A restarted node must outrank its old record: wall-clock
         // nanoseconds serve as a monotonic-enough incarnation.
         let incarnation = SystemTime::now()
@@ -230,6 +248,23 @@ fn jitter_seed() -> u64 {
         return u64::from(nanos) ^ u64::from(std::process::id()) << 32;
     }
     u64::from_le_bytes(bytes)
+}
+
+/// The node's endpoint on the first of `addrs` that binds, and that
+/// address; the last failure if none does.
+fn bind_first(
+    server: quinn::ServerConfig,
+    addrs: &[SocketAddr],
+    buffer: usize,
+) -> Result<(SocketAddr, quinn::Endpoint), MeshError> {
+    let mut failure = None;
+    for &addr in addrs {
+        match bind(server.clone(), addr, buffer) {
+            Ok(endpoint) => return Ok((addr, endpoint)),
+            Err(source) => failure = Some(MeshError::Bind { addr, source }),
+        }
+    }
+    Err(failure.unwrap_or_else(|| MeshError::InvalidConfig("no address to bind".into())))
 }
 
 /// The node's endpoint on a UDP socket with `buffer` bytes of kernel
@@ -315,9 +350,41 @@ mod tests {
             MeshBuilder::new("nowhere", &[1; 32]),
             Err(MeshError::InvalidAddress { ref addr, .. }) if addr == "nowhere"
         ));
+        let unresolvable = "127.0.0.1:99999";
+        let err = MeshBuilder::new(unresolvable, &[1; 32]).unwrap_err();
+        assert!(
+            matches!(err, MeshError::InvalidAddress { ref addr, .. } if addr == unresolvable),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(unresolvable), "{err}");
         assert!(matches!(
             MeshBuilder::new("127.0.0.1:0", &[0; 32]),
             Err(MeshError::WeakPsk)
         ));
+        assert!(matches!(
+            MeshBuilder::new("127.0.0.1:0", Psk::from_bytes([0; 32])),
+            Err(MeshError::WeakPsk)
+        ));
+    }
+
+    #[test]
+    fn addresses_and_keys_come_in_every_usual_form() {
+        let psk = Psk::from_bytes([9; 32]);
+        let socket: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+        for builder in [
+            MeshBuilder::new("127.0.0.1:0", &[9u8; 32]),
+            MeshBuilder::new(String::from("127.0.0.1:0"), &psk),
+            MeshBuilder::new(socket, psk.clone()),
+        ] {
+            let builder = builder.expect("valid address and key");
+            assert_eq!(builder.addrs, vec![socket]);
+            assert_eq!(builder.psk, psk);
+        }
+        let local = MeshBuilder::new("localhost:0", &psk).expect("localhost resolves");
+        assert!(
+            local.addrs.iter().all(|a| a.ip().is_loopback()),
+            "{:?}",
+            local.addrs
+        );
     }
 }

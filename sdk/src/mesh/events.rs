@@ -28,7 +28,7 @@ use super::links::{dial, FrameReader};
 use super::node::{close, Mesh, Shared};
 use super::node_id::NodeId;
 use super::wire::{
-    EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest, Tagged, ALPN_EVENTS,
+    EventRefusal, EventReply, EventRequest, Reply, Request, SpawnRequest, Tagged, ALPN_EVENTS,
 };
 use crate::compute::migration::gate::Delivery;
 use crate::compute::DaemonError;
@@ -288,7 +288,7 @@ fn push_reply(out: &mut Vec<u8>, reply: &Tagged<Reply>, max: usize) {
     match frame::encode(reply, max) {
         Ok(bytes) => out.extend_from_slice(&bytes),
         Err(e) => {
-            let refusal = Refusal::Failed(format!("reply not sent: {e}"));
+            let refusal = EventRefusal::Failed(format!("reply not sent: {e}"));
             let body = match reply.body {
                 Reply::Event(_) => Reply::Event(EventReply::Refused(refusal)),
                 Reply::Spawn(_) => Reply::Spawn(Err(refusal)),
@@ -309,7 +309,7 @@ enum Answer {
 /// daemon is held at a migration gate.
 fn answer(shared: &Shared, request: &EventRequest) -> Answer {
     let Some(runtime) = runtime(shared) else {
-        return Answer::Now(EventReply::Refused(Refusal::NotReady));
+        return Answer::Now(EventReply::Refused(EventRefusal::NotReady));
     };
     match runtime.deliver_or_queue(request.target, &request.event, request.forwarded) {
         Delivery::Done(outcome) => Answer::Now(reply_for(shared, request, outcome)),
@@ -335,7 +335,7 @@ fn reply_for(
                 Some((node, addr)) if request.hops < MAX_REDIRECTS => {
                     EventReply::Redirect { node, addr }
                 }
-                _ => EventReply::Refused(Refusal::NotFound(origin)),
+                _ => EventReply::Refused(EventRefusal::NotFound(origin)),
             }
         }
         Err(other) => EventReply::Refused(refusal(other)),
@@ -347,35 +347,35 @@ fn runtime(shared: &Shared) -> Option<crate::compute::DaemonRuntime> {
 }
 
 /// How a peer is told that delivering or spawning failed.
-pub(crate) fn refusal(error: DaemonError) -> Refusal {
+pub(crate) fn refusal(error: DaemonError) -> EventRefusal {
     match error {
-        DaemonError::NotFound(origin) => Refusal::NotFound(origin),
+        DaemonError::NotFound(origin) => EventRefusal::NotFound(origin),
         DaemonError::Duplicate {
             origin_hash,
             sequence,
-        } => Refusal::Duplicate {
+        } => EventRefusal::Duplicate {
             origin_hash,
             sequence,
         },
-        DaemonError::NotReady => Refusal::NotReady,
-        DaemonError::ShuttingDown => Refusal::ShuttingDown,
+        DaemonError::NotReady => EventRefusal::NotReady,
+        DaemonError::ShuttingDown => EventRefusal::ShuttingDown,
         DaemonError::CapabilityMismatch { kind, unmet } => {
-            Refusal::CapabilityMismatch { kind, unmet }
+            EventRefusal::CapabilityMismatch { kind, unmet }
         }
-        DaemonError::Busy { origin_hash, limit } => Refusal::Busy {
+        DaemonError::Busy { origin_hash, limit } => EventRefusal::Busy {
             origin_hash,
             limit: limit as u64,
         },
         DaemonError::HostedElsewhere { origin_hash, node } => {
-            Refusal::HostedElsewhere { origin_hash, node }
+            EventRefusal::HostedElsewhere { origin_hash, node }
         }
-        other => Refusal::Failed(other.to_string()),
+        other => EventRefusal::Failed(other.to_string()),
     }
 }
 
 /// Spawns a daemon for a peer.
-async fn spawn_here(shared: &Shared, request: &SpawnRequest) -> Result<u64, Refusal> {
-    let runtime = runtime(shared).ok_or(Refusal::NotReady)?;
+async fn spawn_here(shared: &Shared, request: &SpawnRequest) -> Result<u64, EventRefusal> {
+    let runtime = runtime(shared).ok_or(EventRefusal::NotReady)?;
     let identity = crate::Identity::from_seed(request.seed);
     let config = crate::compute::DaemonHostConfig {
         max_snapshot_bytes: request.max_snapshot_bytes,

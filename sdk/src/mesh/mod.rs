@@ -8,7 +8,7 @@
 //!   the daemon location directory, graceful leave) and `cellmesh/events/1`
 //!   (a few long-lived streams per peer carrying tagged requests and
 //!   replies).
-//! - Frames are length-prefixed with a checked maximum ([`frame`]).
+//! - Frames are length-prefixed with a checked maximum.
 
 pub(crate) mod admission;
 mod admit;
@@ -18,26 +18,30 @@ mod error;
 mod events;
 mod feed;
 pub(crate) use events::refusal as refusal_for;
-pub mod frame;
+pub(crate) mod frame;
 mod handler;
 mod links;
 mod migrate_link;
 mod node;
 mod node_id;
+mod psk;
 mod redial;
 mod rejoin;
 mod stats;
 mod tls;
-pub mod wire;
+pub(crate) mod wire;
 
 pub use admission::AdmissionError;
 pub use builder::MeshBuilder;
 pub use config::{MeshConfig, PRE_ADMISSION_WINDOW};
 pub use error::{DialError, MeshError};
+pub use frame::FrameError;
 pub(crate) use handler::MigrationHandler;
 pub(crate) use links::FrameReader;
 pub use node::Mesh;
 pub use node_id::NodeId;
+pub use psk::{Psk, PskError};
 pub use stats::AdmissionStats;
 pub use tls::TlsError;
-pub use wire::{EventReply, EventRequest, Refusal, Reply, Request, SpawnRequest, Tagged};
+pub use wire::MemberRecord;
+pub(crate) use wire::{EventRefusal, EventReply, EventRequest, Reply, Request, SpawnRequest};

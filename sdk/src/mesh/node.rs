@@ -17,6 +17,7 @@ use super::config::MeshConfig;
 use super::error::DialError;
 use super::handler::MigrationHandler;
 use super::node_id::NodeId;
+use super::psk::Psk;
 use super::rejoin::Rejoin;
 use super::stats::{AdmissionCounters, AdmissionStats};
 use super::tls::Credentials;
@@ -35,25 +36,6 @@ pub(crate) mod close {
     pub(crate) const PROTOCOL: u32 = 0x11;
     /// The node leaves the mesh.
     pub(crate) const LEAVE: u32 = 0x12;
-}
-
-/// A mesh pre-shared key: zeroized on drop, never printed.
-pub(crate) struct Psk(zeroize::Zeroizing<[u8; 32]>);
-
-impl Psk {
-    pub(crate) fn new(bytes: &[u8; 32]) -> Self {
-        Self(zeroize::Zeroizing::new(*bytes))
-    }
-
-    pub(crate) fn bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Psk {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Psk(<redacted>)")
-    }
 }
 
 /// An admitted control link to a peer.

@@ -6,6 +6,22 @@ use crate::identity::{EntityId, IdentityError};
 
 /// A node's identity: its ed25519 public key, validated at construction.
 /// `Display` is hex; [`short`](NodeId::short) is the first 8 hex digits.
+///
+/// It parses from the 64 hex digits `Display` writes:
+///
+/// ```
+/// use cellmesh::mesh::NodeId;
+/// use cellmesh::{Identity, IdentityError};
+///
+/// let node = NodeId::from(Identity::generate().entity_id());
+/// let parsed: NodeId = node.to_string().parse()?;
+/// assert_eq!(parsed, node);
+///
+/// let err = "not-a-node".parse::<NodeId>().unwrap_err();
+/// assert!(matches!(err, IdentityError::InvalidHex(ref input) if input == "not-a-node"));
+/// assert!(err.to_string().contains("not-a-node"));
+/// # Ok::<(), IdentityError>(())
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(EntityId);
 
@@ -42,6 +58,20 @@ impl<'de> serde::Deserialize<'de> for NodeId {
     }
 }
 
+impl std::str::FromStr for NodeId {
+    type Err = IdentityError;
+
+    /// Parses 64 hex digits (either case).
+    ///
+    /// # Errors
+    /// [`IdentityError::InvalidHex`] naming the input, or
+    /// [`IdentityError::InvalidPublicKey`] for digits that are not an
+    /// ed25519 public key.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        EntityId::from_hex(text).map(Self)
+    }
+}
+
 impl From<EntityId> for NodeId {
     fn from(id: EntityId) -> Self {
         Self(id)
@@ -57,5 +87,23 @@ impl fmt::Display for NodeId {
 impl fmt::Debug for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "NodeId({})", self.short())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    #[test]
+    fn parses_what_display_writes_and_names_bad_input() {
+        let node = NodeId::from(Identity::generate().entity_id());
+        assert_eq!(node.to_string().parse::<NodeId>(), Ok(node));
+        assert_eq!(node.to_string().to_uppercase().parse::<NodeId>(), Ok(node));
+        let short = node.short();
+        assert_eq!(
+            short.parse::<NodeId>(),
+            Err(IdentityError::InvalidHex(short.clone()))
+        );
     }
 }

@@ -97,7 +97,7 @@ pub enum Reply {
     /// Answer to [`Request::Event`].
     Event(EventReply),
     /// Answer to [`Request::Spawn`]: the daemon's origin hash, or why not.
-    Spawn(Result<u64, Refusal>),
+    Spawn(Result<u64, EventRefusal>),
 }
 
 /// Spawn a daemon of `kind` under the identity with secret `seed`. The seed
@@ -155,12 +155,12 @@ pub enum EventReply {
         addr: SocketAddr,
     },
     /// Refused.
-    Refused(Refusal),
+    Refused(EventRefusal),
 }
 
 /// Why a remote node refused an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Refusal {
+pub enum EventRefusal {
     /// No such daemon there, and no idea where it is.
     NotFound(u64),
     /// Already accepted.

@@ -1,17 +1,5 @@
-//! Host backends: where a cell's command actually runs.
-//!
-//! A [`CellBackend`] creates a cell (for [`ProcessBackend`], starts its
-//! command), tears it down and reports how its command exited. The contract
-//! every backend honours, pinned by one shared test suite:
-//!
-//! - `create` validates the document ([`CellError::InvalidSpec`] for an
-//!   empty id) and tracks the cell from the moment it returns;
-//! - a second live cell with the same id is [`CellError::AlreadyExists`];
-//!   after `destroy` the id is free again;
-//! - `destroy` of a live cell returns a [`TeardownReport`] and the cell is
-//!   no longer tracked; a repeat `destroy` or one of a handle the backend
-//!   never created is [`CellError::UnknownCell`] naming the id;
-//! - of two concurrent `destroy`s of one cell exactly one succeeds.
+//! Host backends: where a cell's command actually runs (the contract is
+//! on [`CellBackend`]).
 
 mod federated;
 mod process;
@@ -159,7 +147,20 @@ pub enum CellError {
     },
 }
 
-/// A host for cells. See the module docs for the contract.
+/// A host for cells: where a cell's command actually runs.
+///
+/// A backend creates a cell (for [`ProcessBackend`], starts its command),
+/// tears it down and reports how its command exited. The contract every
+/// backend honours, pinned by one shared test suite:
+///
+/// - `create` validates the document ([`CellError::InvalidSpec`] for an
+///   empty id) and tracks the cell from the moment it returns;
+/// - a second live cell with the same id is [`CellError::AlreadyExists`];
+///   after `destroy` the id is free again;
+/// - `destroy` of a live cell returns a [`TeardownReport`] and the cell is
+///   no longer tracked; a repeat `destroy` or one of a handle the backend
+///   never created is [`CellError::UnknownCell`] naming the id;
+/// - of two concurrent `destroy`s of one cell exactly one succeeds.
 pub trait CellBackend: Send + Sync + 'static {
     /// A short name for logs (`process`, `federated`).
     fn name(&self) -> &'static str;

@@ -9,6 +9,24 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::mesh::NodeId;
 
 /// How a migration runs. `Default` suits a LAN.
+///
+/// Build it from [`Default`] with the setters (the struct is
+/// `#[non_exhaustive]`, so a struct literal does not compile outside this
+/// crate):
+///
+/// ```
+/// use std::time::Duration;
+/// use cellmesh::compute::MigrationOpts;
+///
+/// let opts = MigrationOpts::default()
+///     .deadline(Duration::from_secs(10))
+///     .silence(Duration::from_secs(2))
+///     .transport_identity(false);
+/// assert_eq!(opts.deadline, Duration::from_secs(10));
+/// assert_eq!(opts.silence, Duration::from_secs(2));
+/// assert!(!opts.transport_identity);
+/// assert_eq!(opts.retries, MigrationOpts::default().retries);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MigrationOpts {
@@ -46,6 +64,57 @@ impl Default for MigrationOpts {
             silence: Duration::from_secs(5),
             straggler_grace: Duration::from_secs(5),
         }
+    }
+}
+
+impl MigrationOpts {
+    /// Sets `deadline`.
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Sets `chunk_size`.
+    #[must_use]
+    pub fn chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk_size = bytes;
+        self
+    }
+
+    /// Sets `transport_identity`.
+    #[must_use]
+    pub fn transport_identity(mut self, send_key: bool) -> Self {
+        self.transport_identity = send_key;
+        self
+    }
+
+    /// Sets `retries`.
+    #[must_use]
+    pub fn retries(mut self, attempts: u32) -> Self {
+        self.retries = attempts;
+        self
+    }
+
+    /// Sets `retry_backoff`.
+    #[must_use]
+    pub fn retry_backoff(mut self, pause: Duration) -> Self {
+        self.retry_backoff = pause;
+        self
+    }
+
+    /// Sets `silence`.
+    #[must_use]
+    pub fn silence(mut self, silence: Duration) -> Self {
+        self.silence = silence;
+        self
+    }
+
+    /// Sets `straggler_grace`.
+    #[must_use]
+    pub fn straggler_grace(mut self, grace: Duration) -> Self {
+        self.straggler_grace = grace;
+        self
     }
 }
 

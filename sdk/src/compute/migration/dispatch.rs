@@ -19,7 +19,7 @@ use bytes::Bytes;
 use super::source::{Failure, Source, Step as SourceStep};
 use super::target::{Phase as TargetPhase, Step as TargetStep, Target};
 use super::verdicts::Verdicts;
-use super::wire::{Carried, Msg, Prepare, Refusal, Verdict};
+use super::wire::{Carried, MigrationRefusal, Msg, Prepare, Verdict};
 use crate::compute::snapshot::{BodyDigest, Sealer};
 use crate::compute::CausalEvent;
 use crate::mesh::NodeId;
@@ -77,7 +77,7 @@ pub(crate) fn pump_source(
 pub(crate) trait TargetEffects {
     /// Can this node take the daemon (ready, factory, capabilities, not
     /// hosted, identity)?
-    fn check(&mut self, prepare: &Prepare) -> Result<(), Refusal>;
+    fn check(&mut self, prepare: &Prepare) -> Result<(), MigrationRefusal>;
     /// Verifies the sealed snapshot (`digest` is over all of it but its
     /// trailer) and installs the daemon gated and unannounced.
     fn restore(
@@ -85,7 +85,7 @@ pub(crate) trait TargetEffects {
         prepare: &Prepare,
         bytes: Bytes,
         digest: BodyDigest,
-    ) -> Result<(), Refusal>;
+    ) -> Result<(), MigrationRefusal>;
     /// Takes ownership (announces the daemon) and processes the events
     /// `Commit` carried, in order, returning their outcomes.
     fn activate(&mut self, prepare: &Prepare, events: Vec<CausalEvent>) -> Vec<Carried>;
@@ -149,7 +149,7 @@ impl TargetSession {
                 TargetStep::Restore(bytes, digest) => {
                     let result = match &self.prepare {
                         Some(prepare) => fx.restore(prepare, bytes, digest),
-                        None => Err(Refusal::Protocol("restore without prepare".into())),
+                        None => Err(MigrationRefusal::Protocol("restore without prepare".into())),
                     };
                     self.machine.restored(now, result);
                 }

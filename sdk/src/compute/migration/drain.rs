@@ -26,6 +26,23 @@ pub struct DrainProgress {
 pub type ProgressFn = Arc<dyn Fn(DrainProgress) + Send + Sync>;
 
 /// How a drain runs.
+///
+/// Build it from [`Default`] with the setters (the struct is
+/// `#[non_exhaustive]`, so a struct literal does not compile outside this
+/// crate):
+///
+/// ```
+/// use std::time::Duration;
+/// use cellmesh::compute::{DrainOpts, MigrationOpts};
+///
+/// let opts = DrainOpts::default()
+///     .concurrency(8)
+///     .migration(MigrationOpts::default().deadline(Duration::from_secs(60)))
+///     .on_progress(|p| println!("{}/{} moved, {} failed", p.migrated, p.total, p.failed));
+/// assert_eq!(opts.concurrency, 8);
+/// assert_eq!(opts.migration.deadline, Duration::from_secs(60));
+/// assert!(opts.on_progress.is_some());
+/// ```
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct DrainOpts {
@@ -44,6 +61,30 @@ impl Default for DrainOpts {
             concurrency: 64,
             on_progress: None,
         }
+    }
+}
+
+impl DrainOpts {
+    /// Sets `migration`, the options of each migration.
+    #[must_use]
+    pub fn migration(mut self, opts: MigrationOpts) -> Self {
+        self.migration = opts;
+        self
+    }
+
+    /// Sets `concurrency`.
+    #[must_use]
+    pub fn concurrency(mut self, in_flight: usize) -> Self {
+        self.concurrency = in_flight;
+        self
+    }
+
+    /// Sets `on_progress`, called after each
+    /// migration ends.
+    #[must_use]
+    pub fn on_progress(mut self, report: impl Fn(DrainProgress) + Send + Sync + 'static) -> Self {
+        self.on_progress = Some(Arc::new(report));
+        self
     }
 }
 

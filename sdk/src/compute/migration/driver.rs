@@ -19,7 +19,7 @@ use super::gate::{FreezeError, MAX_GATE_EVENTS};
 use super::source::{Failure, Source, Timing};
 use super::verdicts::VERDICT_RETENTION;
 use super::wire::{
-    encode_chunk_header, Body, Carried, Msg, Prepare, Refusal, MAX_CARRIED, VERSIONS,
+    encode_chunk_header, Body, Carried, MigrationRefusal, Msg, Prepare, MAX_CARRIED, VERSIONS,
 };
 use crate::compute::runtime::Slot;
 use crate::compute::snapshot::{Proof, Sealer};
@@ -151,7 +151,7 @@ impl Run {
             self.attempt_no += 1;
             let failure = self.attempt(&mut cancel_rx).await;
             match failure {
-                Some(Failure::Refused(Refusal::NotReady)) if !self.is_last_attempt() => {
+                Some(Failure::Refused(MigrationRefusal::NotReady)) if !self.is_last_attempt() => {
                     tokio::time::sleep(self.opts.retry_backoff).await;
                 }
                 _ => break,
@@ -376,35 +376,39 @@ impl Run {
         let (origin, target) = (self.origin_hash, self.target);
         match failure {
             Failure::Refused(refusal) => match refusal {
-                Refusal::NotReady => MigrateError::TargetNotReady(target),
-                Refusal::FactoryNotFound(kind) => MigrateError::FactoryNotFound { target, kind },
-                Refusal::CapabilityMismatch(unmet) => {
+                MigrationRefusal::NotReady => MigrateError::TargetNotReady(target),
+                MigrationRefusal::FactoryNotFound(kind) => {
+                    MigrateError::FactoryNotFound { target, kind }
+                }
+                MigrationRefusal::CapabilityMismatch(unmet) => {
                     MigrateError::CapabilityMismatch { target, unmet }
                 }
-                Refusal::AlreadyHosted => MigrateError::AlreadyHosted(target),
-                Refusal::IdentityMissing => MigrateError::IdentityMismatch {
+                MigrationRefusal::AlreadyHosted => MigrateError::AlreadyHosted(target),
+                MigrationRefusal::IdentityMissing => MigrateError::IdentityMismatch {
                     target,
-                    reason: Refusal::IdentityMissing.to_string(),
+                    reason: MigrationRefusal::IdentityMissing.to_string(),
                 },
-                Refusal::IdentityMismatch(reason) => {
+                MigrationRefusal::IdentityMismatch(reason) => {
                     MigrateError::IdentityMismatch { target, reason }
                 }
-                Refusal::TooLarge { .. } | Refusal::RestoreFailed(_) => {
+                MigrationRefusal::TooLarge { .. } | MigrationRefusal::RestoreFailed(_) => {
                     MigrateError::RestoreFailed {
                         target,
                         reason: refusal.to_string(),
                     }
                 }
-                Refusal::Cancelled => MigrateError::Cancelled(origin),
-                Refusal::Deadline => MigrateError::DeadlineExceeded(origin),
-                Refusal::Silence { .. } => MigrateError::TargetUnreachable {
+                MigrationRefusal::Cancelled => MigrateError::Cancelled(origin),
+                MigrationRefusal::Deadline => MigrateError::DeadlineExceeded(origin),
+                MigrationRefusal::Silence { .. } => MigrateError::TargetUnreachable {
                     target,
                     reason: refusal.to_string(),
                 },
-                Refusal::Version { .. } | Refusal::Protocol(_) => MigrateError::Protocol {
-                    target,
-                    reason: refusal.to_string(),
-                },
+                MigrationRefusal::Version { .. } | MigrationRefusal::Protocol(_) => {
+                    MigrateError::Protocol {
+                        target,
+                        reason: refusal.to_string(),
+                    }
+                }
             },
             Failure::Protocol(reason) => MigrateError::Protocol { target, reason },
             Failure::Deadline => MigrateError::DeadlineExceeded(origin),
@@ -669,7 +673,10 @@ impl SourceEffects for OnRuntime<'_> {
             self.held = Some(outcome);
             return;
         }
-        let retry_later = matches!(self.failure, Some(Failure::Refused(Refusal::NotReady)));
+        let retry_later = matches!(
+            self.failure,
+            Some(Failure::Refused(MigrationRefusal::NotReady))
+        );
         if !retry_later || self.run.is_last_attempt() {
             self.run.finish(outcome, &self.measured);
         }

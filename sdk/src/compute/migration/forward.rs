@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::gate::Queued;
-use crate::compute::remote::from_refusal;
+use crate::compute::remote::from_forward_refusal;
 use crate::compute::runtime::Slot;
 use crate::compute::{DaemonError, DaemonRuntime};
 use crate::mesh::{EventReply, EventRequest, NodeId, Reply, Request};
@@ -74,7 +74,7 @@ async fn forward_one(
     match rt.call(target, origin_hash, request).await? {
         Reply::Event(EventReply::Outputs(outputs)) => Ok(outputs),
         Reply::Event(EventReply::Refused(refusal)) => {
-            Err(from_refusal(refusal, origin_hash, target))
+            Err(from_forward_refusal(refusal, origin_hash, target))
         }
         // The new owner moved it on already: the sender routes again.
         Reply::Event(EventReply::Redirect { .. }) | Reply::Spawn(_) => {

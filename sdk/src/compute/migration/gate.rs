@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::wire::Carried;
-use crate::compute::remote::from_refusal;
+use crate::compute::remote::from_forward_refusal;
 use crate::compute::runtime::Slot;
 use crate::compute::{CausalEvent, DaemonError, DaemonRuntime};
 use crate::mesh::NodeId;
@@ -324,7 +324,7 @@ impl DaemonRuntime {
             let Some(queued) = queue.pop_front() else {
                 break;
             };
-            let outcome = outcome.map_err(|r| from_refusal(r, origin_hash, target));
+            let outcome = outcome.map_err(|r| from_forward_refusal(r, origin_hash, target));
             let _ = queued.reply.send(outcome);
             answered += 1;
         }

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use super::dispatch::{TargetEffects, TargetSession};
 use super::target::Target;
 use super::verdicts::Verdicts;
-use super::wire::{Body, Carried, Msg, Prepare, Refusal, Verdict, VERSIONS};
+use super::wire::{Body, Carried, MigrationRefusal, Msg, Prepare, Verdict, VERSIONS};
 use crate::compute::snapshot::BodyDigest;
 use crate::compute::CausalEvent;
 use crate::identity::Identity;
@@ -29,7 +29,7 @@ struct Recorder {
 }
 
 impl TargetEffects for Recorder {
-    fn check(&mut self, _prepare: &Prepare) -> Result<(), Refusal> {
+    fn check(&mut self, _prepare: &Prepare) -> Result<(), MigrationRefusal> {
         assert!(!self.checked, "checked twice");
         self.checked = true;
         Ok(())
@@ -40,10 +40,10 @@ impl TargetEffects for Recorder {
         _prepare: &Prepare,
         _bytes: Bytes,
         _digest: BodyDigest,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), MigrationRefusal> {
         assert!(self.checked && !self.restored, "restore out of order");
         if self.restore_fails {
-            return Err(Refusal::RestoreFailed("not a snapshot".into()));
+            return Err(MigrationRefusal::RestoreFailed("not a snapshot".into()));
         }
         self.restored = true;
         Ok(())
@@ -118,7 +118,7 @@ fn body() -> impl Strategy<Value = Body> {
         Just(Body::Status),
         Just(Body::Restored),
         Just(Body::Verdict(Verdict::Committed)),
-        Just(Body::Abort(Refusal::Cancelled)),
+        Just(Body::Abort(MigrationRefusal::Cancelled)),
     ]
 }
 

@@ -1,6 +1,6 @@
 //! Live migration of a daemon between nodes (`cellmesh/migrate/1`).
 //!
-//! - [`wire`]: the messages; every one carries the migration id.
+//! - `wire`: the messages; every one carries the migration id.
 //! - `source` / `target`: the protocol as one sans-IO state machine per
 //!   side (prepare → drain → seal → transfer → restore → commit → ready),
 //!   with heartbeats, a deadline and a silence timeout on every wait.
@@ -19,7 +19,7 @@ pub(crate) mod serve;
 pub(crate) mod source;
 pub(crate) mod target;
 pub(crate) mod verdicts;
-pub mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod hostile;

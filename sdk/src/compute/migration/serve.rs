@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::dispatch::{answer_status, TargetEffects, TargetSession};
 use super::gate::{Delivery, Gate};
 use super::target::Target;
-use super::wire::{decode_parts, Body, Carried, Msg, Prepare, Refusal};
+use super::wire::{decode_parts, Body, Carried, MigrationRefusal, Msg, Prepare};
 use crate::compute::host::DaemonHost;
 use crate::compute::runtime::Slot;
 use crate::compute::snapshot::BodyDigest;
@@ -39,7 +39,7 @@ pub(crate) async fn serve_stream(
     let answer = match &runtime {
         None => Some(Msg {
             id: first.id,
-            body: Body::Abort(Refusal::NotReady),
+            body: Body::Abort(MigrationRefusal::NotReady),
         }),
         Some(rt) if first.body == Body::Status => {
             Some(answer_status(rt.verdicts(), peer, first.id, Instant::now()))
@@ -138,7 +138,7 @@ struct OnRuntime<'a> {
 }
 
 impl TargetEffects for OnRuntime<'_> {
-    fn check(&mut self, prepare: &Prepare) -> Result<(), Refusal> {
+    fn check(&mut self, prepare: &Prepare) -> Result<(), MigrationRefusal> {
         self.built = Some(check(self.rt, prepare)?);
         Ok(())
     }
@@ -148,7 +148,7 @@ impl TargetEffects for OnRuntime<'_> {
         prepare: &Prepare,
         bytes: Bytes,
         digest: BodyDigest,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), MigrationRefusal> {
         self.slot = Some(restore(
             self.rt,
             prepare,
@@ -196,30 +196,32 @@ type Built = (Arc<str>, Box<dyn crate::compute::MeshDaemon>);
 
 /// Prepare: can this node take the daemon? Returns the daemon built for
 /// the check, to be restored if the migration proceeds.
-fn check(rt: &DaemonRuntime, p: &Prepare) -> Result<Built, Refusal> {
-    rt.check_ready().map_err(|_| Refusal::NotReady)?;
+fn check(rt: &DaemonRuntime, p: &Prepare) -> Result<Built, MigrationRefusal> {
+    rt.check_ready().map_err(|_| MigrationRefusal::NotReady)?;
     let built = match rt.build_kind(&p.kind) {
         Ok(built) => built,
-        Err(DaemonError::FactoryNotFound(kind)) => return Err(Refusal::FactoryNotFound(kind)),
-        Err(DaemonError::CapabilityMismatch { unmet, .. }) => {
-            return Err(Refusal::CapabilityMismatch(unmet))
+        Err(DaemonError::FactoryNotFound(kind)) => {
+            return Err(MigrationRefusal::FactoryNotFound(kind))
         }
-        Err(other) => return Err(Refusal::RestoreFailed(other.to_string())),
+        Err(DaemonError::CapabilityMismatch { unmet, .. }) => {
+            return Err(MigrationRefusal::CapabilityMismatch(unmet))
+        }
+        Err(other) => return Err(MigrationRefusal::RestoreFailed(other.to_string())),
     };
     if rt.slot_of(p.origin_hash).is_ok() {
-        return Err(Refusal::AlreadyHosted);
+        return Err(MigrationRefusal::AlreadyHosted);
     }
     if rt
         .expectation(p.origin_hash)
         .is_some_and(|e| *e.kind != *p.kind)
     {
-        return Err(Refusal::AlreadyHosted);
+        return Err(MigrationRefusal::AlreadyHosted);
     }
     let identity = identity_for(rt, p)?;
     if identity.entity_id().as_bytes() != &p.entity
         || identity.keypair().origin_hash() != p.origin_hash
     {
-        return Err(Refusal::IdentityMismatch(
+        return Err(MigrationRefusal::IdentityMismatch(
             "the transported key is not the daemon's".into(),
         ));
     }
@@ -228,13 +230,13 @@ fn check(rt: &DaemonRuntime, p: &Prepare) -> Result<Built, Refusal> {
 
 /// The daemon's identity: transported, or handed over beforehand with
 /// `expect_migration_with_identity`.
-fn identity_for(rt: &DaemonRuntime, p: &Prepare) -> Result<Identity, Refusal> {
+fn identity_for(rt: &DaemonRuntime, p: &Prepare) -> Result<Identity, MigrationRefusal> {
     match p.seed {
         Some(seed) => Ok(Identity::from_seed(seed)),
         None => rt
             .expectation(p.origin_hash)
             .and_then(|e| e.identity)
-            .ok_or(Refusal::IdentityMissing),
+            .ok_or(MigrationRefusal::IdentityMissing),
     }
 }
 
@@ -246,7 +248,7 @@ fn restore(
     bytes: &Bytes,
     digest: &BodyDigest,
     built: Option<Built>,
-) -> Result<Arc<Slot>, Refusal> {
+) -> Result<Arc<Slot>, MigrationRefusal> {
     let identity = identity_for(rt, p)?;
     let snapshot = match digest {
         BodyDigest::Blake3(digest) => StateSnapshot::from_shared_digested(bytes, digest),
@@ -257,11 +259,11 @@ fn restore(
         ),
     }
     .map_err(|e| match e {
-        SnapshotError::BadChecksum => Refusal::RestoreFailed(e.to_string()),
-        other => Refusal::IdentityMismatch(other.to_string()),
+        SnapshotError::BadChecksum => MigrationRefusal::RestoreFailed(e.to_string()),
+        other => MigrationRefusal::IdentityMismatch(other.to_string()),
     })?;
     if snapshot.entity_id().as_bytes() != &p.entity {
-        return Err(Refusal::IdentityMismatch(format!(
+        return Err(MigrationRefusal::IdentityMismatch(format!(
             "snapshot is bound to {}, not the migrating daemon",
             snapshot.entity_id()
         )));
@@ -270,7 +272,7 @@ fn restore(
         Some(built) => built,
         None => rt
             .build_kind(&p.kind)
-            .map_err(|e| Refusal::RestoreFailed(e.to_string()))?,
+            .map_err(|e| MigrationRefusal::RestoreFailed(e.to_string()))?,
     };
     let config = rt.expectation(p.origin_hash).map_or_else(
         || DaemonHostConfig {
@@ -279,12 +281,12 @@ fn restore(
         |e| e.config,
     );
     let host = DaemonHost::restore(daemon, identity.into_keypair(), snapshot, config)
-        .map_err(|e| Refusal::RestoreFailed(e.to_string()))?;
+        .map_err(|e| MigrationRefusal::RestoreFailed(e.to_string()))?;
     rt.take_expectation(p.origin_hash);
     rt.insert_slot(p.origin_hash, kind, host, Some(Gate::incoming()))
         .map_err(|e| match e {
-            DaemonError::AlreadyRegistered(_) => Refusal::AlreadyHosted,
-            DaemonError::ShuttingDown | DaemonError::NotReady => Refusal::NotReady,
-            other => Refusal::RestoreFailed(other.to_string()),
+            DaemonError::AlreadyRegistered(_) => MigrationRefusal::AlreadyHosted,
+            DaemonError::ShuttingDown | DaemonError::NotReady => MigrationRefusal::NotReady,
+            other => MigrationRefusal::RestoreFailed(other.to_string()),
         })
 }

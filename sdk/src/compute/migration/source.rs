@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::wire::{Body, Carried, Msg, Prepare, Refusal, Verdict, VERSIONS};
+use super::wire::{Body, Carried, MigrationRefusal, Msg, Prepare, Verdict, VERSIONS};
 use crate::compute::snapshot::Sealer;
 use crate::compute::CausalEvent;
 
@@ -19,7 +19,7 @@ pub(crate) use super::api::MigrationPhase as Phase;
 /// Why a source failed (before its commit point, the daemon resumed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Failure {
-    Refused(Refusal),
+    Refused(MigrationRefusal),
     Protocol(String),
     Deadline,
     Silence,
@@ -407,13 +407,15 @@ impl Source {
     }
 }
 
-fn refusal_for(failure: &Failure) -> Refusal {
+fn refusal_for(failure: &Failure) -> MigrationRefusal {
     match failure {
-        Failure::Cancelled => Refusal::Cancelled,
-        Failure::Deadline => Refusal::Deadline,
-        Failure::Silence => Refusal::Protocol("the source heard nothing from the target".into()),
+        Failure::Cancelled => MigrationRefusal::Cancelled,
+        Failure::Deadline => MigrationRefusal::Deadline,
+        Failure::Silence => {
+            MigrationRefusal::Protocol("the source heard nothing from the target".into())
+        }
         Failure::Refused(r) => r.clone(),
-        other => Refusal::Protocol(format!("{other:?}")),
+        other => MigrationRefusal::Protocol(format!("{other:?}")),
     }
 }
 
@@ -495,7 +497,7 @@ mod tests {
             vec![
                 Step::Send(Msg {
                     id: 7,
-                    body: Body::Abort(Refusal::Cancelled)
+                    body: Body::Abort(MigrationRefusal::Cancelled)
                 }),
                 Step::Resume,
                 Step::Finish(Err(Failure::Cancelled)),

@@ -18,7 +18,7 @@ use crate::compute::{CausalEvent, StateBuf};
 const HASH_STEP: usize = 256 << 10;
 
 use super::source::body_name;
-use super::wire::{Body, Carried, Msg, Prepare, Refusal, Verdict, VERSIONS};
+use super::wire::{Body, Carried, MigrationRefusal, Msg, Prepare, Verdict, VERSIONS};
 
 /// Where a target stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +164,7 @@ impl Target {
                     let (lo, hi) = prepare.versions;
                     let version = hi.min(VERSIONS.1);
                     if version < lo.max(VERSIONS.0) {
-                        return self.abort(Refusal::Version {
+                        return self.abort(MigrationRefusal::Version {
                             supported: VERSIONS,
                         });
                     }
@@ -181,7 +181,7 @@ impl Target {
                 }
                 other => {
                     self.id = msg.id;
-                    self.abort(Refusal::Protocol(format!(
+                    self.abort(MigrationRefusal::Protocol(format!(
                         "{} before Prepare",
                         body_name(&other)
                     )));
@@ -192,7 +192,7 @@ impl Target {
             if self.phase == Phase::Handover {
                 return;
             }
-            return self.abort(Refusal::Protocol(format!(
+            return self.abort(MigrationRefusal::Protocol(format!(
                 "message for migration {:016x} on migration {:016x}",
                 msg.id, self.id
             )));
@@ -208,14 +208,14 @@ impl Target {
                 },
             ) => {
                 if offset != self.buf.len() as u64 {
-                    return self.abort(Refusal::Protocol(format!(
+                    return self.abort(MigrationRefusal::Protocol(format!(
                         "chunk at {offset}, expected {}",
                         self.buf.len()
                     )));
                 }
                 let len = self.buf.len() as u64 + data.len() as u64;
                 if len > self.max || total > self.max {
-                    return self.abort(Refusal::TooLarge {
+                    return self.abort(MigrationRefusal::TooLarge {
                         len: len.max(total),
                         max: self.max,
                     });
@@ -226,7 +226,7 @@ impl Target {
                     self.total = total;
                     self.buf = StateBuf::with_capacity(total.min(RESERVE_UP_FRONT) as usize);
                 } else if total != self.total {
-                    return self.abort(Refusal::Protocol(format!(
+                    return self.abort(MigrationRefusal::Protocol(format!(
                         "chunk says the state is {total} bytes, earlier {}",
                         self.total
                     )));
@@ -239,7 +239,7 @@ impl Target {
             }
             (Phase::Receive, Body::Sealed { total }) => {
                 if total != self.buf.len() as u64 {
-                    return self.abort(Refusal::Protocol(format!(
+                    return self.abort(MigrationRefusal::Protocol(format!(
                         "sealed at {total} bytes, received {}",
                         self.buf.len()
                     )));
@@ -259,7 +259,7 @@ impl Target {
             (Phase::Handover, Body::Drained) => self.open(),
             (Phase::Handover, _) => {}
             (_, Body::Abort(_)) => self.abort_quietly(),
-            (phase, body) => self.abort(Refusal::Protocol(format!(
+            (phase, body) => self.abort(MigrationRefusal::Protocol(format!(
                 "unexpected {} in phase {phase:?}",
                 body_name(&body)
             ))),
@@ -288,7 +288,7 @@ impl Target {
     }
 
     /// The driver's readiness check.
-    pub(crate) fn checked(&mut self, _now: Instant, result: Result<(), Refusal>) {
+    pub(crate) fn checked(&mut self, _now: Instant, result: Result<(), MigrationRefusal>) {
         if self.phase != Phase::Check {
             return;
         }
@@ -304,7 +304,7 @@ impl Target {
     }
 
     /// The driver's restore (the copy is installed, gated, when `Ok`).
-    pub(crate) fn restored(&mut self, _now: Instant, result: Result<(), Refusal>) {
+    pub(crate) fn restored(&mut self, _now: Instant, result: Result<(), MigrationRefusal>) {
         if self.phase != Phase::Restore {
             if result.is_ok() {
                 // Aborted meanwhile: the copy must go.
@@ -326,7 +326,7 @@ impl Target {
 
     /// The driver's answer to `Settle(Pending)`: the entry exists (the
     /// target may say `Restored`), or why it could not be made.
-    pub(crate) fn recorded(&mut self, _now: Instant, result: Result<(), Refusal>) {
+    pub(crate) fn recorded(&mut self, _now: Instant, result: Result<(), MigrationRefusal>) {
         if self.phase != Phase::AwaitCommit || self.recorded {
             return;
         }
@@ -364,7 +364,7 @@ impl Target {
             }
             _ => {
                 if now >= self.last_heard + self.silence {
-                    return self.abort(Refusal::Silence {
+                    return self.abort(MigrationRefusal::Silence {
                         ms: self.silence.as_millis().try_into().unwrap_or(u64::MAX),
                     });
                 }
@@ -389,7 +389,7 @@ impl Target {
         self.out.push_back(Step::OpenGate);
     }
 
-    fn abort(&mut self, refusal: Refusal) {
+    fn abort(&mut self, refusal: MigrationRefusal) {
         self.send(Body::Abort(refusal));
         self.abort_quietly();
     }

@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::wire::{Refusal, Verdict};
+use super::wire::{MigrationRefusal, Verdict};
 use crate::mesh::NodeId;
 
 /// How long a settled verdict is kept for `Status` queries: 10 minutes.
@@ -80,16 +80,16 @@ impl Verdicts {
     ///
     /// # Errors
     /// `NotReady` when the table is full, `Protocol` when the id is in use.
-    pub(crate) fn open(&self, peer: NodeId, id: u64, now: Instant) -> Result<(), Refusal> {
+    pub(crate) fn open(&self, peer: NodeId, id: u64, now: Instant) -> Result<(), MigrationRefusal> {
         let mut table = self.lock(now);
         if table.entries.contains_key(&(peer, id)) {
-            return Err(Refusal::Protocol(format!(
+            return Err(MigrationRefusal::Protocol(format!(
                 "migration id {id:016x} is in use"
             )));
         }
         if table.entries.len() >= self.max {
             tracing::warn!(peer = %peer.short(), "verdict table full: migration refused");
-            return Err(Refusal::NotReady);
+            return Err(MigrationRefusal::NotReady);
         }
         table.entries.insert((peer, id), Verdict::Pending);
         Ok(())
@@ -181,7 +181,7 @@ mod tests {
         v.open(peer(1), 1, t0).unwrap();
         v.open(peer(1), 2, t0).unwrap();
         v.settle(peer(1), 1, Verdict::Committed, t0);
-        assert_eq!(v.open(peer(1), 3, t0), Err(Refusal::NotReady));
+        assert_eq!(v.open(peer(1), 3, t0), Err(MigrationRefusal::NotReady));
         assert_eq!(v.answer(peer(1), 1, t0), Verdict::Committed);
         // Room again once the settled entry has aged out.
         v.open(peer(1), 3, t0 + Duration::from_secs(10)).unwrap();
@@ -195,7 +195,10 @@ mod tests {
         v.open(peer(1), 9, t0).unwrap();
         v.settle(peer(1), 9, Verdict::Committed, t0);
         assert_eq!(v.answer(peer(2), 9, t0), Verdict::Unknown);
-        assert!(matches!(v.open(peer(1), 9, t0), Err(Refusal::Protocol(_))));
+        assert!(matches!(
+            v.open(peer(1), 9, t0),
+            Err(MigrationRefusal::Protocol(_))
+        ));
         // A settled verdict does not change.
         v.settle(peer(1), 9, Verdict::Aborted, t0);
         assert_eq!(v.answer(peer(1), 9, t0), Verdict::Committed);

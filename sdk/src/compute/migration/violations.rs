@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::source::{self, Source, Timing};
 use super::target::{self, Target};
-use super::wire::{Body, Msg, Prepare, Refusal, Verdict, VERSIONS};
+use super::wire::{Body, MigrationRefusal, Msg, Prepare, Verdict, VERSIONS};
 use crate::compute::snapshot::Sealer;
 use crate::identity::Identity;
 
@@ -98,7 +98,7 @@ fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
     assert!(matches!(
         &steps[0],
         source::Step::Send(Msg {
-            body: Body::Abort(Refusal::Protocol(_)),
+            body: Body::Abort(MigrationRefusal::Protocol(_)),
             ..
         })
     ));
@@ -118,7 +118,7 @@ fn a_message_for_another_migration_or_out_of_phase_aborts_with_a_reason() {
     );
     let steps: Vec<_> = std::iter::from_fn(|| t.poll()).collect();
     assert!(
-        matches!(&steps[0], target::Step::Send(Msg { id: 9, body: Body::Abort(Refusal::Protocol(r)) }) if r.contains("Commit"))
+        matches!(&steps[0], target::Step::Send(Msg { id: 9, body: Body::Abort(MigrationRefusal::Protocol(r)) }) if r.contains("Commit"))
     );
     // Nothing was recorded for it: no source can be waiting for a verdict.
     assert_eq!(steps.len(), 1, "{steps:?}");
@@ -192,7 +192,7 @@ fn the_target_answers_commit_only_after_processing_the_carried_events() {
     assert_eq!(t.poll(), Some(target::Step::Settle(Verdict::Committed)));
     assert_eq!(t.poll(), Some(target::Step::Activate(vec![])));
     assert_eq!(t.poll(), None, "no Committed before the events ran");
-    let outcomes = vec![Err(crate::mesh::Refusal::NotFound(1))];
+    let outcomes = vec![Err(crate::mesh::EventRefusal::NotFound(1))];
     t.activated(base, outcomes.clone());
     assert_eq!(
         t.poll(),

@@ -64,7 +64,7 @@ impl Drop for Prepare {
 
 /// Why a target refused or a side aborted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Refusal {
+pub enum MigrationRefusal {
     /// The target's runtime is not started or is shutting down.
     NotReady,
     /// No common protocol version.
@@ -104,7 +104,7 @@ pub enum Refusal {
     },
 }
 
-impl std::fmt::Display for Refusal {
+impl std::fmt::Display for MigrationRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NotReady => write!(f, "the target runtime is not ready"),
@@ -192,7 +192,7 @@ pub enum Body {
     /// Source → target: every event queued at the source was forwarded.
     Drained,
     /// Either way: the migration is over, unsuccessfully.
-    Abort(Refusal),
+    Abort(MigrationRefusal),
     /// Either way: still alive.
     Heartbeat,
     /// Source → target, on a fresh stream: what became of the migration?
@@ -205,7 +205,7 @@ pub enum Body {
 pub const MAX_CARRIED: usize = 256;
 
 /// What became of a carried event on the target.
-pub type Carried = Result<Vec<CausalEvent>, crate::mesh::Refusal>;
+pub type Carried = Result<Vec<CausalEvent>, crate::mesh::EventRefusal>;
 
 /// One migration message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -408,7 +408,7 @@ mod tests {
             Body::Committed {
                 outcomes: vec![
                     Ok(vec![event]),
-                    Err(crate::mesh::Refusal::Duplicate {
+                    Err(crate::mesh::EventRefusal::Duplicate {
                         origin_hash: 1,
                         sequence: 2,
                     }),

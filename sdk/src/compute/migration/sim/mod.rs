@@ -19,7 +19,7 @@ use super::dispatch::{answer_status, pump_source, SourceEffects, TargetEffects, 
 use super::source::{self, Failure, Source, Timing};
 use super::target::Target;
 use super::verdicts::Verdicts;
-use super::wire::{Body, Carried, Msg, Prepare, Refusal, Verdict, VERSIONS};
+use super::wire::{Body, Carried, MigrationRefusal, Msg, Prepare, Verdict, VERSIONS};
 use crate::compute::snapshot::{BodyDigest, Sealer};
 use crate::compute::CausalEvent;
 use crate::identity::Identity;
@@ -360,10 +360,10 @@ impl SourceEffects for Model {
 
 /// The target node's effects, on the model.
 impl TargetEffects for Model {
-    fn check(&mut self, _prepare: &Prepare) -> Result<(), Refusal> {
+    fn check(&mut self, _prepare: &Prepare) -> Result<(), MigrationRefusal> {
         match self.tgt_copy {
             None => Ok(()),
-            Some(_) => Err(Refusal::AlreadyHosted),
+            Some(_) => Err(MigrationRefusal::AlreadyHosted),
         }
     }
 
@@ -372,7 +372,7 @@ impl TargetEffects for Model {
         _prepare: &Prepare,
         bytes: Bytes,
         digest: BodyDigest,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), MigrationRefusal> {
         // The digest kept while receiving is the hash of all but the
         // trailer.
         let seed = self.seed;
@@ -407,7 +407,7 @@ impl TargetEffects for Model {
             outcomes.push(if fresh {
                 Ok(Vec::new())
             } else {
-                Err(crate::mesh::Refusal::Duplicate {
+                Err(crate::mesh::EventRefusal::Duplicate {
                     origin_hash: 1,
                     sequence: e,
                 })
