@@ -5,7 +5,9 @@
 //! - request/response latency p50/p99 of `send` to a daemon on another node,
 //!   side by side with a raw quinn 64 B echo on the same machine, same run;
 //! - pipelined `send` throughput with many requests in flight, to a daemon
-//!   on the same node (1 node) and on another node (2 nodes);
+//!   on the same node (1 node) and on another node (2 nodes), with
+//!   hand-built events through `DaemonRuntime::send` and through one
+//!   `EventSender` per sending task;
 //! - time for a 5-node mesh to converge through one seed.
 
 use std::net::SocketAddr;
@@ -120,7 +122,16 @@ async fn mesh_latency(rounds: usize) -> Vec<Duration> {
     samples
 }
 
-async fn throughput(remote: bool, senders: u64, per_sender: u64) -> f64 {
+/// How the throughput bench's tasks send.
+#[derive(Clone, Copy)]
+enum Via {
+    /// `DaemonRuntime::send` with hand-built events.
+    Raw,
+    /// An `EventSender` per task.
+    Sender,
+}
+
+async fn throughput(remote: bool, via: Via, senders: u64, per_sender: u64) -> f64 {
     let b = node(vec![]).await;
     let rt_b = runtime(b).await;
     let rt_a = if remote {
@@ -151,11 +162,19 @@ async fn throughput(remote: bool, senders: u64, per_sender: u64) -> f64 {
             let rt = rt_a.clone();
             let target = targets[(s % targets.len() as u64) as usize];
             let payload = payload.clone();
+            let sender = rt.sender(&Identity::generate());
             tokio::spawn(async move {
                 for seq in 1..=per_sender {
-                    rt.send(target, event(s + 1, seq, payload.clone()))
-                        .await
-                        .expect("send");
+                    match via {
+                        Via::Raw => {
+                            rt.send(target, event(s + 1, seq, payload.clone()))
+                                .await
+                                .expect("send");
+                        }
+                        Via::Sender => {
+                            sender.send(target, payload.clone()).await.expect("send");
+                        }
+                    }
                 }
             })
         })
@@ -216,14 +235,16 @@ fn main() {
         );
         println!("\n## pipelined send throughput, 64 B, 256 senders in flight");
         let per = if quick { 200 } else { 2000 };
-        println!(
-            "1 node (local daemons):  {:>10.0} events/s",
-            throughput(false, 256, per).await
-        );
-        println!(
-            "2 nodes (remote daemons): {:>10.0} events/s",
-            throughput(true, 256, per).await
-        );
+        for (via, label) in [(Via::Raw, "send"), (Via::Sender, "EventSender")] {
+            println!(
+                "1 node (local daemons),   {label:<11} {:>10.0} events/s",
+                throughput(false, via, 256, per).await
+            );
+            println!(
+                "2 nodes (remote daemons), {label:<11} {:>10.0} events/s",
+                throughput(true, via, 256, per).await
+            );
+        }
         println!("\n## membership");
         println!(
             "5-node mesh converged through one seed in {:?}",

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cellmesh::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, MigrationOpts};
+use cellmesh::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, MigrationOpts, SendError};
 use cellmesh::mesh::MeshBuilder;
 use cellmesh::Identity;
-use cellmesh_suite::{count_of, event, CounterDaemon};
+use cellmesh_suite::{count_of, CounterDaemon};
 
 const PSK: [u8; 32] = [0x5a; 32];
 
@@ -51,20 +51,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             rt_b.clone()
         };
         let stop = Arc::clone(&stop);
+        let sender = rt.sender(&Identity::generate());
         senders.push(tokio::spawn(async move {
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let seq = sent + 1;
-                match rt.send(daemon, event(100 + s, seq, Bytes::new())).await {
-                    Ok(_) => sent = seq,
-                    // Retried at once: the directory catches up.
-                    Err(
-                        DaemonError::NotFound(_)
-                        | DaemonError::NotLocated(_)
-                        | DaemonError::Remote { .. }
-                        | DaemonError::Unreachable { .. },
-                    ) => {}
-                    Err(e) => return Err(e),
+                let mut outcome = sender.send(daemon, Bytes::new()).await.map(drop);
+                loop {
+                    match outcome {
+                        Ok(()) => {
+                            sent += 1;
+                            break;
+                        }
+                        // Resent at once under the same sequence (applied
+                        // at most once): the directory catches up.
+                        Err(SendError::Failed {
+                            pending,
+                            source:
+                                DaemonError::NotFound(_)
+                                | DaemonError::NotLocated(_)
+                                | DaemonError::Remote { .. }
+                                | DaemonError::Unreachable { .. },
+                        }) => outcome = sender.resend(*pending).await.map(drop),
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             Ok(sent)
@@ -90,7 +99,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for s in senders {
         accepted += s.await??;
     }
-    let out = rt_a.send(daemon, event(7, 1, Bytes::new())).await?;
+    let out = rt_a
+        .sender(&Identity::generate())
+        .send(daemon, Bytes::new())
+        .await?
+        .outputs;
     let count = count_of(&out[0]).ok_or("counter output")?;
     println!(
         "{accepted} events accepted while migrating twice; the counter says {}",

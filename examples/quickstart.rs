@@ -1,5 +1,6 @@
-//! Quickstart: one node, a counter daemon, exactly-once delivery, a signed
-//! snapshot, a restore that resumes the count and the output chain.
+//! Quickstart: one node, a counter daemon, events from an `EventSender`,
+//! exactly-once delivery, a signed snapshot, a restore that resumes the
+//! count and the output chain.
 //!
 //! Run: `cargo run --release --example quickstart`
 
@@ -30,24 +31,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("spawned counter {:016x}", counter.origin_hash);
 
-    let sender = Identity::generate().keypair().origin_hash();
-    for seq in 1..=5 {
-        let out = rt.deliver(
-            counter.origin_hash,
-            &event(sender, seq, Bytes::from_static(b"tick")),
-        )?;
+    // A sender is one identity: it numbers its events per daemon and
+    // builds their causal links.
+    let sender = rt.sender(&Identity::generate());
+    let mut last = 0;
+    for n in 1..=5 {
+        let sent = sender
+            .send(counter.origin_hash, Bytes::from_static(b"tick"))
+            .await?;
+        let out = &sent.outputs[0];
         println!(
-            "event {seq}: count {:?}, output #{} (parent {:016x})",
-            count_of(&out[0]),
-            out[0].link.sequence,
-            out[0].link.parent_hash
+            "event {n} (sequence {}): count {:?}, output #{} (parent {:016x})",
+            sent.sequence,
+            count_of(out),
+            out.link.sequence,
+            out.link.parent_hash
         );
+        last = sent.sequence;
     }
 
-    // Exactly-once: a replay is refused before it reaches the daemon.
-    match rt.deliver(counter.origin_hash, &event(sender, 5, Bytes::new())) {
-        Err(DaemonError::Duplicate { sequence, .. }) => {
-            println!("replay of event {sequence} refused")
+    // Exactly-once: a replay of the last event (same origin, same
+    // sequence) is refused before it reaches the daemon.
+    match rt.deliver(
+        counter.origin_hash,
+        &event(sender.origin_hash(), last, Bytes::new()),
+    ) {
+        Err(DaemonError::Duplicate { .. }) => {
+            println!("replay of event 5 (sequence {last}) refused")
         }
         other => return Err(format!("replay was not refused: {other:?}").into()),
     }
@@ -65,15 +75,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let restored = rt
         .spawn_from_snapshot("counter", identity, snapshot, DaemonHostConfig::default())
         .await?;
-    let out = rt.deliver(
-        restored.origin_hash,
-        &event(sender, 6, Bytes::from_static(b"tick")),
-    )?;
+    // The marks travel in the snapshot; the sender's next sequence is above.
+    let sent = sender
+        .send(restored.origin_hash, Bytes::from_static(b"tick"))
+        .await?;
+    let out = &sent.outputs[0];
     println!(
-        "after restore, event 6: count {:?}, output #{}",
-        count_of(&out[0]),
-        out[0].link.sequence
+        "after restore, the next event: count {:?}, output #{}",
+        count_of(out),
+        out.link.sequence
     );
+    if count_of(out) != Some(6) {
+        return Err("the restored counter must resume at 5".into());
+    }
 
     rt.shutdown().await?;
     println!("shut down; {} daemons left", rt.daemon_count());

@@ -1,7 +1,8 @@
 //! Two nodes on loopback: they admit each other with the mesh PSK, node A
 //! places a counter daemon on node B by capability, sends it events over
-//! QUIC and gets its outputs back; a retried send is refused; the daemon is
-//! then stopped on B and respawned on A, and B's sends follow it there.
+//! QUIC through an `EventSender` and gets its outputs back; a replayed event
+//! is refused; the daemon is then stopped on B and respawned on A, and B's
+//! sends follow it there.
 //!
 //! Run: `cargo run --release --example two_nodes`
 
@@ -58,29 +59,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         placed.origin_hash, placed.node
     );
 
-    let sender = Identity::generate().keypair().origin_hash();
-    for seq in 1..=3 {
-        let out = rt_a
-            .send(
-                placed.origin_hash,
-                event(sender, seq, Bytes::from_static(b"tick")),
-            )
+    // One sending identity; its sender on A numbers the events.
+    let sender_id = Identity::generate();
+    let sender = rt_a.sender(&sender_id);
+    let mut last = 0;
+    for n in 1..=3 {
+        let sent = sender
+            .send(placed.origin_hash, Bytes::from_static(b"tick"))
             .await?;
-        println!("A -> B event {seq}: count {:?}", count_of(&out[0]));
+        println!("A -> B event {n}: count {:?}", count_of(&sent.outputs[0]));
+        last = sent.sequence;
     }
     match rt_a
-        .send(placed.origin_hash, event(sender, 3, Bytes::new()))
+        .send(
+            placed.origin_hash,
+            event(sender.origin_hash(), last, Bytes::new()),
+        )
         .await
     {
-        Err(DaemonError::Duplicate { sequence, .. }) => {
-            println!("retry of event {sequence} refused as a duplicate")
+        Err(DaemonError::Duplicate { .. }) => {
+            println!("retry of event 3 (sequence {last}) refused as a duplicate")
         }
         other => return Err(format!("a retry must be refused: {other:?}").into()),
     }
 
     // Move the daemon by hand: stop it on B, respawn it on A. B learns the
     // new location; a sender whose cache still says B is redirected.
+    // The directory is gossiped: A hears of the stop before it may host the
+    // identity.
     rt_b.stop(placed.origin_hash).await?;
+    rt_a.mesh()
+        .wait_for(Duration::from_secs(5), |m| {
+            m.locate(placed.origin_hash).is_none()
+        })
+        .await;
     rt_a.spawn("counter", identity, DaemonHostConfig::default())
         .await?;
     rt_b.mesh()
@@ -88,12 +100,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             m.locate(placed.origin_hash) == Some(rt_a.mesh().node_id())
         })
         .await;
+    // The same identity sending from B: its sequences come from the clock,
+    // so a second sender (or a restarted one) is not refused.
     let out = rt_b
-        .send(
-            placed.origin_hash,
-            event(sender, 4, Bytes::from_static(b"tick")),
-        )
-        .await?;
+        .sender(&sender_id)
+        .send(placed.origin_hash, Bytes::from_static(b"tick"))
+        .await?
+        .outputs;
     println!(
         "B -> A event 4: count {:?} (a fresh daemon: state moves with migration, not with a respawn)",
         count_of(&out[0])

@@ -39,7 +39,9 @@ impl MeshDaemon for Counter {
     }
 }
 
-fn tick(origin_hash: u64, sequence: u64) -> CausalEvent {
+/// A replay of the event `sequence` from `origin_hash`, built by hand as
+/// an [`EventSender`](cellmesh::compute::EventSender) builds it.
+fn replay(origin_hash: u64, sequence: u64) -> CausalEvent {
     CausalEvent {
         link: CausalLink {
             origin_hash,
@@ -48,7 +50,7 @@ fn tick(origin_hash: u64, sequence: u64) -> CausalEvent {
             parent_hash: 0,
         },
         payload: Bytes::from_static(b"tick"),
-        received_at: sequence,
+        received_at: 0,
     }
 }
 
@@ -65,12 +67,17 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         .spawn("counter", identity.clone(), DaemonHostConfig::default())
         .await?;
     println!("spawned counter {:016x}", daemon.origin_hash);
-    let sender = Identity::generate().keypair().origin_hash();
-    for seq in 1..=3 {
-        let out = rt.deliver(daemon.origin_hash, &tick(sender, seq))?;
-        println!("  event {seq} -> output seq {}", out[0].link.sequence);
+    let sender = rt.sender(&Identity::generate());
+    let mut last = 0;
+    for n in 1..=3 {
+        let sent = sender.send(daemon.origin_hash, &b"tick"[..]).await?;
+        println!(
+            "  event {n} (sequence {}) -> output seq {}",
+            sent.sequence, sent.outputs[0].link.sequence
+        );
+        last = sent.sequence;
     }
-    match rt.deliver(daemon.origin_hash, &tick(sender, 3)) {
+    match rt.deliver(daemon.origin_hash, &replay(sender.origin_hash(), last)) {
         Err(e) => println!("  replay of event 3 refused: {e}"),
         Ok(_) => return Err("a replayed event was processed twice".into()),
     }
@@ -86,7 +93,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let again = rt
         .spawn_from_snapshot("counter", identity, restored, DaemonHostConfig::default())
         .await?;
-    let out = rt.deliver(again.origin_hash, &tick(sender, 4))?;
+    let out = sender.send(again.origin_hash, &b"tick"[..]).await?.outputs;
     let count = u64::from_le_bytes(out[0].payload[..].try_into()?);
     println!(
         "restored; event 4 -> count {count}, output seq {}",

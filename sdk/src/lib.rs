@@ -25,7 +25,7 @@
 //! use bytes::Bytes;
 //! use cellmesh::capabilities::CapabilityFilter;
 //! use cellmesh::compute::{
-//!     CausalEvent, CausalLink, DaemonHostConfig, DaemonRuntime, MeshDaemon, ProcessError,
+//!     CausalEvent, DaemonHostConfig, DaemonRuntime, MeshDaemon, ProcessError,
 //! };
 //! use cellmesh::{mesh::MeshBuilder, Identity};
 //!
@@ -45,16 +45,11 @@
 //! rt.register_factory("counter", || Box::new(Counter(0)))?;
 //! rt.start().await?;
 //! let daemon = rt.spawn("counter", Identity::generate(), DaemonHostConfig::default()).await?;
-//! let sender = Identity::generate().keypair().origin_hash();
-//! let event = CausalEvent {
-//!     link: CausalLink { origin_hash: sender, horizon_encoded: 0, sequence: 1, parent_hash: 0 },
-//!     payload: Bytes::from_static(b"tick"),
-//!     received_at: 0,
-//! };
-//! let outputs = rt.deliver(daemon.origin_hash, &event)?;
-//! assert_eq!(outputs[0].link.sequence, 1);
-//! // The same event again is refused: delivery is exactly-once.
-//! assert!(rt.deliver(daemon.origin_hash, &event).is_err());
+//! // One sending identity: it numbers its events per daemon and sends them
+//! // wherever the daemon lives; each is applied exactly once, in order.
+//! let sender = rt.sender(&Identity::generate());
+//! let delivered = sender.send(daemon.origin_hash, Bytes::from_static(b"tick")).await?;
+//! assert_eq!(delivered.outputs[0].link.sequence, 1); // the daemon's first output
 //! # Ok(()) }
 //! ```
 //!

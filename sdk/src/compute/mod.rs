@@ -16,6 +16,7 @@ mod host;
 pub(crate) mod migration;
 mod remote;
 mod runtime;
+mod sender;
 mod snapshot;
 
 pub use buffer::{set_state_pool_limit, state_pool_limit, StateBuf, STATE_POOL_BYTES};
@@ -30,4 +31,5 @@ pub use migration::{
 };
 pub use remote::{PlacedDaemon, Placement};
 pub use runtime::DaemonRuntime;
+pub use sender::{Delivered, EventSender, PendingEvent, Resent, SendError, SequenceError};
 pub use snapshot::{SnapshotError, StateSnapshot, MAX_SNAPSHOT_BYTES};

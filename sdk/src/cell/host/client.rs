@@ -4,36 +4,35 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Mutex;
 
 use super::command::{decode, encode, Command, RefusalCode, Reply};
 use crate::cell::backend::CellError;
-use crate::compute::{CausalEvent, CausalLink, DaemonError, DaemonRuntime};
+use crate::compute::{DaemonError, DaemonRuntime, EventSender, RemoteRefusal, SendError};
 use crate::mesh::NodeId;
 use crate::Identity;
 
 /// How long one command may take before the cell's host counts as lost.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends commands as one origin. Calls are serialized: each takes the next
-/// sequence, so none can overtake another and be refused as a duplicate.
+/// Sends commands as one origin through an [`EventSender`]: calls to one
+/// cell daemon are sequential (none can overtake another and be refused as
+/// a duplicate), calls to different cells run concurrently.
 pub(crate) struct CellClient {
-    rt: DaemonRuntime,
-    origin: u64,
-    next: Mutex<u64>,
+    sender: EventSender,
 }
 
 impl CellClient {
     pub(crate) fn new(rt: DaemonRuntime) -> Self {
-        Self {
-            rt,
-            origin: Identity::generate().keypair().origin_hash(),
-            next: Mutex::new(0),
-        }
+        // A fresh origin per client: plain counters from 1 cannot collide
+        // with an earlier incarnation's.
+        let sender = EventSender::new(&rt, &Identity::generate())
+            .starting_at(1)
+            .expect("1 is a valid first sequence");
+        Self { sender }
     }
 
     pub(crate) fn runtime(&self) -> &DaemonRuntime {
-        &self.rt
+        self.sender.runtime()
     }
 
     /// Sends `command` to the cell daemon `target` and decodes its reply.
@@ -44,20 +43,9 @@ impl CellClient {
         target: u64,
         command: &Command,
     ) -> Result<Reply, CellError> {
-        let mut next = self.next.lock().await;
-        *next += 1;
-        let event = CausalEvent {
-            link: CausalLink {
-                origin_hash: self.origin,
-                horizon_encoded: 0,
-                sequence: *next,
-                parent_hash: 0,
-            },
-            payload: encode(command),
-            received_at: 0,
-        };
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, self.rt.send(target, event)).await;
-        let node = self.rt.mesh().locate(target);
+        let outcome =
+            tokio::time::timeout(CALL_TIMEOUT, self.sender.send(target, encode(command))).await;
+        let node = self.runtime().mesh().locate(target);
         let lost = |reason: String| match node {
             Some(node) => CellError::PeerLost {
                 id: cell_id.to_string(),
@@ -68,11 +56,19 @@ impl CellClient {
         };
         let outputs = match outcome {
             Err(_) => return Err(lost(format!("no answer within {CALL_TIMEOUT:?}"))),
-            Ok(Err(DaemonError::NotFound(_))) => {
-                return Err(CellError::UnknownCell(cell_id.to_string()))
-            }
+            Ok(Err(SendError::Failed {
+                source:
+                    DaemonError::NotFound(_)
+                    | DaemonError::NotLocated(_)
+                    | DaemonError::Remote {
+                        refusal: RemoteRefusal::NotHosted,
+                        ..
+                    },
+                ..
+            })) => return Err(CellError::UnknownCell(cell_id.to_string())),
+            Ok(Err(SendError::Failed { source, .. })) => return Err(lost(source.to_string())),
             Ok(Err(e)) => return Err(lost(e.to_string())),
-            Ok(Ok(outputs)) => outputs,
+            Ok(Ok(delivered)) => delivered.outputs,
         };
         let raw: Bytes = outputs
             .into_iter()
