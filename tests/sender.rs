@@ -187,6 +187,8 @@ async fn apply(sender: &EventSender, daemon: u64) -> Option<u64> {
                 pending,
                 source:
                     DaemonError::NotFound(_)
+                    | DaemonError::NotLocated(_)
+                    | DaemonError::Remote { .. }
                     | DaemonError::Unreachable { .. }
                     | DaemonError::Busy { .. }
                     | DaemonError::TooManyRedirects(_),
@@ -333,9 +335,13 @@ async fn a_failed_send_is_resent_with_its_sequence_and_applied_once() {
     let identity = Identity::generate();
     let daemon = identity.keypair().origin_hash();
     let sender = rt_b.sender(&Identity::generate());
-    // The daemon does not exist yet: the send fails, the event comes back.
+    // The daemon does not exist yet: the send fails (it is neither here nor
+    // in the directory), the event comes back.
     let err = sender.send(daemon, TICK).await.unwrap_err();
-    assert!(matches!(err.daemon_error(), Some(DaemonError::NotFound(_))));
+    assert!(
+        matches!(err.daemon_error(), Some(DaemonError::NotLocated(_))),
+        "{err}"
+    );
     let pending = err.into_pending().expect("a failed send returns its event");
     let sequence = pending.sequence();
     assert_eq!(pending.event().link.origin_hash, sender.origin_hash());
