@@ -14,10 +14,7 @@ use cellmesh::mesh::MeshBuilder;
 use cellmesh::Identity;
 use cellmesh_suite::{count_of, event, EchoDaemon};
 
-#[path = "compute/support.rs"]
-#[allow(dead_code)]
-mod support;
-use support::{cfg, ev, runtime, started, PSK};
+use super::support::{cfg, ev, runtime, started, PSK};
 
 // ---- Spawn / deliver / stop ------------------------------------------
 

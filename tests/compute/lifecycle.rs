@@ -9,10 +9,7 @@ use cellmesh::compute::{DaemonError, DaemonRuntime};
 use cellmesh::Identity;
 use cellmesh_suite::EchoDaemon;
 
-#[path = "compute/support.rs"]
-#[allow(dead_code)]
-mod support;
-use support::{cfg, ev, runtime, started};
+use super::support::{cfg, ev, runtime, started};
 
 // ---- Lifecycle --------------------------------------------------------
 
