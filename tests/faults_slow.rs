@@ -68,7 +68,7 @@ async fn a_node_stalled_past_the_idle_timeout_rejoins() {
         .await
         .expect("a daemon on B");
     assert_eq!(
-        a.send(origin, 1, 1, BOUND).await,
+        send_once_located(&a, origin, 1).await,
         Ok(1),
         "A reaches the daemon on B"
     );
@@ -105,8 +105,27 @@ async fn a_node_stalled_past_the_idle_timeout_rejoins() {
     );
     println!("rejoined {:?} after SIGCONT", continued.elapsed());
     assert_eq!(
-        a.send(origin, 1, 2, BOUND).await,
+        send_once_located(&a, origin, 2).await,
         Ok(2),
         "A reaches the daemon on B again"
     );
+}
+
+/// Sends event `seq` through `via` once `via` knows where the daemon is:
+/// the directory is gossiped, so right after a spawn (or a rejoin) the
+/// daemon may not be located yet. Any other answer is returned as is.
+async fn send_once_located(
+    via: &NodeProcess,
+    origin: u64,
+    seq: u64,
+) -> Result<u64, cellmesh_suite::faults::ProcessError> {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let sent = via.send(origin, 1, seq, BOUND).await;
+        let not_located = matches!(&sent, Err(e) if format!("{e:?}").contains("NotLocated"));
+        if !not_located || tokio::time::Instant::now() >= deadline {
+            return sent;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
