@@ -8,6 +8,7 @@
 //!   optionally at a named protocol point (`CELLMESH_FAULT_AT`, see
 //!   `cellmesh::fault`).
 //! - [`node`]: the program such a process runs ([`node_entry`]).
+//! - [`stranger`]: a QUIC client that reaches a node but holds no mesh key.
 //!
 //! # Placing the proxy between two nodes
 //!
@@ -37,12 +38,14 @@
 pub mod node;
 pub mod process;
 pub mod proxy;
+pub mod stranger;
 
 pub use node::{node_entry, NODE_ENV};
 pub use process::{
     HostState, Hosted, MigrateArgs, Migration, NodeOpts, NodeProcess, Outcome, ProcessError, Reply,
 };
 pub use proxy::{Direction, Faults, ProxyHandle, ProxyStats, Scheduled, UdpProxy};
+pub use stranger::{stranger, StrangerError};
 
 /// A small seeded PRNG (xorshift64*), so that a fault schedule replays
 /// exactly from its seed.
