@@ -89,4 +89,17 @@ impl DaemonRuntime {
     pub(crate) fn check_ready(&self) -> Result<(), DaemonError> {
         self.require_ready()
     }
+
+    /// One identity runs in one place: refuses an identity the directory
+    /// places on another node (which includes one that left this node for
+    /// another by migration).
+    pub(crate) fn check_not_elsewhere(&self, origin_hash: u64) -> Result<(), DaemonError> {
+        let mesh = self.mesh();
+        match mesh.locate(origin_hash) {
+            Some(node) if node != mesh.node_id() => {
+                Err(DaemonError::HostedElsewhere { origin_hash, node })
+            }
+            _ => Ok(()),
+        }
+    }
 }

@@ -486,24 +486,6 @@ impl DaemonRuntime {
         self.check_not_elsewhere(origin_hash)
     }
 
-    /// One identity runs in one place: refuses an identity the directory
-    /// places on another node (or that left this node for one).
-    pub(crate) fn check_not_elsewhere(&self, origin_hash: u64) -> Result<(), DaemonError> {
-        let mesh = self.mesh();
-        let moved = self
-            .inner
-            .forwarding
-            .contains_key(&origin_hash)
-            .then(|| mesh.locate(origin_hash))
-            .flatten();
-        match moved.or_else(|| mesh.locate(origin_hash)) {
-            Some(node) if node != mesh.node_id() => {
-                Err(DaemonError::HostedElsewhere { origin_hash, node })
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Runs the factory (containing a panic) and checks the daemon's
     /// requirements against this node.
     fn build(&self, kind: &str, factory: &Factory) -> Result<Box<dyn MeshDaemon>, DaemonError> {

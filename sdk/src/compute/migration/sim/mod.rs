@@ -15,12 +15,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::dispatch::{answer_status, pump_source, SourceEffects, TargetEffects, TargetSession};
-use super::source::{self, Failure, Source, Timing};
-use super::target::Target;
+use super::dispatch::{answer_status, pump_source, TargetSession};
+use super::source::{self, Failure, Source};
 use super::verdicts::Verdicts;
-use super::wire::{Body, Carried, MigrationRefusal, Msg, Prepare, Verdict, VERSIONS};
-use crate::compute::snapshot::{BodyDigest, Sealer};
+use super::wire::{Body, Msg, Verdict};
 use crate::compute::CausalEvent;
 use crate::identity::Identity;
 use crate::mesh::NodeId;
@@ -308,132 +306,6 @@ impl Model {
     }
 }
 
-/// The source node's effects, on the model.
-impl SourceEffects for Model {
-    fn freeze(&mut self) -> Result<Sealer, String> {
-        self.src_gate = SrcGate::Frozen;
-        let bytes = self.src_copy.as_ref().expect("source copy").encode();
-        Ok(Sealer::from_segments(vec![bytes]))
-    }
-
-    fn resume(&mut self) {
-        self.src_gate = SrcGate::Open;
-        while let Some(e) = self.src_queue.pop_front() {
-            self.accept(e, false);
-        }
-    }
-
-    fn carry(&mut self) -> Vec<CausalEvent> {
-        self.src_queue.iter().map(|&e| carried(e)).collect()
-    }
-
-    fn release(&mut self, outcomes: Vec<Carried>) {
-        self.src_gate = SrcGate::Forwarding;
-        self.src_copy = None;
-        // The carried events were answered by the target as it took over;
-        // the rest are forwarded (all of them when the answer was lost: the
-        // target refuses the carried ones as duplicates).
-        for _ in 0..outcomes.len().min(self.src_queue.len()) {
-            self.src_queue.pop_front();
-        }
-        let queued: Vec<u64> = self.src_queue.drain(..).collect();
-        self.forwards.extend(queued);
-        self.flush_forwards();
-        self.forwarded_due = true;
-    }
-
-    fn resolve(&mut self) {
-        self.send(
-            Dest::StatusQuery,
-            Msg {
-                id: MIGRATION,
-                body: Body::Status,
-            },
-        );
-    }
-
-    fn finish(&mut self, outcome: Result<(), Failure>) {
-        assert!(self.outcome.is_none(), "seed {}: finished twice", self.seed);
-        self.outcome = Some(outcome);
-    }
-}
-
-/// The target node's effects, on the model.
-impl TargetEffects for Model {
-    fn check(&mut self, _prepare: &Prepare) -> Result<(), MigrationRefusal> {
-        match self.tgt_copy {
-            None => Ok(()),
-            Some(_) => Err(MigrationRefusal::AlreadyHosted),
-        }
-    }
-
-    fn restore(
-        &mut self,
-        _prepare: &Prepare,
-        bytes: Bytes,
-        digest: BodyDigest,
-    ) -> Result<(), MigrationRefusal> {
-        // The digest kept while receiving is the hash of all but the
-        // trailer.
-        let seed = self.seed;
-        match digest {
-            BodyDigest::Blake3(d) => {
-                let body = &bytes[..bytes.len().saturating_sub(64)];
-                assert_eq!(d, *blake3::hash(body).as_bytes(), "seed {seed}");
-            }
-            BodyDigest::Xxh3(d) => {
-                let body = &bytes[..bytes.len().saturating_sub(8)];
-                assert_eq!(d, xxhash_rust::xxh3::xxh3_64(body), "seed {seed}");
-            }
-        }
-        self.tgt_copy = Some(Copy::decode(&bytes));
-        self.tgt_gate = TgtGate::Incoming;
-        Ok(())
-    }
-
-    fn activate(&mut self, _prepare: &Prepare, events: Vec<CausalEvent>) -> Vec<Carried> {
-        self.tgt_gate = TgtGate::Handover;
-        self.check_single_owner(self.seed);
-        // The carried events, processed as the target takes over (a replay
-        // is refused by the copy's mark).
-        let mut outcomes = Vec::new();
-        for event in events {
-            let e = event.link.sequence;
-            let fresh = self
-                .tgt_copy
-                .as_ref()
-                .is_some_and(|c| c.seen.last().is_none_or(|&m| e > m));
-            self.accept(e, true);
-            outcomes.push(if fresh {
-                Ok(Vec::new())
-            } else {
-                Err(crate::mesh::EventRefusal::Duplicate {
-                    origin_hash: 1,
-                    sequence: e,
-                })
-            });
-        }
-        outcomes
-    }
-
-    fn open_gate(&mut self, _prepare: &Prepare) {
-        if self.tgt_copy.is_some() {
-            self.tgt_gate = TgtGate::Open;
-            while let Some(e) = self.tgt_queue.pop_front() {
-                self.accept(e, true);
-            }
-        }
-    }
-
-    fn discard(&mut self, _prepare: &Prepare) {
-        self.tgt_copy = None;
-        self.tgt_queue.clear();
-        if self.sender_at_target {
-            self.in_flight = false;
-        }
-    }
-}
-
 impl World {
     fn drive_source(&mut self) {
         let now = self.now();
@@ -575,7 +447,7 @@ impl World {
             m.tgt_restarted = true;
             m.verdicts = Arc::new(Verdicts::new(
                 Duration::from_millis(RETENTION_MS),
-                m.verdicts_max(),
+                m.faults.verdict_table(),
             ));
             m.flooders.clear();
             if m.sender_at_target {
@@ -591,9 +463,10 @@ impl World {
     }
 }
 
-impl Model {
-    fn verdicts_max(&self) -> usize {
-        if self.faults.flood {
+impl Faults {
+    /// The target's verdict table size: small when other peers flood it.
+    fn verdict_table(&self) -> usize {
+        if self.flood {
             FLOOD_TABLE
         } else {
             super::verdicts::MAX_VERDICTS
@@ -615,145 +488,7 @@ fn carried(e: u64) -> CausalEvent {
     }
 }
 
-impl Faults {
-    /// A clean network.
-    fn none() -> Self {
-        Faults {
-            reorder: false,
-            drop: 0,
-            dup: 0,
-            max_delay_ms: 0,
-            crash_src_at: None,
-            crash_tgt_at: None,
-            cancel_at: None,
-            deadline_ms: 2_000,
-            blackout: Vec::new(),
-            slow_chunk_ms: None,
-            flood: false,
-            target_silence_ms: SILENCE_MS,
-        }
-    }
-}
-
-fn run(seed: u64) -> World {
-    run_with(seed, |_| {})
-}
-
-fn run_with(seed: u64, tweak: impl FnOnce(&mut Faults)) -> World {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let hostile = rng.chance(700);
-    let faults = Faults {
-        reorder: hostile && rng.chance(300),
-        drop: if hostile { rng.below(60) } else { 0 },
-        dup: if hostile { rng.below(100) } else { 0 },
-        max_delay_ms: rng.below(40),
-        crash_src_at: rng.chance(150).then(|| rng.below(300)),
-        crash_tgt_at: rng.chance(150).then(|| rng.below(300)),
-        cancel_at: rng.chance(150).then(|| rng.below(200)),
-        deadline_ms: if rng.chance(100) {
-            5 + rng.below(50)
-        } else {
-            2_000
-        },
-        blackout: {
-            let mut blackouts = Vec::new();
-            for _ in 0..2 {
-                if rng.chance(150) {
-                    let from = rng.below(300);
-                    blackouts.push((rng.chance(500), from, from + 50 + rng.below(600)));
-                }
-            }
-            blackouts
-        },
-        slow_chunk_ms: rng.chance(100).then(|| SILENCE_MS + 100 + rng.below(500)),
-        flood: rng.chance(100),
-        target_silence_ms: if rng.chance(200) {
-            SILENCE_MS * 3
-        } else {
-            SILENCE_MS
-        },
-    };
-    let mut faults = faults;
-    tweak(&mut faults);
-    let base = Instant::now();
-    let timing = Timing {
-        deadline: base + Duration::from_millis(faults.deadline_ms),
-        silence: Duration::from_millis(SILENCE_MS),
-        beat: Duration::from_millis(50),
-        retention: Duration::from_millis(RETENTION_MS),
-    };
-    let identity = Identity::from_seed([7; 32]);
-    let prepare = Prepare {
-        versions: VERSIONS,
-        kind: "counter".into(),
-        entity: *identity.entity_id().as_bytes(),
-        origin_hash: identity.keypair().origin_hash(),
-        // Half the runs hand the key over (a checksummed transfer), half
-        // do not (a signed one).
-        seed: seed.is_multiple_of(2).then_some([7; 32]),
-        max_snapshot_bytes: 1 << 20,
-    };
-    // A slow link moves the state in one chunk (it would not fit the
-    // deadline in many).
-    let chunk = if faults.slow_chunk_ms.is_some() {
-        1 << 20
-    } else {
-        1 + rng.below(64) as usize
-    };
-    let table = if faults.flood {
-        FLOOD_TABLE
-    } else {
-        super::verdicts::MAX_VERDICTS
-    };
-    let target = Target::new(
-        base,
-        Duration::from_millis(faults.target_silence_ms),
-        Duration::from_millis(50),
-        Duration::from_millis(300),
-        1 << 30,
-    );
-    let verdicts = Arc::new(Verdicts::new(Duration::from_millis(RETENTION_MS), table));
-    let mut world = World {
-        model: Model {
-            seed,
-            rng,
-            base,
-            ms: 0,
-            faults,
-            net: Vec::new(),
-            src_copy: Some(Copy::default()),
-            src_gate: SrcGate::Open,
-            src_queue: VecDeque::new(),
-            tgt_copy: None,
-            tgt_gate: TgtGate::Incoming,
-            tgt_queue: VecDeque::new(),
-            verdicts: Arc::clone(&verdicts),
-            tgt_restarted: false,
-            src_crashed: false,
-            src_crashed_after_commit: false,
-            accepted: Vec::new(),
-            next_event: 1,
-            in_flight: false,
-            sender_at_target: false,
-            outcome: None,
-            forwards: VecDeque::new(),
-            forwarded_due: false,
-            last_at: [0; 2],
-            flooders: Vec::new(),
-        },
-        src: Some(Source::new(MIGRATION, prepare, base, timing, chunk)),
-        tgt: Some(TargetSession::new(target, node(1), verdicts)),
-    };
-    // Some events before the migration starts.
-    for _ in 0..world.rng.below(5) {
-        world.model.sender();
-    }
-    world.drive_source();
-    for ms in 0..4_000 {
-        world.ms = ms;
-        world.step();
-    }
-    world
-}
-
 mod check;
+mod effects;
+mod run;
+use run::{run, run_with};
