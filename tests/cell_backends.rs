@@ -199,7 +199,7 @@ async fn a_running_cell_cannot_be_released_but_a_finished_one_moves() {
     target.release(&adopted).unwrap();
     assert!(!target.has_tracked_state("done"));
     let remote = CellHost::Remote {
-        node: cellmesh::mesh::NodeId::from(cellmesh::Identity::generate().entity_id()),
+        node: cellmesh::NodeId::from(cellmesh::Identity::generate().entity_id()),
         origin_hash: 1,
     };
     assert!(matches!(

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cellmesh::mesh::{Mesh, MeshBuilder, NodeId};
+use cellmesh::mesh::{Mesh, MeshBuilder};
+use cellmesh::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
 const PSK: [u8; 32] = [0x42; 32];
@@ -164,4 +165,33 @@ async fn a_node_that_left_is_not_redialled() {
         "a node that left was dialled again"
     );
     assert!(b.peers().is_empty());
+}
+
+/// A silent seed (a UDP socket that never answers) delays nothing when the
+/// node does not wait for its seeds; it is dialled in the background and
+/// the node joins whoever answers.
+#[tokio::test]
+async fn silent_seeds_do_not_hold_a_node_that_does_not_wait_for_them() {
+    let silent = [
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+    ];
+    let up = node(vec![]).await;
+    let mut seeds: Vec<SocketAddr> = silent.iter().map(|s| s.local_addr().unwrap()).collect();
+    seeds.push(up.local_addr());
+    // Waiting for the silent seeds would take a whole idle timeout (60 s).
+    let build = MeshBuilder::new("127.0.0.1:0", &PSK)
+        .unwrap()
+        .seed_peers(seeds)
+        .idle_timeout(Duration::from_secs(60))
+        .wait_for_seeds(false)
+        .build();
+    let joined = tokio::time::timeout(WAIT, build)
+        .await
+        .expect("build returns without waiting for the silent seeds")
+        .expect("build");
+    assert!(
+        joined.wait_for_peers(1, WAIT).await,
+        "joined the seed that answers"
+    );
 }

@@ -178,7 +178,7 @@ async fn local_preconditions_are_refused_at_once() {
         MigrateError::TargetIsSelf(daemon)
     );
     let stranger = Identity::generate().entity_id();
-    let stranger = cellmesh::mesh::NodeId::from_bytes(*stranger.as_bytes()).unwrap();
+    let stranger = cellmesh::NodeId::from_bytes(*stranger.as_bytes()).unwrap();
     assert!(matches!(
         rt_a.start_migration(daemon, stranger, MigrationOpts::default()),
         Err(MigrateError::TargetUnknown(_))

@@ -23,8 +23,9 @@ pub mod frame {
     pub use crate::mesh::frame::*;
 }
 
-/// The mesh's control and event messages.
+/// The mesh's control messages and the event protocol's messages.
 pub mod mesh_wire {
+    pub use crate::compute::protocol::wire::*;
     pub use crate::mesh::wire::*;
 }
 

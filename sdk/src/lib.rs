@@ -7,12 +7,16 @@
 //! - [`Identity`] — an ed25519 key; a daemon's public key is its
 //!   [`EntityId`], and its 64-bit `origin_hash` is what events are routed by.
 //! - [`capabilities`] — what a node offers and what a daemon requires.
-//! - [`mesh`] — a node: its [`NodeId`](mesh::NodeId), capabilities and the
-//!   slot through which inbound migrations reach the runtime.
+//! - [`mesh`] — the transport: a node with its [`NodeId`], admission,
+//!   membership, the daemon directory, and a router that hands each
+//!   admitted connection to the protocol registered for its ALPN (the
+//!   layers above register theirs; the mesh uses nothing of them).
 //! - [`compute`] — [`MeshDaemon`](compute::MeshDaemon) (user code) hosted by a
 //!   [`DaemonRuntime`](compute::DaemonRuntime): factories by kind, spawn and
 //!   stop, exactly-once in-order delivery per origin, an unbroken output
-//!   chain, and signed snapshots bound to the daemon's identity.
+//!   chain, and signed snapshots bound to the daemon's identity; its event
+//!   and migration protocols run on the mesh; an
+//!   [`EventSender`](compute::EventSender) sends as one identity.
 //! - [`cell`] — execution cells on top of both: a validated document, host
 //!   backends (a local process, or a peer through the mesh), a signed
 //!   CloudEvent lifecycle folded into a projection that migrates with the
@@ -82,4 +86,4 @@ pub mod fuzzing;
 mod identity;
 pub mod mesh;
 
-pub use identity::{EntityId, Identity, IdentityError, Keypair};
+pub use identity::{EntityId, Identity, IdentityError, Keypair, NodeId};

@@ -47,8 +47,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cellmesh::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, MigrationOpts};
-use cellmesh::mesh::{MeshBuilder, NodeId};
+use cellmesh::mesh::MeshBuilder;
 use cellmesh::Identity;
+use cellmesh::NodeId;
 use tokio::io::AsyncBufReadExt;
 
 use crate::{count_of, event, CounterDaemon};

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cellmesh::compute::{DaemonError, DaemonRuntime};
+use cellmesh::compute::{DaemonError, DaemonRuntime, RegisterError, StartError};
 use cellmesh::Identity;
 use cellmesh_suite::EchoDaemon;
 
@@ -48,8 +48,8 @@ async fn after_shutdown_everything_is_shutting_down() {
     let spawn = rt.spawn("echo", Identity::generate(), cfg()).await;
     assert!(matches!(spawn, Err(DaemonError::ShuttingDown)), "{spawn:?}");
     let reg = rt.register_factory("other", || Box::new(EchoDaemon));
-    assert!(matches!(reg, Err(DaemonError::ShuttingDown)), "{reg:?}");
-    assert!(matches!(rt.start().await, Err(DaemonError::ShuttingDown)));
+    assert!(matches!(reg, Err(RegisterError::ShuttingDown)), "{reg:?}");
+    assert!(matches!(rt.start().await, Err(StartError::ShuttingDown)));
     assert!(matches!(
         rt.expect_migration("echo", 1, cfg()),
         Err(DaemonError::ShuttingDown)
@@ -62,12 +62,12 @@ async fn duplicate_kind_is_rejected() {
     rt.register_factory("echo", || Box::new(EchoDaemon))
         .unwrap();
     match rt.register_factory("echo", || Box::new(EchoDaemon)) {
-        Err(DaemonError::FactoryAlreadyRegistered(k)) => assert_eq!(k, "echo"),
+        Err(RegisterError::AlreadyRegistered(k)) => assert_eq!(k, "echo"),
         other => panic!("expected FactoryAlreadyRegistered, got {other:?}"),
     }
     assert!(matches!(
         rt.register_factory("", || Box::new(EchoDaemon)),
-        Err(DaemonError::InvalidKind(_))
+        Err(RegisterError::InvalidKind(_))
     ));
 }
 
@@ -83,7 +83,7 @@ async fn exactly_one_of_32_concurrent_registrations_wins() {
                     Ok(()) => {
                         oks.fetch_add(1, Ordering::SeqCst);
                     }
-                    Err(DaemonError::FactoryAlreadyRegistered(_)) => {}
+                    Err(RegisterError::AlreadyRegistered(_)) => {}
                     Err(other) => panic!("unexpected {other:?}"),
                 }
             })
@@ -119,7 +119,7 @@ async fn a_second_runtime_cannot_start_on_a_bound_mesh() {
     let other = DaemonRuntime::new(rt.mesh().clone());
     assert!(matches!(
         other.start().await,
-        Err(DaemonError::MeshAlreadyBound(_))
+        Err(StartError::MeshAlreadyBound(_))
     ));
     assert!(!other.is_ready());
     // The first runtime's handler is untouched.
@@ -186,7 +186,7 @@ async fn a_start_losing_to_shutdown_leaves_no_handler() {
     rt.shutdown().await.unwrap();
     let result = starter.await.unwrap();
     assert!(
-        matches!(result, Err(DaemonError::ShuttingDown)),
+        matches!(result, Err(StartError::ShuttingDown)),
         "{result:?}"
     );
     assert!(!rt.mesh().has_migration_handler());

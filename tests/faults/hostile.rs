@@ -11,8 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use cellmesh::fuzzing::frame;
 use cellmesh::fuzzing::migration_wire::{Body, MigrationRefusal, Msg, Prepare};
-use cellmesh::mesh::{Mesh, MeshBuilder, NodeId};
+use cellmesh::mesh::{Mesh, MeshBuilder};
 use cellmesh::Identity;
+use cellmesh::NodeId;
 use cellmesh_suite::faults::node::{parse_node_id, PSK};
 use cellmesh_suite::faults::{Direction, HostState, NodeProcess};
 

@@ -20,6 +20,7 @@ mod jetstream;
 mod log;
 mod node_view;
 mod projection;
+mod remote;
 mod sign;
 mod spec;
 
@@ -27,14 +28,14 @@ mod spec;
 #[doc(hidden)]
 pub use backend::StubBackend;
 pub use backend::{
-    BackendFuture, CellBackend, CellError, CellHandle, CellHost, ExitReport, FederatedBackend,
-    ProcessBackend, ProcessBackendConfig, TeardownReport,
+    BackendFuture, CellBackend, CellError, CellHandle, CellHost, ExitReport, ProcessBackend,
+    ProcessBackendConfig, TeardownReport,
 };
 pub use event::{
     rfc3339, CellEventKind, CellEvents, CloudEventV1, EventContext, TerminalState,
     FORCED_EXIT_CODE, LEGACY_TYPE_PREFIX, TYPE_PREFIX,
 };
-pub use host::{CellMigrateError, Cells, CellsStartError, CELL_KIND};
+pub use host::{CellMigrateError, Cells, CellsStartError};
 #[cfg(feature = "jetstream")]
 pub use jetstream::{JetStreamConfig, JetStreamError, JetStreamLog};
 pub use log::{CellEventLog, LogError, LOG_FILE};
@@ -43,6 +44,7 @@ pub use projection::{
     CellStateProjection, CellStateSnapshot, CurrentState, ExportRecord, ExportStage, IdentityStage,
     LifecycleStage, ProjectionError,
 };
+pub use remote::{FederatedBackend, CELL_KIND};
 pub use sign::{EventSignatureError, SignedCloudEvent};
 pub use spec::{
     Authority, Correlation, EgressRule, ExecutionCellDocument, ExecutionCellSpec, Lifetime,

@@ -1,8 +1,9 @@
-//! The error every operation of the compute runtime returns.
+//! The errors of the compute runtime: [`DaemonError`] for the operations on
+//! daemons, and one enum each for the operations that fail in few ways.
 
 use super::daemon::ProcessError;
 use crate::identity::EntityId;
-use crate::mesh::NodeId;
+use crate::NodeId;
 
 /// Why a [`DaemonRuntime`](super::DaemonRuntime) operation failed.
 ///
@@ -16,13 +17,15 @@ pub enum DaemonError {
     /// The runtime is shutting down or shut down.
     #[error("the daemon runtime is shutting down")]
     ShuttingDown,
-    /// A factory for this kind is registered already.
+    /// A factory for this kind is registered already (from
+    /// [`RegisterError`], for callers that gather errors as `DaemonError`).
     #[error("a factory for daemon kind {0:?} is already registered")]
     FactoryAlreadyRegistered(String),
     /// No factory is registered for this kind.
     #[error("no factory is registered for daemon kind {0:?}")]
     FactoryNotFound(String),
-    /// A kind name is empty or longer than 255 bytes.
+    /// A kind name is empty or longer than 255 bytes (also from
+    /// [`RegisterError`]).
     #[error("invalid daemon kind {0:?}: must be 1 to 255 bytes")]
     InvalidKind(String),
     /// A snapshot belongs to another identity than the one restoring it.
@@ -152,9 +155,56 @@ pub enum DaemonError {
         /// The remote error, as text.
         reason: String,
     },
-    /// Another runtime is started on this mesh node.
+    /// Another runtime is started on this mesh node (from [`StartError`]).
     #[error("another daemon runtime is already started on mesh node {0}")]
     MeshAlreadyBound(NodeId),
+}
+
+/// Why [`register_factory`](super::DaemonRuntime::register_factory) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// The runtime is shutting down or shut down.
+    #[error("the daemon runtime is shutting down")]
+    ShuttingDown,
+    /// The kind name is empty or longer than 255 bytes (the first 64
+    /// characters are kept).
+    #[error("invalid daemon kind {0:?}: must be 1 to 255 bytes")]
+    InvalidKind(String),
+    /// A factory for this kind is registered already.
+    #[error("a factory for daemon kind {0:?} is already registered")]
+    AlreadyRegistered(String),
+}
+
+/// Why [`start`](super::DaemonRuntime::start) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Shutdown began first; no runtime is bound to the mesh.
+    #[error("the daemon runtime is shutting down")]
+    ShuttingDown,
+    /// Another runtime is started on this mesh node (from [`StartError`]).
+    #[error("another daemon runtime is already started on mesh node {0}")]
+    MeshAlreadyBound(NodeId),
+}
+
+impl From<RegisterError> for DaemonError {
+    fn from(e: RegisterError) -> Self {
+        match e {
+            RegisterError::ShuttingDown => DaemonError::ShuttingDown,
+            RegisterError::InvalidKind(kind) => DaemonError::InvalidKind(kind),
+            RegisterError::AlreadyRegistered(kind) => DaemonError::FactoryAlreadyRegistered(kind),
+        }
+    }
+}
+
+impl From<StartError> for DaemonError {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::ShuttingDown => DaemonError::ShuttingDown,
+            StartError::MeshAlreadyBound(node) => DaemonError::MeshAlreadyBound(node),
+        }
+    }
 }
 
 /// Why another node refused a request about a daemon

@@ -1,19 +1,11 @@
-//! Handles, stats and per-daemon configuration.
+//! Handles and per-daemon configuration.
 
 use std::fmt;
 
 use super::error::DaemonError;
 use super::runtime::DaemonRuntime;
 use super::snapshot::StateSnapshot;
-
-/// Counters of one daemon. They travel inside snapshots.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DaemonStats {
-    /// Events accepted and processed.
-    pub events_processed: u64,
-    /// Output events emitted.
-    pub events_emitted: u64,
-}
+use super::stats::DaemonStats;
 
 /// How a daemon is hosted.
 ///

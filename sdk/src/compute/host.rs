@@ -9,8 +9,9 @@ use bytes::Bytes;
 use super::causal::{CausalEvent, OriginMarks, OutputChain};
 use super::daemon::{MeshDaemon, ProcessError};
 use super::error::{panic_message, DaemonError};
-use super::handle::{DaemonHostConfig, DaemonStats};
+use super::handle::DaemonHostConfig;
 use super::snapshot::StateSnapshot;
+use super::stats::DaemonStats;
 use crate::identity::Keypair;
 
 pub(crate) struct DaemonHost {

@@ -14,16 +14,18 @@ mod error;
 mod handle;
 mod host;
 pub(crate) mod migration;
+pub(crate) mod protocol;
 mod remote;
 mod runtime;
 mod sender;
 mod snapshot;
+mod stats;
 
 pub use buffer::{set_state_pool_limit, state_pool_limit, StateBuf, STATE_POOL_BYTES};
 pub use causal::{CausalEvent, CausalLink};
 pub use daemon::{MeshDaemon, ProcessError};
-pub use error::{DaemonError, RemoteRefusal};
-pub use handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
+pub use error::{DaemonError, RegisterError, RemoteRefusal, StartError};
+pub use handle::{DaemonHandle, DaemonHostConfig};
 pub use migration::{
     DrainOpts, DrainProgress, DrainReport, MigrateError, MigrationHandle, MigrationOpts,
     MigrationPhase, MigrationReport, ProgressFn, MAX_GATE_BYTES, MAX_GATE_EVENTS, MAX_VERDICTS,
@@ -33,3 +35,4 @@ pub use remote::{PlacedDaemon, Placement};
 pub use runtime::DaemonRuntime;
 pub use sender::{Delivered, EventSender, PendingEvent, Resent, SendError, SequenceError};
 pub use snapshot::{SnapshotError, StateSnapshot, MAX_SNAPSHOT_BYTES};
+pub use stats::DaemonStats;

@@ -4,9 +4,11 @@
 use super::causal::CausalEvent;
 use super::error::{DaemonError, RemoteRefusal};
 use super::handle::DaemonHostConfig;
+use super::protocol::{EventRefusal, EventReply, EventRequest, Reply, Request, SpawnRequest};
 use super::runtime::DaemonRuntime;
-use crate::mesh::{EventRefusal, EventReply, EventRequest, NodeId, Reply, Request, SpawnRequest};
+use crate::mesh::DialError;
 use crate::Identity;
+use crate::NodeId;
 
 /// Redirects a send follows before giving up.
 const MAX_HOPS: u8 = 4;
@@ -209,13 +211,21 @@ impl DaemonRuntime {
         origin_hash: u64,
         request: Request,
     ) -> Result<Reply, DaemonError> {
-        self.mesh()
-            .request(node, origin_hash, &request)
+        self.binding()
+            .request(self.mesh(), node, origin_hash, &request)
             .await
-            .map_err(|e| DaemonError::Unreachable {
-                origin_hash,
-                node,
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                // No runtime was ever created there.
+                DialError::NotServed { .. } => DaemonError::Remote {
+                    node,
+                    origin_hash,
+                    refusal: RemoteRefusal::NotReady,
+                },
+                e => DaemonError::Unreachable {
+                    origin_hash,
+                    node,
+                    reason: e.to_string(),
+                },
             })
     }
 }

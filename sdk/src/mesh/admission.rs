@@ -24,7 +24,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::node_id::NodeId;
+use crate::identity::NodeId;
 
 /// Label for the TLS exporter and domain tag of the proof.
 pub(crate) const EXPORTER_LABEL: &[u8] = b"cellmesh/admit/v1";

@@ -22,10 +22,10 @@ use super::admission::{
 };
 use super::error::DialError;
 use super::node::{close, Shared};
-use super::node_id::NodeId;
 use super::stats::Turned;
 use super::tls::node_id_of;
-use super::wire::{ALPN_CTRL, ALPN_EVENTS};
+use super::wire::ALPN_CTRL;
+use crate::identity::NodeId;
 
 /// Why a connection was not admitted.
 pub(crate) enum AdmitFailure {
@@ -242,18 +242,23 @@ async fn handle_incoming(
                 }
             }
         }
-        ALPN_EVENTS => {
-            super::builder::open_up(&conn, &shared.config);
-            super::events::serve(Arc::clone(shared), conn, peer).await;
-        }
-        crate::compute::migration::wire::ALPN_MIGRATE => {
-            super::builder::open_up(&conn, &shared.config);
-            super::migrate_link::serve(Arc::clone(shared), conn, peer).await;
-        }
-        other => {
-            conn.close(close::PROTOCOL.into(), b"unknown protocol");
-            tracing::debug!(alpn = ?String::from_utf8_lossy(other), "unknown ALPN");
-        }
+        other => match shared.router.get(other) {
+            Some(handler) => {
+                super::builder::open_up(&conn, &shared.config);
+                let context = super::router::Context {
+                    shared: Arc::clone(shared),
+                };
+                tokio::select! {
+                    biased;
+                    () = shared.cancel.cancelled() => {}
+                    () = handler.accept(context, conn, peer) => {}
+                }
+            }
+            None => {
+                conn.close(close::PROTOCOL.into(), b"unknown protocol");
+                tracing::debug!(alpn = ?String::from_utf8_lossy(other), "unknown ALPN");
+            }
+        },
     }
 }
 

@@ -5,7 +5,6 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
 use dashmap::{DashMap, DashSet};
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::Notify;
@@ -15,15 +14,16 @@ use tokio_util::task::TaskTracker;
 use super::config::{MeshConfig, PRE_ADMISSION_WINDOW};
 use super::error::MeshError;
 use super::node::{own_record, Mesh, Shared};
-use super::node_id::NodeId;
+use super::pool::Pool;
 use super::psk::Psk;
 use super::rejoin::{DialOutcome, Rejoin};
+use super::router::Router;
 use super::stats::AdmissionCounters;
 use super::tls::{self, Credentials};
-use super::wire::{ALPN_CTRL, ALPN_EVENTS};
+use super::wire::ALPN_CTRL;
 use crate::capabilities::CapabilitySet;
-use crate::compute::migration::wire::ALPN_MIGRATE;
 use crate::identity::Identity;
+use crate::identity::NodeId;
 
 /// Configures a [`Mesh`] node.
 ///
@@ -47,6 +47,7 @@ pub struct MeshBuilder {
     identity: Option<Identity>,
     capabilities: CapabilitySet,
     seeds: Vec<SocketAddr>,
+    wait_for_seeds: bool,
     advertise: Option<SocketAddr>,
     config: MeshConfig,
 }
@@ -89,6 +90,7 @@ impl MeshBuilder {
             identity: None,
             capabilities: CapabilitySet::default(),
             seeds: Vec::new(),
+            wait_for_seeds: true,
             advertise: None,
             config: MeshConfig::default(),
         })
@@ -117,6 +119,17 @@ impl MeshBuilder {
     /// Nodes to join through at build time (the rest are discovered).
     pub fn seed_peers(mut self, seeds: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.seeds.extend(seeds);
+        self
+    }
+
+    /// Whether [`build`](Self::build) waits for the first dial of every
+    /// seed (default `true`: the node starts joined to the seeds that
+    /// answer). With `false` the seeds are dialled in the background and
+    /// `build` returns as soon as the endpoint is bound; either way the
+    /// seeds are dialled concurrently, an unreachable one is logged as a
+    /// warning, and it is retried until it answers.
+    pub fn wait_for_seeds(mut self, wait: bool) -> Self {
+        self.wait_for_seeds = wait;
         self
     }
 
@@ -166,10 +179,9 @@ impl MeshBuilder {
         }
         let identity = self.identity.unwrap_or_else(Identity::generate);
         let credentials = Credentials::new(identity.keypair())?;
-        let server_tls = tls::server_config(&credentials, &[ALPN_CTRL, ALPN_EVENTS, ALPN_MIGRATE])?;
-        let crypto = QuicServerConfig::try_from(server_tls)
-            .map_err(|e| MeshError::Tls(tls::TlsError::Config(e.to_string())))?;
-        let server = server_config(crypto, &self.config);
+        // Until a layer above registers its protocols, only the mesh's own
+        // is offered.
+        let server = server_config(&credentials, &self.config, &[ALPN_CTRL])?;
         let (addr, endpoint) = bind_first(server, &self.addrs, self.config.udp_buffer_bytes)?;
         let local_addr = endpoint
             .local_addr()
@@ -195,16 +207,13 @@ impl MeshBuilder {
             keypair: identity.keypair().clone(),
             endpoint,
             local_addr,
-            handler: ArcSwapOption::empty(),
+            router: Router::default(),
             members: DashMap::new(),
             peers: DashMap::new(),
             directory: DashMap::new(),
             local: DashSet::new(),
             redirect_addrs: DashMap::new(),
-            event_links: DashMap::new(),
-            event_dials: DashMap::new(),
-            migrate_dials: DashMap::new(),
-            migrate_conns: DashMap::new(),
+            conns: Pool::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             admission: AdmissionCounters::default(),
@@ -220,16 +229,31 @@ impl MeshBuilder {
         shared
             .tasks
             .spawn(super::admit::accept_loop(Arc::clone(&shared)));
-        // The seeds are dialled once before `build` returns; the rejoin task
-        // retries those that failed, and whoever drops out later.
+        // The seeds are dialled once, concurrently, before `build` returns
+        // (unless told not to wait); the rejoin task retries those that
+        // failed, and whoever drops out later.
         let first = shared
             .poll_rejoin(|r, now| std::iter::from_fn(|| r.poll_dial(now)).collect::<Vec<_>>());
-        for dial in first {
-            let outcome = super::redial::dial_once(&shared, dial).await;
-            if outcome == DialOutcome::Failed {
-                tracing::warn!(seed = %dial.addr, "seed peer unreachable; retrying in the background");
+        let dials = first.into_iter().map(|dial| {
+            let shared = Arc::clone(&shared);
+            async move {
+                let outcome = super::redial::dial_once(&shared, dial).await;
+                if outcome == DialOutcome::Failed {
+                    tracing::warn!(seed = %dial.addr, "seed peer unreachable; retrying in the background");
+                }
+                shared.poll_rejoin(|r, now| r.handle_dial_result(now, dial.target, outcome));
             }
-            shared.poll_rejoin(|r, now| r.handle_dial_result(now, dial.target, outcome));
+        });
+        if self.wait_for_seeds {
+            let mut round = tokio::task::JoinSet::new();
+            for dial in dials {
+                round.spawn(dial);
+            }
+            while round.join_next().await.is_some() {}
+        } else {
+            for dial in dials {
+                shared.tasks.spawn(dial);
+            }
         }
         shared.tasks.spawn(super::redial::run(Arc::clone(&shared)));
         Ok(Mesh { shared })
@@ -329,15 +353,22 @@ pub(crate) fn open_up(conn: &quinn::Connection, config: &MeshConfig) {
     conn.set_receive_window(quinn::VarInt::from_u32(ADMITTED_WINDOW));
 }
 
-/// The server side: the pre-admission transport, and little buffered for
-/// connections not yet accepted (the accept loop takes or refuses each at
-/// once; nothing is sent as 0-RTT).
-fn server_config(crypto: QuicServerConfig, config: &MeshConfig) -> quinn::ServerConfig {
+/// The server side, offering `alpns`: the pre-admission transport, and
+/// little buffered for connections not yet accepted (the accept loop takes
+/// or refuses each at once; nothing is sent as 0-RTT).
+pub(crate) fn server_config(
+    credentials: &Credentials,
+    config: &MeshConfig,
+    alpns: &[&[u8]],
+) -> Result<quinn::ServerConfig, MeshError> {
+    let server_tls = tls::server_config(credentials, alpns)?;
+    let crypto = QuicServerConfig::try_from(server_tls)
+        .map_err(|e| MeshError::Tls(tls::TlsError::Config(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport(config));
     server.incoming_buffer_size(64 << 10);
     server.incoming_buffer_size_total((config.max_unadmitted.max(1) as u64) << 16);
-    server
+    Ok(server)
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 
 use super::admission::AdmissionError;
 use super::frame::FrameError;
-use super::node_id::NodeId;
 use super::tls::TlsError;
+use crate::identity::NodeId;
 
 /// Why a mesh node could not be configured or built.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,16 @@ pub enum DialError {
         peer: NodeId,
         /// The decoder's complaint.
         source: FrameError,
+    },
+    /// The peer does not serve the protocol asked for (nothing registered
+    /// it there: for the event protocol, no daemon runtime was created on
+    /// that node).
+    #[error("peer at {addr} does not serve {protocol}")]
+    NotServed {
+        /// The address dialled.
+        addr: std::net::SocketAddr,
+        /// The protocol's ALPN.
+        protocol: String,
     },
     /// We know no address for this node.
     #[error("no known address for node {0}")]

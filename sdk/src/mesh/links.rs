@@ -14,9 +14,9 @@ use super::error::DialError;
 use super::feed::{self, Feed, Taken};
 use super::frame::{self, FrameError};
 use super::node::{close, PeerLink, Shared};
-use super::node_id::NodeId;
 use super::tls;
 use super::wire::{Ctrl, SignedRecord, ALPN_CTRL};
+use crate::identity::NodeId;
 
 /// Dials `addr` for protocol `alpn`, checks the peer's key (pinned when
 /// `expected` is given) and runs admission.
@@ -44,6 +44,15 @@ pub(crate) async fn dial(
             addr,
             reason: String::from_utf8_lossy(&close.reason).into_owned(),
         },
+        // TLS alert 120: the server offers none of our ALPNs.
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::crypto(120) =>
+        {
+            DialError::NotServed {
+                addr,
+                protocol: String::from_utf8_lossy(alpn).into_owned(),
+            }
+        }
         other => connect_err(other.to_string()),
     })?;
     let peer = peer_id(&conn).ok_or_else(|| connect_err("peer presented no node key".into()))?;

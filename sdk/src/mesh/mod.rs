@@ -4,29 +4,28 @@
 //!   verified against the [`NodeId`] they claim (pinned when dialled by id).
 //! - `admission`: after TLS both sides prove the mesh pre-shared key with a
 //!   MAC bound to the TLS session (sans-IO machine).
-//! - Protocols, one ALPN each: `cellmesh/ctrl/1` (signed membership records,
-//!   the daemon location directory, graceful leave) and `cellmesh/events/1`
-//!   (a few long-lived streams per peer carrying tagged requests and
-//!   replies).
+//! - The mesh's own protocol, `cellmesh/ctrl/1`: signed membership
+//!   records, the daemon location directory, graceful leave.
+//! - Every other protocol is registered on the node's router by the layer
+//!   that owns it (the compute layer's events and migration), and reaches
+//!   peers over one cached admitted connection per (peer, protocol).
 //! - Frames are length-prefixed with a checked maximum.
 
 pub(crate) mod admission;
 mod admit;
 mod builder;
 mod config;
+mod connect;
 mod error;
-mod events;
 mod feed;
-pub(crate) use events::refusal as refusal_for;
 pub(crate) mod frame;
-mod handler;
 mod links;
-mod migrate_link;
 mod node;
-mod node_id;
+mod pool;
 mod psk;
 mod redial;
 mod rejoin;
+mod router;
 mod stats;
 mod tls;
 pub(crate) mod wire;
@@ -36,12 +35,17 @@ pub use builder::MeshBuilder;
 pub use config::{MeshConfig, PRE_ADMISSION_WINDOW};
 pub use error::{DialError, MeshError};
 pub use frame::FrameError;
-pub(crate) use handler::MigrationHandler;
 pub(crate) use links::FrameReader;
+pub(crate) use node::close;
 pub use node::Mesh;
-pub use node_id::NodeId;
+pub(crate) use pool::Pool;
 pub use psk::{Psk, PskError};
+pub(crate) use router::{Context, ProtocolHandler, Serving};
 pub use stats::AdmissionStats;
 pub use tls::TlsError;
 pub use wire::MemberRecord;
-pub(crate) use wire::{EventRefusal, EventReply, EventRequest, Reply, Request, SpawnRequest};
+
+/// Node ids live with identities: [`crate::NodeId`]. Kept here so code
+/// written against earlier releases builds.
+#[doc(hidden)]
+pub use crate::identity::NodeId;

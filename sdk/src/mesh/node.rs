@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use dashmap::mapref::entry::Entry;
 use dashmap::{DashMap, DashSet};
 use tokio::sync::{watch, Notify};
@@ -15,15 +14,16 @@ use tokio_util::task::TaskTracker;
 use super::admission::AdmissionError;
 use super::config::MeshConfig;
 use super::error::DialError;
-use super::handler::MigrationHandler;
-use super::node_id::NodeId;
+use super::pool::Pool;
 use super::psk::Psk;
 use super::rejoin::Rejoin;
+use super::router::Router;
 use super::stats::{AdmissionCounters, AdmissionStats};
 use super::tls::Credentials;
 use super::wire::{Ctrl, MemberRecord, SignedRecord};
 use crate::capabilities::{CapabilityFilter, CapabilitySet};
 use crate::identity::Identity;
+use crate::identity::NodeId;
 
 /// Application close codes (admission refusals have their own, in
 /// [`admission::code`](super::admission::code), 0x10 and 0x13–0x15).
@@ -56,7 +56,8 @@ pub(crate) struct Shared {
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) local_addr: SocketAddr,
     pub(crate) own_record: SignedRecord,
-    pub(crate) handler: ArcSwapOption<MigrationHandler>,
+    /// The protocols served besides the control protocol, by ALPN.
+    pub(crate) router: Router,
     /// Signed records of other nodes we know of.
     pub(crate) members: DashMap<NodeId, SignedRecord>,
     /// Admitted control links.
@@ -67,14 +68,8 @@ pub(crate) struct Shared {
     pub(crate) local: DashSet<u64>,
     /// Addresses learned from redirects for nodes not (yet) members.
     pub(crate) redirect_addrs: DashMap<NodeId, SocketAddr>,
-    /// Cached event links.
-    pub(crate) event_links: DashMap<NodeId, Arc<super::events::EventLink>>,
-    /// One dial at a time per node for event links.
-    pub(crate) event_dials: DashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
-    /// Migration connections by peer (one stream per migration).
-    pub(crate) migrate_conns: DashMap<NodeId, quinn::Connection>,
-    /// One dial at a time per node for migration connections.
-    pub(crate) migrate_dials: DashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
+    /// One admitted connection per (peer, protocol), dialled on first use.
+    pub(crate) conns: Pool<(NodeId, &'static [u8]), quinn::Connection>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     /// Inbound connections turned away, by reason.
@@ -117,7 +112,9 @@ impl Shared {
         if removed && !self.peers.contains_key(&peer) {
             self.members.remove(&peer);
             self.directory.retain(|_, node| *node != peer);
-            self.event_links.remove(&peer);
+            // A peer that dropped out is dialled afresh: its other
+            // connections may be as dead as its control link.
+            self.conns.retain(|(node, _), _| *node != peer);
             tracing::debug!(node = %self.node_id.short(), peer = %peer.short(), ?end, "peer gone");
             self.with_rejoin(|r, now| match end {
                 LinkEnd::Left => r.handle_left(now, peer),
@@ -353,37 +350,13 @@ impl Mesh {
         self.shared.peers.clear();
         self.shared.members.clear();
         self.shared.directory.clear();
-        self.shared.event_links.clear();
+        self.shared.conns.clear();
         self.shared.bump();
-    }
-
-    /// Whether a started runtime's handler is installed.
-    pub fn has_migration_handler(&self) -> bool {
-        self.shared.handler.load().is_some()
     }
 
     /// The node's key pair, for signing what this node emits.
     pub(crate) fn keypair(&self) -> &crate::Keypair {
         &self.shared.keypair
-    }
-
-    /// Installs `handler` unless another owner's handler is there. Returns
-    /// whether `handler`'s owner now holds the slot.
-    pub(crate) fn install_migration_handler(&self, handler: Arc<MigrationHandler>) -> bool {
-        let owner = handler.owner();
-        let previous = self
-            .shared
-            .handler
-            .compare_and_swap(&None::<Arc<_>>, Some(handler));
-        previous.as_ref().is_none_or(|held| held.owner() == owner)
-    }
-
-    /// Removes the handler if `owner` holds the slot.
-    pub(crate) fn clear_migration_handler(&self, owner: u64) {
-        self.shared.handler.rcu(|held| match held {
-            Some(h) if h.owner() == owner => None,
-            other => other.clone(),
-        });
     }
 
     /// Announces that daemon `origin` lives here.
@@ -457,33 +430,6 @@ impl Mesh {
     /// Test hook: make this node believe daemon `origin` lives on `node`.
     pub fn set_location(&self, origin: u64, node: NodeId) {
         self.shared.directory.insert(origin, node);
-    }
-
-    /// Test hook: an admitted event connection to `node`, for writing raw
-    /// frames.
-    ///
-    /// # Errors
-    /// As `connect`.
-    pub async fn raw_event_connection(&self, node: NodeId) -> Result<quinn::Connection, DialError> {
-        let addr = self
-            .shared
-            .addr_of(node)
-            .ok_or(DialError::UnknownNode(node))?;
-        let (conn, _) =
-            super::links::dial(&self.shared, addr, Some(node), super::wire::ALPN_EVENTS).await?;
-        Ok(conn)
-    }
-
-    /// Test hook: a fresh stream of the migration protocol to `node`, for
-    /// writing raw frames as a hostile peer would.
-    ///
-    /// # Errors
-    /// As `connect`.
-    pub async fn raw_migrate_stream(
-        &self,
-        node: NodeId,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), DialError> {
-        self.migrate_stream(node).await
     }
 }
 

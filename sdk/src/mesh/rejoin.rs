@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::node_id::NodeId;
+use crate::identity::NodeId;
 
 /// Delay before the first retry (before jitter).
 pub(crate) const FIRST_RETRY: Duration = Duration::from_millis(250);

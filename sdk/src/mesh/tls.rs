@@ -17,8 +17,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use super::node_id::NodeId;
 use crate::identity::Keypair;
+use crate::identity::NodeId;
 
 /// DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410); the 32-byte key
 /// follows.

@@ -1,7 +1,6 @@
 //! Host backends: where a cell's command actually runs (the contract is
 //! on [`CellBackend`]).
 
-mod federated;
 mod process;
 #[cfg(any(test, feature = "test-utils"))]
 mod stub;
@@ -14,9 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::event::TerminalState;
 use super::spec::{ExecutionCellDocument, SpecError};
-use crate::mesh::NodeId;
+use crate::NodeId;
 
-pub use federated::FederatedBackend;
 pub use process::{ProcessBackend, ProcessBackendConfig};
 #[cfg(any(test, feature = "test-utils"))]
 pub use stub::StubBackend;

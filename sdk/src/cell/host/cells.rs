@@ -9,21 +9,22 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::CellClient;
-use super::command::{Command, Reply, Step};
-use super::daemon::{CellDaemon, CELL_KIND};
+use super::daemon::CellDaemon;
 use super::node::{CellNode, Notice};
 use super::supervisor::{record, run_cell, Begin, Control, Hosted};
 use crate::cell::backend::{CellBackend, CellError, ExitReport};
 use crate::cell::log::{CellEventLog, LogError};
 use crate::cell::node_view::{CellRecord, NodeCellProjection};
 use crate::cell::projection::CellStateSnapshot;
+use crate::cell::remote::command::{Command, Reply, Step};
+use crate::cell::remote::CellClient;
+use crate::cell::remote::CELL_KIND;
 use crate::cell::spec::ExecutionCellDocument;
 use crate::compute::{
-    DaemonError, DaemonHostConfig, DaemonRuntime, MigrateError, MigrationOpts, MigrationReport,
+    DaemonHostConfig, DaemonRuntime, MigrateError, MigrationOpts, MigrationReport, RegisterError,
 };
-use crate::mesh::NodeId;
 use crate::Identity;
+use crate::NodeId;
 
 /// Why [`Cells::start`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,7 @@ pub enum CellsStartError {
     /// The cell daemon kind could not be registered (another `Cells` runs
     /// on this runtime).
     #[error("cannot register the cell daemon kind: {0}")]
-    Runtime(#[from] DaemonError),
+    Runtime(#[from] RegisterError),
 }
 
 /// Why moving a cell failed. The cell keeps running where it was.

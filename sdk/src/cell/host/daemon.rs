@@ -8,18 +8,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::command::{at_millis, decode, encode, Command, RefusalCode, Reply, Step};
 use super::node::{CellNode, Notice};
 use crate::capabilities::CapabilityFilter;
 use crate::cell::backend::ExitReport;
 use crate::cell::event::{CellEventKind, CellEvents, EventContext};
 use crate::cell::projection::{CellStateProjection, LifecycleStage};
+use crate::cell::remote::command::{at_millis, decode, encode, Command, RefusalCode, Reply, Step};
+use crate::cell::remote::CELL_KIND;
 use crate::cell::sign::SignedCloudEvent;
 use crate::cell::spec::ExecutionCellDocument;
 use crate::compute::{CausalEvent, MeshDaemon, ProcessError};
-
-/// The daemon kind cells run as.
-pub const CELL_KIND: &str = "cellmesh.cell";
 
 /// What travels when the cell migrates.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -220,9 +218,9 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::cell::host::command::{encode, RefusalCode};
     use crate::cell::log::CellEventLog;
     use crate::cell::node_view::NodeCellProjection;
+    use crate::cell::remote::command::{encode, RefusalCode};
     use crate::cell::spec::{ExecutionCellSpec, Lifetime};
     use crate::compute::CausalLink;
     use crate::Identity;

@@ -9,9 +9,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::cells::CellsInner;
-use super::command::{event_id, millis, Command, Reply, Step};
 use crate::cell::backend::{CellError, CellHandle, CellHost, ExitReport};
 use crate::cell::event::TerminalState;
+use crate::cell::remote::command::{event_id, millis, Command, Reply, Step};
 use crate::cell::spec::ExecutionCellDocument;
 
 /// Messages to one cell's supervision task.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::mesh::NodeId;
+use crate::NodeId;
 
 /// How a migration runs. `Default` suits a LAN.
 ///

@@ -22,7 +22,7 @@ use super::verdicts::Verdicts;
 use super::wire::{Carried, MigrationRefusal, Msg, Prepare, Verdict};
 use crate::compute::snapshot::{BodyDigest, Sealer};
 use crate::compute::CausalEvent;
-use crate::mesh::NodeId;
+use crate::NodeId;
 
 /// What the source's machine asks of the node it runs on.
 pub(crate) trait SourceEffects {

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 
 use super::api::{MigrateError, MigrationOpts};
 use crate::compute::DaemonRuntime;
-use crate::mesh::NodeId;
+use crate::NodeId;
 
 /// Progress of a drain, reported after every finished migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

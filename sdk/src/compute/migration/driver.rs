@@ -17,7 +17,8 @@ use super::source::{Failure, Source, Timing};
 use super::verdicts::VERDICT_RETENTION;
 use super::wire::{Body, MigrationRefusal, Msg, Prepare, VERSIONS};
 use crate::compute::DaemonRuntime;
-use crate::mesh::{frame::FrameError, FrameReader, NodeId};
+use crate::mesh::{frame::FrameError, FrameReader};
+use crate::NodeId;
 
 mod effects;
 use effects::{write_msg, OnRuntime, Stop, STOPPED};
@@ -209,16 +210,23 @@ impl Run {
         let chunk = self.opts.chunk_size.min(max.saturating_sub(1024)).max(1);
         let proof = prepare.proof();
         let mut machine = Source::new(self.id, prepare, now, timing, chunk);
-        let (mut send, recv) = match mesh.migrate_stream(self.target).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.publish(Err(MigrateError::TargetUnreachable {
-                    target: self.target,
-                    reason: e.to_string(),
-                }));
-                return None;
-            }
-        };
+        let (mut send, recv) =
+            match crate::compute::protocol::migrate_stream(&mesh, self.target).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.publish(Err(match e {
+                        // No runtime was ever created there.
+                        crate::mesh::DialError::NotServed { .. } => {
+                            MigrateError::TargetNotReady(self.target)
+                        }
+                        e => MigrateError::TargetUnreachable {
+                            target: self.target,
+                            reason: e.to_string(),
+                        },
+                    }));
+                    return None;
+                }
+            };
         let mut reader = FrameReader::new(recv, max);
         let mut received = reader.received();
         let mut open = true;

@@ -8,10 +8,11 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::gate::Queued;
+use crate::compute::protocol::{EventReply, EventRequest, Reply, Request};
 use crate::compute::remote::from_forward_refusal;
 use crate::compute::runtime::Slot;
 use crate::compute::{DaemonError, DaemonRuntime};
-use crate::mesh::{EventReply, EventRequest, NodeId, Reply, Request};
+use crate::NodeId;
 
 /// Forwards, in order, the events queued at commit and then the late ones,
 /// to the new owner; after the grace the slot leaves the registry.

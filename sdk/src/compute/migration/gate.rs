@@ -16,7 +16,7 @@ use super::wire::Carried;
 use crate::compute::remote::from_forward_refusal;
 use crate::compute::runtime::Slot;
 use crate::compute::{CausalEvent, DaemonError, DaemonRuntime};
-use crate::mesh::NodeId;
+use crate::NodeId;
 
 /// What a delivery ends with.
 pub(crate) type Outcome = Result<Vec<CausalEvent>, DaemonError>;

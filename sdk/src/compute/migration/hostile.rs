@@ -17,7 +17,7 @@ use super::wire::{Body, Carried, MigrationRefusal, Msg, Prepare, Verdict, VERSIO
 use crate::compute::snapshot::BodyDigest;
 use crate::compute::CausalEvent;
 use crate::identity::Identity;
-use crate::mesh::NodeId;
+use crate::NodeId;
 
 /// What the effects saw, in order, checked as they happen.
 #[derive(Default)]

@@ -18,7 +18,8 @@ use crate::compute::{
     MAX_SNAPSHOT_BYTES,
 };
 use crate::identity::Identity;
-use crate::mesh::{frame, FrameReader, NodeId};
+use crate::mesh::{frame, FrameReader};
+use crate::NodeId;
 
 /// Frames at least this large (state chunks) are not reassembled.
 const DIRECT_MIN: usize = 64 << 10;
@@ -173,7 +174,7 @@ impl TargetEffects for OnRuntime<'_> {
                     Delivery::Done(outcome) => outcome,
                     Delivery::Pending(_) => Err(DaemonError::NotFound(prepare.origin_hash)),
                 };
-                outcome.map_err(crate::mesh::refusal_for)
+                outcome.map_err(crate::compute::protocol::refusal)
             })
             .collect()
     }

@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::wire::{MigrationRefusal, Verdict};
-use crate::mesh::NodeId;
+use crate::NodeId;
 
 /// How long a settled verdict is kept for `Status` queries: 10 minutes.
 /// A source in doubt takes `Unknown` as conclusive only this long after its

@@ -192,7 +192,7 @@ fn the_target_answers_commit_only_after_processing_the_carried_events() {
     assert_eq!(t.poll(), Some(target::Step::Settle(Verdict::Committed)));
     assert_eq!(t.poll(), Some(target::Step::Activate(vec![])));
     assert_eq!(t.poll(), None, "no Committed before the events ran");
-    let outcomes = vec![Err(crate::mesh::EventRefusal::NotFound(1))];
+    let outcomes = vec![Err(crate::compute::protocol::EventRefusal::NotFound(1))];
     t.activated(base, outcomes.clone());
     assert_eq!(
         t.poll(),

@@ -205,7 +205,7 @@ pub enum Body {
 pub const MAX_CARRIED: usize = 256;
 
 /// What became of a carried event on the target.
-pub type Carried = Result<Vec<CausalEvent>, crate::mesh::EventRefusal>;
+pub type Carried = Result<Vec<CausalEvent>, crate::compute::protocol::EventRefusal>;
 
 /// One migration message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -408,7 +408,7 @@ mod tests {
             Body::Committed {
                 outcomes: vec![
                     Ok(vec![event]),
-                    Err(crate::mesh::EventRefusal::Duplicate {
+                    Err(crate::compute::protocol::EventRefusal::Duplicate {
                         origin_hash: 1,
                         sequence: 2,
                     }),

@@ -22,12 +22,15 @@ use dashmap::DashMap;
 use super::causal::CausalEvent;
 use super::daemon::MeshDaemon;
 use super::error::{panic_message, DaemonError};
-use super::handle::{DaemonHandle, DaemonHostConfig, DaemonStats};
+use super::error::{RegisterError, StartError};
+use super::handle::{DaemonHandle, DaemonHostConfig};
 use super::host::DaemonHost;
 use super::migration::gate::Gate;
 use super::snapshot::StateSnapshot;
+use super::stats::DaemonStats;
+use crate::compute::protocol::Binding;
 use crate::identity::Identity;
-use crate::mesh::{Mesh, MigrationHandler};
+use crate::mesh::Mesh;
 
 mod access;
 
@@ -75,6 +78,8 @@ pub(crate) struct Expected {
 struct Inner {
     id: u64,
     mesh: Arc<Mesh>,
+    /// The node's compute protocols, which reach this runtime once started.
+    binding: Arc<Binding>,
     state: AtomicU8,
     factories: DashMap<Arc<str>, Factory, Hasher>,
     daemons: DashMap<u64, Arc<Slot>, Hasher>,
@@ -114,6 +119,7 @@ impl DaemonRuntime {
         Self {
             inner: Arc::new(Inner {
                 id: NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed),
+                binding: Binding::of(&mesh),
                 mesh,
                 state: AtomicU8::new(REGISTERING),
                 factories: DashMap::with_hasher(Hasher::default()),
@@ -133,6 +139,11 @@ impl DaemonRuntime {
         &self.inner.mesh
     }
 
+    /// The node's compute protocols (event links to peers).
+    pub(crate) fn binding(&self) -> &Binding {
+        &self.inner.binding
+    }
+
     /// Whether the runtime is started and not shutting down.
     pub fn is_ready(&self) -> bool {
         self.inner.state.load(Ordering::SeqCst) == READY
@@ -148,19 +159,19 @@ impl DaemonRuntime {
     /// concurrent registrations of one kind wins.
     ///
     /// # Errors
-    /// `ShuttingDown`, `InvalidKind`, `FactoryAlreadyRegistered`.
-    pub fn register_factory<F>(&self, kind: &str, factory: F) -> Result<(), DaemonError>
+    /// [`RegisterError`]: `ShuttingDown`, `InvalidKind`, `AlreadyRegistered`.
+    pub fn register_factory<F>(&self, kind: &str, factory: F) -> Result<(), RegisterError>
     where
         F: Fn() -> Box<dyn MeshDaemon> + Send + Sync + 'static,
     {
         if self.state() == SHUTTING_DOWN {
-            return Err(DaemonError::ShuttingDown);
+            return Err(RegisterError::ShuttingDown);
         }
         if kind.is_empty() || kind.len() > 255 {
-            return Err(DaemonError::InvalidKind(kind.chars().take(64).collect()));
+            return Err(RegisterError::InvalidKind(kind.chars().take(64).collect()));
         }
         match self.inner.factories.entry(Arc::from(kind)) {
-            Entry::Occupied(_) => Err(DaemonError::FactoryAlreadyRegistered(kind.to_owned())),
+            Entry::Occupied(_) => Err(RegisterError::AlreadyRegistered(kind.to_owned())),
             Entry::Vacant(slot) => {
                 slot.insert(Arc::new(factory));
                 Ok(())
@@ -175,23 +186,20 @@ impl DaemonRuntime {
     /// can be started again.
     ///
     /// # Errors
-    /// `ShuttingDown` if shutdown began first (no handler is left
-    /// installed); `MeshAlreadyBound` if another runtime is started on the
-    /// mesh.
-    pub async fn start(&self) -> Result<(), DaemonError> {
+    /// [`StartError`]: `ShuttingDown` if shutdown began first (no runtime is
+    /// left bound to the mesh); `MeshAlreadyBound` if another runtime is
+    /// started on the mesh.
+    pub async fn start(&self) -> Result<(), StartError> {
         match self.state() {
             READY => return Ok(()),
-            SHUTTING_DOWN => return Err(DaemonError::ShuttingDown),
+            SHUTTING_DOWN => return Err(StartError::ShuttingDown),
             _ => {}
         }
         let mesh = &self.inner.mesh;
         let weak = Arc::downgrade(&self.inner);
-        let handler = Arc::new(MigrationHandler::new(
-            self.inner.id,
-            Box::new(move || weak.upgrade().map(|inner| DaemonRuntime { inner })),
-        ));
-        if !mesh.install_migration_handler(handler) {
-            return Err(DaemonError::MeshAlreadyBound(mesh.node_id()));
+        let runtime = Box::new(move || weak.upgrade().map(|inner| DaemonRuntime { inner }));
+        if !self.inner.binding.bind(self.inner.id, runtime) {
+            return Err(StartError::MeshAlreadyBound(mesh.node_id()));
         }
         #[cfg(feature = "test-utils")]
         self.inner.stalls.start().await;
@@ -203,8 +211,8 @@ impl DaemonRuntime {
         ) {
             Ok(_) | Err(READY) => Ok(()),
             Err(_) => {
-                mesh.clear_migration_handler(self.inner.id);
-                Err(DaemonError::ShuttingDown)
+                self.inner.binding.unbind(self.inner.id);
+                Err(StartError::ShuttingDown)
             }
         }
     }
@@ -217,7 +225,7 @@ impl DaemonRuntime {
     /// None today; the `Result` leaves room for draining work that can fail.
     pub async fn shutdown(&self) -> Result<(), DaemonError> {
         self.inner.state.store(SHUTTING_DOWN, Ordering::SeqCst);
-        self.inner.mesh.clear_migration_handler(self.inner.id);
+        self.inner.binding.unbind(self.inner.id);
         self.inner.expected.clear();
         self.inner.forwarding.retain(|_, slot| {
             slot.lock_gate().close();

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::causal::{OriginMarks, OutputChain};
-use super::handle::DaemonStats;
+use super::stats::DaemonStats;
 use crate::identity::{EntityId, Keypair};
 
 mod proof;

@@ -19,7 +19,8 @@ use super::{Measured, Run, CARRIED_BYTES};
 use crate::compute::runtime::Slot;
 use crate::compute::snapshot::{Proof, Sealer};
 use crate::compute::{CausalEvent, DaemonRuntime};
-use crate::mesh::{frame, FrameReader, NodeId};
+use crate::mesh::{frame, FrameReader};
+use crate::NodeId;
 
 /// The stream error code a source resets its stream with when the
 /// migration ended while a write waited.
@@ -101,7 +102,9 @@ async fn ask_status(
     limit: std::time::Duration,
 ) -> Option<Msg> {
     let ask = async {
-        let (mut send, recv) = mesh.migrate_stream(target).await.ok()?;
+        let (mut send, recv) = crate::compute::protocol::migrate_stream(&mesh, target)
+            .await
+            .ok()?;
         let bytes = frame::encode(
             &Msg {
                 id,

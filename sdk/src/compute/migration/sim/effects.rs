@@ -110,7 +110,7 @@ impl TargetEffects for Model {
             outcomes.push(if fresh {
                 Ok(Vec::new())
             } else {
-                Err(crate::mesh::EventRefusal::Duplicate {
+                Err(crate::compute::protocol::EventRefusal::Duplicate {
                     origin_hash: 1,
                     sequence: e,
                 })

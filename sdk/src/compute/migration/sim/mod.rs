@@ -21,7 +21,7 @@ use super::verdicts::Verdicts;
 use super::wire::{Body, Msg, Verdict};
 use crate::compute::CausalEvent;
 use crate::identity::Identity;
-use crate::mesh::NodeId;
+use crate::NodeId;
 
 struct Rng(u64);
 

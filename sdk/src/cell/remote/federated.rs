@@ -4,16 +4,17 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{
+use super::client::{lost, CellClient};
+use super::command::{Command, Reply, CELL_KIND};
+use crate::cell::backend::{
     check_doc, vacant, wrong_host, BackendFuture, CellBackend, CellError, CellHandle, CellHost,
     ExitReport, TeardownReport,
 };
-use crate::cell::host::{lost, CellClient, Command, Reply, CELL_KIND};
 use crate::cell::projection::LifecycleStage;
 use crate::cell::spec::ExecutionCellDocument;
 use crate::compute::{DaemonError, DaemonHostConfig, DaemonRuntime, Placement};
-use crate::mesh::NodeId;
 use crate::Identity;
+use crate::NodeId;
 
 /// Longest pause between two reads of a remote cell's state while waiting
 /// for its command.

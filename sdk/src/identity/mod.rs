@@ -5,6 +5,10 @@
 //! domain-separated BLAKE3 projection of the public key (see
 //! [`Keypair::origin_hash`]); it is stable across versions of this crate.
 
+mod node_id;
+
+pub use node_id::NodeId;
+
 use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};

@@ -10,7 +10,7 @@ use crate::identity::{EntityId, IdentityError};
 /// It parses from the 64 hex digits `Display` writes:
 ///
 /// ```
-/// use cellmesh::mesh::NodeId;
+/// use cellmesh::NodeId;
 /// use cellmesh::{Identity, IdentityError};
 ///
 /// let node = NodeId::from(Identity::generate().entity_id());

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use super::command::{decode, encode, Command, RefusalCode, Reply};
 use crate::cell::backend::CellError;
 use crate::compute::{DaemonError, DaemonRuntime, EventSender, RemoteRefusal, SendError};
-use crate::mesh::NodeId;
 use crate::Identity;
+use crate::NodeId;
 
 /// How long one command may take before the cell's host counts as lost.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,6 +11,9 @@ use crate::cell::projection::CellStateSnapshot;
 use crate::cell::sign::SignedCloudEvent;
 use crate::cell::spec::ExecutionCellDocument;
 
+/// The daemon kind cells run as.
+pub const CELL_KIND: &str = "cellmesh.cell";
+
 /// Largest command or reply accepted (a document plus an exit report).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
