@@ -1,0 +1,8 @@
+//! The node as operators run it: `cellmesh node` processes on loopback,
+//! driven through the `cellmesh` CLI and raw HTTP. Topics are modules
+//! under `tests/operator/`.
+
+#[path = "operator/common.rs"]
+mod common;
+#[path = "operator/join.rs"]
+mod join;
