@@ -2,7 +2,13 @@
 //! driven through the `cellmesh` CLI and raw HTTP. Topics are modules
 //! under `tests/operator/`.
 
+#[path = "operator/access.rs"]
+mod access;
+#[path = "operator/cells.rs"]
+mod cells;
 #[path = "operator/common.rs"]
 mod common;
 #[path = "operator/join.rs"]
 mod join;
+#[path = "operator/lifecycle.rs"]
+mod lifecycle;

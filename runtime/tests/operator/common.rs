@@ -255,3 +255,30 @@ pub fn stderr(out: &Output) -> String {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+impl NodeProc {
+    /// A closure answering `/readyz`'s status at `control` (0 if the node
+    /// does not answer).
+    pub fn probe(control: &str) -> impl Fn() -> u16 {
+        let control = control.to_string();
+        move || {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect(&control) else {
+                return 0;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let req =
+                format!("GET /readyz HTTP/1.1\r\nHost: {control}\r\nConnection: close\r\n\r\n");
+            if s.write_all(req.as_bytes()).is_err() {
+                return 0;
+            }
+            let mut raw = Vec::new();
+            let _ = s.read_to_end(&mut raw);
+            String::from_utf8_lossy(&raw)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0)
+        }
+    }
+}
