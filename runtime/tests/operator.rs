@@ -12,3 +12,7 @@ mod common;
 mod join;
 #[path = "operator/lifecycle.rs"]
 mod lifecycle;
+#[path = "operator/metrics.rs"]
+mod metrics;
+#[path = "operator/sigterm.rs"]
+mod sigterm;
