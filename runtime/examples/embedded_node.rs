@@ -54,7 +54,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let flags = NodeFlags {
         data_dir: Some(args.next().unwrap_or_else(|| "./tally-data".into()).into()),
-        control_listen: Some(args.next().unwrap_or_else(|| "127.0.0.1:7490".into()).parse()?),
+        control_listen: Some(
+            args.next()
+                .unwrap_or_else(|| "127.0.0.1:7490".into())
+                .parse()?,
+        ),
         listen: Some("127.0.0.1:0".parse()?),
         ..NodeFlags::default()
     };

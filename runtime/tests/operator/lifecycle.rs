@@ -70,7 +70,9 @@ fn restart_on_the_same_data_dir_keeps_identity_cells_and_cursor() {
         ", \"requires\": { \"requirements\": [{ \"tag\": \"runner\" }] }",
         "",
     );
-    let out = a.cli_stdin(&["apply", "-f", "-"], Some(local.as_bytes()));
+    let file = dir.join("cell.json");
+    std::fs::write(&file, &local).expect("document");
+    let out = a.cli(&["apply", "-f", file.to_str().expect("utf-8 path")]);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_for("the local cell to complete", || {
         let cells = a.json(&["get", "cells"]);
