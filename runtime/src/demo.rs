@@ -5,39 +5,11 @@ use std::error::Error;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cellmesh::capabilities::CapabilityFilter;
-use cellmesh::compute::{
-    CausalEvent, CausalLink, DaemonHostConfig, DaemonRuntime, MeshDaemon, ProcessError,
-    StateSnapshot,
-};
+use cellmesh::compute::{CausalEvent, CausalLink, DaemonHostConfig, DaemonRuntime, StateSnapshot};
 use cellmesh::mesh::MeshBuilder;
 use cellmesh::Identity;
 
-/// Counts events; its state is the count.
-pub(crate) struct Counter(pub(crate) u64);
-
-impl MeshDaemon for Counter {
-    fn name(&self) -> &str {
-        "counter"
-    }
-    fn requirements(&self) -> CapabilityFilter {
-        CapabilityFilter::default()
-    }
-    fn process(&mut self, _: &CausalEvent) -> Result<Vec<Bytes>, ProcessError> {
-        self.0 += 1;
-        Ok(vec![Bytes::copy_from_slice(&self.0.to_le_bytes())])
-    }
-    fn snapshot(&self) -> Option<Bytes> {
-        Some(Bytes::copy_from_slice(&self.0.to_le_bytes()))
-    }
-    fn restore(&mut self, state: Bytes) -> Result<(), ProcessError> {
-        let raw: [u8; 8] = state[..].try_into().map_err(|_| {
-            ProcessError::RestoreFailed(format!("need 8 bytes, got {}", state.len()))
-        })?;
-        self.0 = u64::from_le_bytes(raw);
-        Ok(())
-    }
-}
+use crate::Counter;
 
 /// A replay of the event `sequence` from `origin_hash`, built by hand as
 /// an [`EventSender`](cellmesh::compute::EventSender) builds it.
@@ -54,6 +26,10 @@ fn replay(origin_hash: u64, sequence: u64) -> CausalEvent {
     }
 }
 
+/// Runs the demo, printing each step on stdout.
+///
+/// # Errors
+/// Any step that fails.
 pub async fn run() -> Result<(), Box<dyn Error>> {
     let psk = [0x5a; 32];
     let mesh = MeshBuilder::new("127.0.0.1:0", &psk)?.build().await?;

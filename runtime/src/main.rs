@@ -1,64 +1,62 @@
-//! `cellmesh`: the node daemon and CLI.
-//!
-//! `cellmesh demo` runs the built-in local demo (no configuration needed);
-//! `cellmesh node` runs a mesh node; `cellmesh version` prints the version.
-
-mod demo;
-mod node;
+//! `cellmesh`: the node daemon (`cellmesh node`) and its CLI client
+//! (`cellmesh get cells`, `cellmesh drain`, ...). `cellmesh --help` lists
+//! the commands; exit codes: 0 ok, 1 the operation failed, 2 usage error,
+//! 3 the node could not be reached or refused the token.
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cellmesh <command>
+use cellmesh_runtime::cli::{run_client, Cli, Command};
+use cellmesh_runtime::{logging, Node, NodeConfig, StartError};
+use clap::Parser;
 
-commands:
-  demo      run a counter daemon locally: deliver, snapshot, restore, resume
-  node      run a mesh node until Ctrl-C
-              --listen ADDR     address to bind (default 0.0.0.0:7400)
-              --seed ADDR       join the mesh through this peer (repeatable)
-              --key-file PATH   the node's secret key, created if absent
-                                (default ./cellmesh-node.key)
-              --psk-file PATH   the mesh pre-shared key as 64 hex digits
-                                (default: the CELLMESH_PSK environment variable)
-              --tag TAG         advertise a capability tag (repeatable)
-              --for SECONDS     stop after this long
-  version   print the version
-  help      print this text";
-
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("demo") | None => match demo::run().await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("cellmesh demo failed: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("node") => match node::parse(&args[1..]) {
-            Ok(node_args) => match node::run(node_args).await {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cellmesh: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Demo => match cellmesh_runtime::demo::run().await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("cellmesh node: {e}");
+                    eprintln!("cellmesh demo failed: {e}");
                     ExitCode::FAILURE
                 }
             },
-            Err(e) => {
-                eprintln!("cellmesh node: {e}\n\n{USAGE}");
-                ExitCode::from(2)
-            }
-        },
-        Some("version" | "--version" | "-V") => {
-            println!("cellmesh {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            Command::Node(flags) => run_node(*flags).await,
+            _ => ExitCode::from(run_client(cli).await),
         }
-        Some("help" | "--help" | "-h") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
+    })
+}
+
+async fn run_node(flags: cellmesh_runtime::NodeFlags) -> ExitCode {
+    let config = match NodeConfig::resolve(&flags, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cellmesh node: {e}");
+            return ExitCode::from(2);
         }
-        Some(other) => {
-            eprintln!("cellmesh: unknown command {other:?}\n\n{USAGE}");
-            ExitCode::from(2)
+    };
+    logging::init(config.log.format);
+    let node = match Node::builder(config).start().await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("cellmesh node: {e}");
+            let code = match e {
+                StartError::Config(_) => 2,
+                _ => 1,
+            };
+            return ExitCode::from(code);
         }
-    }
+    };
+    node.run_until_signal(flags.run_for).await;
+    ExitCode::SUCCESS
 }

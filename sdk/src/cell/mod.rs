@@ -11,10 +11,13 @@
 //!   [`NodeCellProjection`], the node-level view rebuilt from it.
 //! - [`CellBackend`] — hosts: [`ProcessBackend`] runs the command as a
 //!   child process.
+//! - [`hosted_daemons`] and [`peer_records`] — read-only views of the
+//!   node for operators.
 
 mod backend;
 mod event;
 mod host;
+mod inspect;
 #[cfg(feature = "jetstream")]
 mod jetstream;
 mod log;
@@ -36,6 +39,7 @@ pub use event::{
     FORCED_EXIT_CODE, LEGACY_TYPE_PREFIX, TYPE_PREFIX,
 };
 pub use host::{CellMigrateError, Cells, CellsStartError};
+pub use inspect::{hosted_daemons, peer_records, HostedDaemon, PeerRecord};
 #[cfg(feature = "jetstream")]
 pub use jetstream::{JetStreamConfig, JetStreamError, JetStreamLog};
 pub use log::{CellEventLog, LogError, LOG_FILE};

@@ -1,0 +1,261 @@
+//! The node's Prometheus metrics.
+//!
+//! `prometheus-client` rather than `metrics` + an exporter: its metrics are
+//! typed values the node owns (no global recorder, so two nodes embedded
+//! in one process keep their own registries), a counter increment is one
+//! relaxed atomic add, and text exposition is all a node needs.
+//!
+//! Gauges that mirror state the SDK already keeps (daemons hosted, peers
+//! connected, cells by state, admissions refused, cell events appended)
+//! are read when `/metrics` is scraped, so they cost nothing in between.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::node::kinds::EventCounters;
+
+/// A `u64` counter.
+pub(crate) type Counter64 = Counter<u64, AtomicU64>;
+
+/// A `reason` label (bounded: error variant names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct Reason {
+    pub(crate) reason: String,
+}
+
+/// A `state` label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct State {
+    pub(crate) state: String,
+}
+
+/// Every metric of a node.
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) events_delivered: Counter64,
+    pub(crate) events_refused: Family<Reason, Counter64>,
+    pub(crate) daemons_hosted: Gauge,
+    pub(crate) migrations_started: Counter64,
+    pub(crate) migrations_succeeded: Counter64,
+    pub(crate) migrations_failed: Family<Reason, Counter64>,
+    pub(crate) migration_duration: Histogram,
+    pub(crate) migration_blackout: Histogram,
+    pub(crate) migrated_bytes: Counter64,
+    pub(crate) peers_connected: Gauge,
+    pub(crate) admissions_refused: Family<Reason, Gauge>,
+    pub(crate) cells: Family<State, Gauge>,
+    pub(crate) cell_events_appended: Counter64,
+    /// The log cursor last folded into `cell_events_appended`.
+    appended_seen: AtomicU64,
+    pub(crate) drain_duration: Histogram,
+    pub(crate) http_requests: Family<Reason, Counter64>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("cellmesh");
+        let m = Self {
+            events_delivered: Counter64::default(),
+            events_refused: Family::default(),
+            daemons_hosted: Gauge::default(),
+            migrations_started: Counter64::default(),
+            migrations_succeeded: Counter64::default(),
+            migrations_failed: Family::default(),
+            migration_duration: Histogram::new(exponential_buckets(0.000_25, 4.0, 10)),
+            migration_blackout: Histogram::new(exponential_buckets(0.000_05, 4.0, 10)),
+            migrated_bytes: Counter64::default(),
+            peers_connected: Gauge::default(),
+            admissions_refused: Family::default(),
+            cells: Family::default(),
+            cell_events_appended: Counter64::default(),
+            appended_seen: AtomicU64::new(0),
+            drain_duration: Histogram::new(exponential_buckets(0.01, 3.0, 10)),
+            http_requests: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "events_delivered",
+            "Events processed by daemons of registered kinds on this node",
+            m.events_delivered.clone(),
+        );
+        r.register(
+            "events_refused",
+            "Events refused by daemons on this node, by reason",
+            m.events_refused.clone(),
+        );
+        r.register(
+            "daemons_hosted",
+            "Daemons hosted on this node",
+            m.daemons_hosted.clone(),
+        );
+        r.register(
+            "migrations_started",
+            "Migrations this node started (API and drain)",
+            m.migrations_started.clone(),
+        );
+        r.register(
+            "migrations_succeeded",
+            "Migrations this node started that committed",
+            m.migrations_succeeded.clone(),
+        );
+        r.register(
+            "migrations_failed",
+            "Migrations this node started that failed, by reason",
+            m.migrations_failed.clone(),
+        );
+        r.register_with_unit(
+            "migration_duration",
+            "Migrations started through the control plane: start to end of blackout",
+            Unit::Seconds,
+            m.migration_duration.clone(),
+        );
+        r.register_with_unit(
+            "migration_blackout",
+            "Migrations started through the control plane: blackout",
+            Unit::Seconds,
+            m.migration_blackout.clone(),
+        );
+        r.register_with_unit(
+            "migrated",
+            "Snapshot bytes sent by migrations started through the control plane",
+            Unit::Bytes,
+            m.migrated_bytes.clone(),
+        );
+        r.register(
+            "peers_connected",
+            "Peers with an admitted control link",
+            m.peers_connected.clone(),
+        );
+        r.register(
+            "admissions_refused",
+            "Inbound connections refused at admission, by reason (a counter kept by the mesh)",
+            m.admissions_refused.clone(),
+        );
+        r.register(
+            "cells",
+            "Cells in this node's log, by state",
+            m.cells.clone(),
+        );
+        r.register(
+            "cell_events_appended",
+            "Signed cell events appended to this node's log",
+            m.cell_events_appended.clone(),
+        );
+        r.register_with_unit(
+            "drain_duration",
+            "Drains of this node",
+            Unit::Seconds,
+            m.drain_duration.clone(),
+        );
+        r.register(
+            "http_requests",
+            "Control plane requests, by outcome class",
+            m.http_requests.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The counters the metered daemons share.
+    pub(crate) fn event_counters(&self) -> EventCounters {
+        EventCounters {
+            processed: self.events_delivered.clone(),
+            failed: self
+                .events_refused
+                .get_or_create(&Reason {
+                    reason: "process_error".into(),
+                })
+                .clone(),
+        }
+    }
+
+    /// Counts a failed migration under its error's variant name.
+    pub(crate) fn migration_failed(&self, error: &cellmesh::compute::MigrateError) {
+        self.migrations_failed
+            .get_or_create(&Reason {
+                reason: variant_name(error),
+            })
+            .inc();
+    }
+
+    /// Folds the log's cursor into the appended-events counter.
+    pub(crate) fn observe_log_cursor(&self, cursor: u64) {
+        let seen = self.appended_seen.fetch_max(cursor, Ordering::Relaxed);
+        if cursor > seen {
+            self.cell_events_appended.inc_by(cursor - seen);
+        }
+    }
+
+    /// The text exposition.
+    pub(crate) fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// `TargetUnreachable { .. }` → `target_unreachable`.
+pub(crate) fn variant_name(error: &impl std::fmt::Debug) -> String {
+    let debug = format!("{error:?}");
+    let name: String = debug
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    snake(&name)
+}
+
+/// `commandCompleted` or `CommandCompleted` → `command_completed`.
+pub(crate) fn snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_snake_case() {
+        assert_eq!(snake("commandCompleted"), "command_completed");
+        assert_eq!(snake("TargetUnreachable"), "target_unreachable");
+        assert_eq!(variant_name(&Some(3)), "some");
+    }
+
+    #[test]
+    fn exposition_has_the_prefix_and_units() {
+        let m = Metrics::new();
+        m.migrations_started.inc();
+        m.observe_log_cursor(5);
+        m.observe_log_cursor(3);
+        let text = m.encode();
+        assert!(
+            text.contains("cellmesh_migrations_started_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cellmesh_cell_events_appended_total 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cellmesh_drain_duration_seconds_count 0"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! The node's cell backend: a cell whose placement this node meets runs
+//! here as a process; one that needs what this node lacks goes to a
+//! capable peer through the federated backend.
+
+use std::sync::Arc;
+
+use cellmesh::cell::{
+    BackendFuture, CellBackend, CellError, CellHandle, CellHost, ExecutionCellDocument, ExitReport,
+    FederatedBackend, ProcessBackend, TeardownReport,
+};
+use cellmesh::compute::DaemonRuntime;
+
+/// Process backend for cells this node can host, federated for the rest.
+pub(crate) struct PlacingBackend {
+    rt: DaemonRuntime,
+    local: ProcessBackend,
+    remote: FederatedBackend,
+}
+
+impl PlacingBackend {
+    pub(crate) fn new(rt: &DaemonRuntime, local: ProcessBackend) -> Arc<Self> {
+        Arc::new(Self {
+            rt: rt.clone(),
+            local,
+            remote: FederatedBackend::new(rt),
+        })
+    }
+
+    /// Whether this node meets `doc`'s placement.
+    fn fits_here(&self, doc: &ExecutionCellDocument) -> bool {
+        let filter = doc
+            .spec
+            .placement
+            .as_ref()
+            .and_then(|p| p.requires.clone())
+            .unwrap_or_default();
+        self.rt.mesh().capabilities().matches(&filter)
+    }
+
+    fn for_host(&self, host: &CellHost) -> &dyn CellBackend {
+        match host {
+            CellHost::Local => &self.local,
+            _ => &self.remote,
+        }
+    }
+}
+
+impl CellBackend for PlacingBackend {
+    fn name(&self) -> &'static str {
+        "placing"
+    }
+
+    fn create<'a>(&'a self, doc: &'a ExecutionCellDocument) -> BackendFuture<'a, CellHandle> {
+        if self.fits_here(doc) {
+            self.local.create(doc)
+        } else {
+            self.remote.create(doc)
+        }
+    }
+
+    fn destroy<'a>(&'a self, handle: &'a CellHandle) -> BackendFuture<'a, TeardownReport> {
+        self.for_host(&handle.host).destroy(handle)
+    }
+
+    fn wait_for_exit<'a>(
+        &'a self,
+        handle: &'a CellHandle,
+    ) -> BackendFuture<'a, Option<ExitReport>> {
+        self.for_host(&handle.host).wait_for_exit(handle)
+    }
+
+    fn tracked_cell_count(&self) -> usize {
+        self.local.tracked_cell_count() + self.remote.tracked_cell_count()
+    }
+
+    fn has_tracked_state(&self, cell_id: &str) -> bool {
+        self.local.has_tracked_state(cell_id) || self.remote.has_tracked_state(cell_id)
+    }
+
+    fn adopt(
+        &self,
+        doc: &ExecutionCellDocument,
+        host: CellHost,
+        exit: Option<ExitReport>,
+    ) -> Result<CellHandle, CellError> {
+        self.for_host(&host).adopt(doc, host, exit)
+    }
+
+    fn release(&self, handle: &CellHandle) -> Result<(), CellError> {
+        self.for_host(&handle.host).release(handle)
+    }
+}

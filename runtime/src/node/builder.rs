@@ -1,0 +1,269 @@
+//! [`NodeBuilder`]: registers the embedding service's daemon kinds and
+//! starts everything a node runs.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU8;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cellmesh::capabilities::CapabilitySet;
+use cellmesh::cell::{Cells, CellsStartError, ProcessBackend, ProcessBackendConfig, CELL_KIND};
+use cellmesh::compute::{DaemonRuntime, MeshDaemon, RegisterError};
+use cellmesh::mesh::{MeshBuilder, MeshError, Psk};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::backend::PlacingBackend;
+use super::kinds::{Factory, Metered};
+use super::peers::{dial_seeds, PeerTracker};
+use super::{files, Node, NodeInner, SERVING};
+use crate::config::{ConfigError, NodeConfig};
+use crate::metrics::Metrics;
+
+/// Why a node could not start. Each variant names the file, address or
+/// kind it is about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is incomplete.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory cannot be created or written.
+    #[error("data directory {}: {reason}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The pre-shared key is unreadable or malformed.
+    #[error("pre-shared key: {reason}")]
+    Psk {
+        /// What is wrong (never the key).
+        reason: String,
+    },
+    /// The node key cannot be read or written, or is malformed.
+    #[error("key file {}: {reason}", path.display())]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The control token cannot be read or created.
+    #[error("control token file {}: {reason}", path.display())]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The control plane cannot bind.
+    #[error("control plane cannot listen on {addr}: {source}")]
+    ControlBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The mesh endpoint cannot start.
+    #[error("mesh on {addr}: {source}")]
+    Mesh {
+        /// The listen address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: MeshError,
+    },
+    /// A daemon kind cannot be registered.
+    #[error("daemon runtime: {0}")]
+    Register(#[from] RegisterError),
+    /// The daemon runtime cannot start.
+    #[error("daemon runtime: {0}")]
+    Runtime(#[from] cellmesh::compute::StartError),
+    /// The cells' event log cannot be opened.
+    #[error("cells in {}: {source}", path.display())]
+    Cells {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: CellsStartError,
+    },
+}
+
+/// Builds a [`Node`]: `Node::builder(config).register(kind, factory)
+/// .start().await`.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    kinds: Vec<(String, Factory)>,
+    psk: Option<Psk>,
+    process: Option<ProcessBackendConfig>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<&str> = self.kinds.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("NodeBuilder")
+            .field("config", &self.config)
+            .field("kinds", &kinds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeBuilder {
+    /// A builder for `config`, with the built-in `counter` kind.
+    pub fn new(config: NodeConfig) -> Self {
+        let counter: Factory = Arc::new(|| Box::new(super::Counter::default()));
+        Self {
+            config,
+            kinds: vec![("counter".to_string(), counter)],
+            psk: None,
+            process: None,
+        }
+    }
+
+    /// Registers daemon kind `kind` (replacing an earlier registration of
+    /// the same kind, the built-in `counter` included). `cellmesh.cell` is
+    /// the cells' own kind and is always registered.
+    #[must_use]
+    pub fn register<F>(mut self, kind: impl Into<String>, factory: F) -> Self
+    where
+        F: Fn() -> Box<dyn MeshDaemon> + Send + Sync + 'static,
+    {
+        let kind = kind.into();
+        self.kinds.retain(|(k, _)| *k != kind);
+        self.kinds.push((kind, Arc::new(factory)));
+        self
+    }
+
+    /// Uses `psk` instead of the one the configuration names.
+    #[must_use]
+    pub fn psk(mut self, psk: Psk) -> Self {
+        self.psk = Some(psk);
+        self
+    }
+
+    /// Settings of the process backend cells run on (default: commands run
+    /// in `<data_dir>/work`, 64 KiB of output kept per stream).
+    #[must_use]
+    pub fn process_backend(mut self, config: ProcessBackendConfig) -> Self {
+        self.process = Some(config);
+        self
+    }
+
+    /// Starts the node: checks the data directory, reads or creates the
+    /// control token, binds the control plane and the mesh, writes a new
+    /// node key once the mesh is bound, starts the daemon runtime with
+    /// every registered kind, opens the cells' log, dials the seeds in the
+    /// background and serves the control plane. The bound control address
+    /// is written to `<data_dir>/control.addr`.
+    ///
+    /// # Errors
+    /// [`StartError`] naming what could not start.
+    pub async fn start(self) -> Result<Node, StartError> {
+        let config = self.config;
+        files::prepare_data_dir(&config.data_dir)?;
+        let _ = std::fs::remove_file(config.control_addr_file());
+        let psk = match self.psk {
+            Some(psk) => psk,
+            None => files::load_psk(config.psk.as_ref())?,
+        };
+        let token = files::load_or_create_token(&config.control.token_file)?;
+        let (identity, fresh_key) = files::load_key(&config.key_file)?;
+        let listener = tokio::net::TcpListener::bind(config.control.listen)
+            .await
+            .map_err(|source| StartError::ControlBind {
+                addr: config.control.listen,
+                source,
+            })?;
+        let control_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::ControlBind {
+                addr: config.control.listen,
+                source,
+            })?;
+        let capabilities = config
+            .tags
+            .iter()
+            .fold(CapabilitySet::new(), |set, tag| set.with_tag(tag.clone()));
+        let mesh_err = |source| StartError::Mesh {
+            addr: config.listen,
+            source,
+        };
+        let mesh = MeshBuilder::new(config.listen, psk)
+            .map_err(mesh_err)?
+            .identity(identity.clone())
+            .capabilities(capabilities)
+            .build()
+            .await
+            .map_err(mesh_err)?;
+        if fresh_key {
+            // Only now: a node that could not bind leaves no key behind.
+            if let Err(e) = files::write_key(&config.key_file, &identity) {
+                mesh.leave().await;
+                return Err(e);
+            }
+        }
+        let mesh = Arc::new(mesh);
+        let metrics = Metrics::new();
+        let rt = DaemonRuntime::new(Arc::clone(&mesh));
+        let mut kinds = Vec::with_capacity(self.kinds.len() + 1);
+        for (kind, factory) in self.kinds {
+            let metered = Metered::wrap(factory, metrics.event_counters());
+            rt.register_factory(&kind, move || metered())?;
+            kinds.push(kind);
+        }
+        rt.start().await?;
+        let process = self.process.unwrap_or_else(|| ProcessBackendConfig {
+            default_dir: config.data_dir.join("work"),
+            ..ProcessBackendConfig::default()
+        });
+        let _ = std::fs::create_dir_all(&process.default_dir);
+        let backend = PlacingBackend::new(&rt, ProcessBackend::new(process));
+        let cells =
+            Cells::start(&rt, backend, &config.data_dir).map_err(|source| StartError::Cells {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        kinds.push(CELL_KIND.to_string());
+
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let peers = Arc::new(PeerTracker::default());
+        tasks.spawn(Arc::clone(&peers).run(Arc::clone(&mesh), cancel.clone()));
+        dial_seeds(&mesh, &config.seeds, &cancel, &tasks);
+        let inner = Arc::new(NodeInner {
+            config,
+            mesh,
+            rt,
+            cells,
+            metrics,
+            peers,
+            token,
+            control_addr,
+            started: Instant::now(),
+            kinds,
+            phase: AtomicU8::new(SERVING),
+            drain_lock: tokio::sync::Mutex::new(()),
+            cancel,
+            tasks,
+        });
+        let node = Node { inner };
+        crate::control::serve(&node, listener);
+        if let Err(e) =
+            files::write_control_addr(&node.inner.config.control_addr_file(), control_addr)
+        {
+            tracing::warn!(error = %e, "cannot write the control address file");
+        }
+        tracing::info!(
+            node = %node.node_id(),
+            mesh = %node.mesh_addr(),
+            control = %control_addr,
+            new_key = fresh_key,
+            "node started"
+        );
+        Ok(node)
+    }
+}

@@ -1,0 +1,225 @@
+//! Draining a node: its cells (those whose command has completed) move
+//! with their history through [`Cells::migrate`](cellmesh::cell::Cells),
+//! then every other daemon through the SDK's
+//! [`DaemonRuntime::drain`](cellmesh::compute::DaemonRuntime::drain).
+
+use std::time::{Duration, Instant};
+
+use cellmesh::capabilities::CapabilityFilter;
+use cellmesh::compute::{DrainOpts, DrainProgress, MigrationOpts};
+use cellmesh::mesh::NodeId;
+use serde::Serialize;
+use tracing::Instrument;
+
+use super::{Node, NodePhase};
+use crate::metrics::variant_name;
+
+/// Why a drain did not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DrainError {
+    /// Another drain of this node is running.
+    #[error("a drain of this node is already running")]
+    AlreadyDraining,
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// A daemon or cell that stayed on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DrainFailure {
+    /// The daemon's origin hash (16 hex digits); `None` for a cell (its
+    /// id names it).
+    pub origin_hash: Option<String>,
+    /// The cell id, for a cell.
+    pub cell_id: Option<String>,
+    /// Why it stayed (the error's variant, snake_case).
+    pub reason: String,
+    /// The full error.
+    pub message: String,
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrainSummary {
+    /// Daemons (cells included) hosted when the drain began.
+    pub total: usize,
+    /// Daemons moved (cells included).
+    pub migrated: usize,
+    /// Cells moved.
+    pub cells_migrated: usize,
+    /// Daemons moved per target node (full hex node id).
+    pub placed: Vec<(String, usize)>,
+    /// What stayed, by origin.
+    pub failed: Vec<DrainFailure>,
+    /// Daemons hosted when the drain ended.
+    pub remaining: usize,
+    /// Wall time in seconds.
+    pub elapsed_seconds: f64,
+}
+
+impl Node {
+    /// Moves every daemon of this node to capable peers within `deadline`
+    /// (each migration's deadline is what is left of it), reporting
+    /// progress through `progress`. The node is not ready while the drain
+    /// runs and ready again after it.
+    ///
+    /// Cancel safety: cancelling stops starting new migrations of cells;
+    /// migrations already started complete or fail on their own.
+    ///
+    /// # Errors
+    /// [`DrainError`] when the drain cannot start.
+    pub async fn drain(
+        &self,
+        deadline: Duration,
+        progress: impl Fn(DrainProgress) + Send + Sync + 'static,
+    ) -> Result<DrainSummary, DrainError> {
+        let inner = &self.inner;
+        let _guard = inner
+            .drain_lock
+            .try_lock()
+            .map_err(|_| DrainError::AlreadyDraining)?;
+        if inner.phase() == NodePhase::Stopping {
+            return Err(DrainError::ShuttingDown);
+        }
+        inner.set_phase(NodePhase::Draining);
+        let span = tracing::info_span!("drain", node = %self.node_id().short());
+        let summary = self.drain_inner(deadline, progress).instrument(span).await;
+        if inner.phase() == NodePhase::Draining {
+            inner.set_phase(NodePhase::Serving);
+        }
+        inner
+            .metrics
+            .drain_duration
+            .observe(summary.elapsed_seconds);
+        Ok(summary)
+    }
+
+    async fn drain_inner(
+        &self,
+        deadline: Duration,
+        progress: impl Fn(DrainProgress) + Send + Sync + 'static,
+    ) -> DrainSummary {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let total = inner.rt.daemon_count();
+        tracing::info!(daemons = total, ?deadline, "drain started");
+        let me = self.node_id();
+        let left = |started: Instant| {
+            deadline
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1))
+        };
+        let mut failed = Vec::new();
+        let mut placed: Vec<(NodeId, usize)> = Vec::new();
+        let mut cells_migrated = 0;
+        let hosted: Vec<_> = inner
+            .cells
+            .list()
+            .into_iter()
+            .filter(|r| inner.cells.hosts(&r.id))
+            .collect();
+        for record in hosted {
+            let filter: CapabilityFilter = record
+                .placement
+                .as_ref()
+                .and_then(|p| p.requires.clone())
+                .unwrap_or_default();
+            let target = inner
+                .mesh
+                .find_nodes(&filter)
+                .into_iter()
+                .filter(|n| *n != me)
+                .min_by_key(|n| placed.iter().find(|(p, _)| p == n).map_or(0, |(_, c)| *c));
+            let Some(target) = target else {
+                failed.push(DrainFailure {
+                    origin_hash: None,
+                    cell_id: Some(record.id.clone()),
+                    reason: "no_capable_peer".into(),
+                    message: format!(
+                        "cell {:?}: no connected peer meets its placement",
+                        record.id
+                    ),
+                });
+                continue;
+            };
+            inner.metrics.migrations_started.inc();
+            let opts = MigrationOpts::default().deadline(left(started));
+            match inner.cells.migrate(&record.id, target, opts).await {
+                Ok(_) => {
+                    inner.metrics.migrations_succeeded.inc();
+                    cells_migrated += 1;
+                    bump(&mut placed, target);
+                }
+                Err(e) => {
+                    inner
+                        .metrics
+                        .migrations_failed
+                        .get_or_create(&crate::metrics::Reason {
+                            reason: variant_name(&e),
+                        })
+                        .inc();
+                    failed.push(DrainFailure {
+                        origin_hash: None,
+                        cell_id: Some(record.id.clone()),
+                        reason: variant_name(&e),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        let opts = DrainOpts::default()
+            .migration(MigrationOpts::default().deadline(left(started)))
+            .on_progress(progress);
+        let report = inner.rt.drain(opts).await;
+        for (node, n) in &report.placed {
+            for _ in 0..*n {
+                bump(&mut placed, *node);
+            }
+        }
+        let moved = report.migrated();
+        inner
+            .metrics
+            .migrations_started
+            .inc_by((moved + report.failed.len()) as u64);
+        inner.metrics.migrations_succeeded.inc_by(moved as u64);
+        for (origin, e) in &report.failed {
+            inner.metrics.migration_failed(e);
+            tracing::warn!(origin = %format!("{origin:016x}"), error = %e, "daemon stays on this node");
+            failed.push(DrainFailure {
+                origin_hash: Some(format!("{origin:016x}")),
+                cell_id: None,
+                reason: variant_name(e),
+                message: e.to_string(),
+            });
+        }
+        let summary = DrainSummary {
+            total,
+            migrated: moved + cells_migrated,
+            cells_migrated,
+            placed: placed
+                .into_iter()
+                .map(|(n, c)| (n.to_string(), c))
+                .collect(),
+            failed,
+            remaining: inner.rt.daemon_count(),
+            elapsed_seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            migrated = summary.migrated,
+            failed = summary.failed.len(),
+            remaining = summary.remaining,
+            elapsed = ?started.elapsed(),
+            "drain finished"
+        );
+        summary
+    }
+}
+
+fn bump(placed: &mut Vec<(NodeId, usize)>, node: NodeId) {
+    match placed.iter_mut().find(|(n, _)| *n == node) {
+        Some((_, c)) => *c += 1,
+        None => placed.push((node, 1)),
+    }
+}
