@@ -5,7 +5,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use cellmesh::cell::{hosted_daemons, CELL_KIND};
+use cellmesh::cell::CELL_KIND;
 use cellmesh::compute::{DaemonHostConfig, MigrationOpts, Placement};
 use cellmesh::Identity;
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ struct DaemonJson {
 }
 
 pub(crate) async fn list(State(node): State<Node>) -> Json<Vec<Value>> {
-    let daemons = hosted_daemons(node.runtime(), true);
+    let daemons = node.runtime().daemons(true);
     Json(
         daemons
             .into_iter()

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cellmesh::cell::{peer_records, rfc3339, CellRecordState};
+use cellmesh::cell::{rfc3339, CellRecordState};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -20,19 +20,18 @@ use crate::metrics::{Reason, State as StateLabel};
 use crate::Node;
 
 pub(crate) async fn peers(State(node): State<Node>) -> Json<Vec<Value>> {
-    let records = peer_records(&node.inner.mesh);
+    let members = node.inner.mesh.members();
     Json(
-        records
+        members
             .into_iter()
-            .filter(|p| p.connected)
-            .map(|p| {
-                let since = rfc3339(node.inner.peers.connected_since(&p.node));
-                json!({
+            .filter_map(|p| {
+                let since = rfc3339(p.connected_since?);
+                Some(json!({
                     "node_id": p.node.to_string(),
                     "address": p.addr.to_string(),
                     "tags": p.tags,
                     "connected_since": since,
-                })
+                }))
             })
             .collect(),
     )

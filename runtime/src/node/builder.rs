@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::backend::PlacingBackend;
 use super::kinds::{Factory, Metered};
-use super::peers::{dial_seeds, PeerTracker};
+use super::peers::PeerTracker;
 use super::{files, Node, NodeInner, SERVING};
 use crate::config::{ConfigError, NodeConfig};
 use crate::metrics::Metrics;
@@ -196,6 +196,10 @@ impl NodeBuilder {
             .map_err(mesh_err)?
             .identity(identity.clone())
             .capabilities(capabilities)
+            // Dialled concurrently in the background, each unreachable one
+            // warned about once and retried by the mesh until it answers.
+            .seed_peers(config.seeds.iter().copied().filter(|s| *s != config.listen))
+            .wait_for_seeds(false)
             .build()
             .await
             .map_err(mesh_err)?;
@@ -231,16 +235,13 @@ impl NodeBuilder {
 
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let peers = Arc::new(PeerTracker::default());
-        tasks.spawn(Arc::clone(&peers).run(Arc::clone(&mesh), cancel.clone()));
-        dial_seeds(&mesh, &config.seeds, &cancel, &tasks);
+        tasks.spawn(Arc::new(PeerTracker::default()).run(Arc::clone(&mesh), cancel.clone()));
         let inner = Arc::new(NodeInner {
             config,
             mesh,
             rt,
             cells,
             metrics,
-            peers,
             token,
             control_addr,
             started: Instant::now(),

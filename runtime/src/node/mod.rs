@@ -28,7 +28,6 @@ pub use signals::RunEnd;
 
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
-use peers::PeerTracker;
 
 const SERVING: u8 = 0;
 const DRAINING: u8 = 1;
@@ -52,7 +51,6 @@ pub(crate) struct NodeInner {
     pub(crate) rt: DaemonRuntime,
     pub(crate) cells: Cells,
     pub(crate) metrics: Metrics,
-    pub(crate) peers: Arc<PeerTracker>,
     pub(crate) token: String,
     pub(crate) control_addr: SocketAddr,
     pub(crate) started: Instant,

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cellmesh::cell::hosted_daemons;
 use cellmesh::compute::DaemonRuntime;
 use cellmesh::mesh::{MeshBuilder, Psk};
 use cellmesh::Identity;
@@ -121,7 +120,7 @@ fn sigterm_drains_100_daemons_to_peers_with_their_state() {
             hosted.insert(o, d["events_processed"].as_u64().unwrap());
         }
     }
-    for d in hosted_daemons(&rt, false) {
+    for d in rt.daemons(false) {
         hosted.insert(d.origin_hash, d.events_processed);
     }
     let sent = sent.lock().unwrap().clone();

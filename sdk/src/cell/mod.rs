@@ -17,7 +17,6 @@
 mod backend;
 mod event;
 mod host;
-mod inspect;
 #[cfg(feature = "jetstream")]
 mod jetstream;
 mod log;
@@ -39,7 +38,6 @@ pub use event::{
     FORCED_EXIT_CODE, LEGACY_TYPE_PREFIX, TYPE_PREFIX,
 };
 pub use host::{CellMigrateError, Cells, CellsStartError};
-pub use inspect::{hosted_daemons, peer_records, HostedDaemon, PeerRecord};
 #[cfg(feature = "jetstream")]
 pub use jetstream::{JetStreamConfig, JetStreamError, JetStreamLog};
 pub use log::{CellEventLog, LogError, LOG_FILE};

@@ -98,6 +98,7 @@ pub(crate) async fn start_ctrl(
     let link = PeerLink {
         conn: conn.clone(),
         feed: Arc::clone(&feed),
+        since: std::time::SystemTime::now(),
     };
     // Checked and inserted under the map's lock: of two connections with
     // one id from two addresses, only one is ever listed.

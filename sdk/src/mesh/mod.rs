@@ -37,7 +37,7 @@ pub use error::{DialError, MeshError};
 pub use frame::FrameError;
 pub(crate) use links::FrameReader;
 pub(crate) use node::close;
-pub use node::Mesh;
+pub use node::{Mesh, PeerInfo};
 pub(crate) use pool::Pool;
 pub use psk::{Psk, PskError};
 pub(crate) use router::{Context, ProtocolHandler, Serving};

@@ -42,6 +42,8 @@ pub(crate) mod close {
 pub(crate) struct PeerLink {
     pub(crate) conn: quinn::Connection,
     pub(crate) feed: Arc<super::feed::Feed>,
+    /// When the link was admitted.
+    pub(crate) since: std::time::SystemTime,
 }
 
 /// State shared by the node's handle and its background tasks.
@@ -211,6 +213,22 @@ impl Shared {
     }
 }
 
+/// A member of the mesh as this node knows it ([`Mesh::members`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// The node.
+    pub node: NodeId,
+    /// Where it is reached: its live connection's address, else the one
+    /// its record advertises.
+    pub addr: SocketAddr,
+    /// Its capability tags.
+    pub tags: Vec<String>,
+    /// When its control link was admitted; `None` while it is not
+    /// connected.
+    pub connected_since: Option<std::time::SystemTime>,
+}
+
 /// A mesh node: a QUIC endpoint (client and server) bound to the node's
 /// ed25519 key, admitting peers that prove the mesh pre-shared key.
 ///
@@ -247,6 +265,28 @@ impl Mesh {
         let mut peers: Vec<NodeId> = self.shared.peers.iter().map(|p| *p.key()).collect();
         peers.sort_unstable();
         peers
+    }
+
+    /// The other nodes this one holds a membership record of, connected
+    /// or not, sorted by node id.
+    pub fn members(&self) -> Vec<PeerInfo> {
+        let shared = &self.shared;
+        let mut out: Vec<PeerInfo> = shared
+            .members
+            .iter()
+            .filter(|m| *m.key() != shared.node_id)
+            .map(|m| {
+                let record = &m.value().record;
+                PeerInfo {
+                    node: record.node,
+                    addr: shared.addr_of(record.node).unwrap_or(record.addr),
+                    tags: record.capabilities.tags().map(str::to_owned).collect(),
+                    connected_since: shared.peers.get(&record.node).map(|p| p.since),
+                }
+            })
+            .collect();
+        out.sort_unstable_by_key(|p| p.node);
+        out
     }
 
     /// The signed record this node advertises.

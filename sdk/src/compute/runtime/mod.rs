@@ -33,6 +33,9 @@ use crate::identity::Identity;
 use crate::mesh::Mesh;
 
 mod access;
+mod list;
+
+pub use list::HostedDaemon;
 
 type Factory = Arc<dyn Fn() -> Box<dyn MeshDaemon> + Send + Sync>;
 pub(crate) type Hasher = foldhash::fast::RandomState;
