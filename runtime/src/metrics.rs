@@ -58,6 +58,15 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a migration that succeeded: its duration, blackout and bytes.
+    pub(crate) fn record_migration(&self, report: &cellmesh::compute::MigrationReport) {
+        self.migrations_succeeded.inc();
+        self.migration_duration.observe(report.total.as_secs_f64());
+        self.migration_blackout
+            .observe(report.blackout.as_secs_f64());
+        self.migrated_bytes.inc_by(report.snapshot_bytes);
+    }
+
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("cellmesh");
         let m = Self {

@@ -95,12 +95,7 @@ pub(crate) async fn apply(
     let doc = ExecutionCellDocument::from_json(&raw).map_err(CellError::InvalidSpec)?;
     doc.validate().map_err(CellError::InvalidSpec)?;
     let id = doc.id().to_string();
-    let filter = doc
-        .spec
-        .placement
-        .as_ref()
-        .and_then(|p| p.requires.clone())
-        .unwrap_or_default();
+    let filter = doc.placement_filter();
     let mesh = &node.inner.mesh;
     if mesh.find_nodes(&filter).is_empty() {
         return Err(CellError::NoCapableNode {
@@ -240,14 +235,7 @@ pub(crate) async fn migrate(
         .await;
     match result {
         Ok(report) => {
-            metrics.migrations_succeeded.inc();
-            metrics
-                .migration_duration
-                .observe(report.total.as_secs_f64());
-            metrics
-                .migration_blackout
-                .observe(report.blackout.as_secs_f64());
-            metrics.migrated_bytes.inc_by(report.snapshot_bytes);
+            metrics.record_migration(&report);
             tracing::info!(cell = %id, to = %to, "cell migrated");
             Ok(Json(json!({
                 "cell_id": id,

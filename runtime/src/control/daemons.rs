@@ -161,14 +161,7 @@ pub(crate) async fn migrate(
     );
     match handle.wait().instrument(span).await {
         Ok(report) => {
-            metrics.migrations_succeeded.inc();
-            metrics
-                .migration_duration
-                .observe(report.total.as_secs_f64());
-            metrics
-                .migration_blackout
-                .observe(report.blackout.as_secs_f64());
-            metrics.migrated_bytes.inc_by(report.snapshot_bytes);
+            metrics.record_migration(&report);
             tracing::info!(origin = %format!("{origin_hash:016x}"), to = %to, "daemon migrated");
             Ok(Json(json!({
                 "origin_hash": format!("{origin_hash:016x}"),

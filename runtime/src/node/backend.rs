@@ -28,12 +28,7 @@ impl PlacingBackend {
 
     /// Whether this node meets `doc`'s placement.
     fn fits_here(&self, doc: &ExecutionCellDocument) -> bool {
-        let filter = doc
-            .spec
-            .placement
-            .as_ref()
-            .and_then(|p| p.requires.clone())
-            .unwrap_or_default();
+        let filter = doc.placement_filter();
         self.rt.mesh().capabilities().matches(&filter)
     }
 

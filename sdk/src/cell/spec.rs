@@ -272,6 +272,16 @@ impl ExecutionCellDocument {
         &self.spec.id
     }
 
+    /// What a node must offer to run the cell (`placement.requires`; any
+    /// node when absent).
+    pub fn placement_filter(&self) -> CapabilityFilter {
+        self.spec
+            .placement
+            .as_ref()
+            .and_then(|p| p.requires.clone())
+            .unwrap_or_default()
+    }
+
     /// Checks every rule and reports all that are broken.
     ///
     /// # Errors

@@ -61,12 +61,7 @@ impl FederatedBackend {
     /// The peer to place `doc` on: capable, not this node, and holding the
     /// fewest of this backend's cells.
     fn choose(&self, doc: &ExecutionCellDocument) -> Result<NodeId, CellError> {
-        let filter = doc
-            .spec
-            .placement
-            .as_ref()
-            .and_then(|p| p.requires.clone())
-            .unwrap_or_default();
+        let filter = doc.placement_filter();
         let mesh = self.client.runtime().mesh();
         let me = mesh.node_id();
         let cells = self.lock();
