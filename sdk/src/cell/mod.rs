@@ -11,8 +11,8 @@
 //!   [`NodeCellProjection`], the node-level view rebuilt from it.
 //! - [`CellBackend`] — hosts: [`ProcessBackend`] runs the command as a
 //!   child process.
-//! - [`hosted_daemons`] and [`peer_records`] — read-only views of the
-//!   node for operators.
+//! - [`FederatedBackend`] — runs a node's cells on capable peers, over the
+//!   cell protocol (`remote`).
 
 mod backend;
 mod event;
