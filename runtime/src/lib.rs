@@ -42,6 +42,7 @@ pub mod cli;
 pub mod config;
 mod control;
 pub mod demo;
+pub mod handoff;
 pub mod logging;
 mod metrics;
 mod node;
