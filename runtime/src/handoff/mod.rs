@@ -44,7 +44,9 @@
 //! knows whether it committed.
 
 mod end;
+pub mod fds;
 mod incumbent;
+pub mod lock;
 mod successor;
 mod timing;
 pub mod wire;
@@ -56,5 +58,6 @@ mod tests;
 
 pub use end::{EndReason, Violation};
 pub use incumbent::{Incumbent, IncumbentEffect};
+pub use lock::{DataDirLock, LockError};
 pub use successor::{Successor, SuccessorEffect};
 pub use timing::Timing;
