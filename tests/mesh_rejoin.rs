@@ -195,3 +195,36 @@ async fn silent_seeds_do_not_hold_a_node_that_does_not_wait_for_them() {
         "joined the seed that answers"
     );
 }
+
+/// A node replaced by another process on the same UDP socket and key (a
+/// binary handoff) keeps its id and address; its peers dial it again.
+#[tokio::test]
+async fn a_node_replaced_on_its_socket_and_key_is_rejoined() {
+    let identity = cellmesh::Identity::generate();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let inherited = socket.try_clone().unwrap();
+    let old = builder("127.0.0.1:0", vec![])
+        .identity(identity.clone())
+        .socket(socket)
+        .build()
+        .await
+        .expect("build on a given socket");
+    assert_eq!(old.local_addr(), addr);
+    let peer = node(vec![addr]).await;
+    assert!(peer.wait_for_peers(1, WAIT).await);
+    let id = old.node_id();
+    drop(old);
+    let new = builder("127.0.0.1:0", vec![])
+        .identity(identity)
+        .socket(inherited)
+        .build()
+        .await
+        .expect("build on the inherited socket");
+    assert_eq!((new.node_id(), new.local_addr()), (id, addr));
+    assert!(
+        peer.wait_for(WAIT, |m| m.peers() == vec![id]).await,
+        "the peer dialled the node again"
+    );
+    assert!(new.wait_for_peers(1, WAIT).await);
+}

@@ -48,6 +48,7 @@ pub struct MeshBuilder {
     capabilities: CapabilitySet,
     seeds: Vec<SocketAddr>,
     wait_for_seeds: bool,
+    socket: Option<std::net::UdpSocket>,
     advertise: Option<SocketAddr>,
     config: MeshConfig,
 }
@@ -91,6 +92,7 @@ impl MeshBuilder {
             capabilities: CapabilitySet::default(),
             seeds: Vec::new(),
             wait_for_seeds: true,
+            socket: None,
             advertise: None,
             config: MeshConfig::default(),
         })
@@ -119,6 +121,13 @@ impl MeshBuilder {
     /// Nodes to join through at build time (the rest are discovered).
     pub fn seed_peers(mut self, seeds: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.seeds.extend(seeds);
+        self
+    }
+
+    /// Serves on `socket`, already bound (say, inherited from the process
+    /// this one replaces), instead of binding the builder's address.
+    pub fn socket(mut self, socket: std::net::UdpSocket) -> Self {
+        self.socket = Some(socket);
         self
     }
 
@@ -165,7 +174,7 @@ impl MeshBuilder {
     ///
     /// # Errors
     /// [`MeshError::Bind`], [`MeshError::Tls`], [`MeshError::InvalidConfig`].
-    pub async fn build(self) -> Result<Mesh, MeshError> {
+    pub async fn build(mut self) -> Result<Mesh, MeshError> {
         if self.config.max_unadmitted == 0 {
             return Err(MeshError::InvalidConfig(
                 "max_unadmitted must be at least 1".into(),
@@ -182,7 +191,18 @@ impl MeshBuilder {
         // Until a layer above registers its protocols, only the mesh's own
         // is offered.
         let server = server_config(&credentials, &self.config, &[ALPN_CTRL])?;
-        let (addr, endpoint) = bind_first(server, &self.addrs, self.config.udp_buffer_bytes)?;
+        let buffer = self.config.udp_buffer_bytes;
+        let (addr, endpoint) = match self.socket.take() {
+            Some(socket) => {
+                let addr = socket
+                    .local_addr()
+                    .map_err(|e| MeshError::InvalidConfig(format!("the given socket: {e}")))?;
+                let endpoint = endpoint_on(server, socket, addr, buffer)
+                    .map_err(|source| MeshError::Bind { addr, source })?;
+                (addr, endpoint)
+            }
+            None => bind_first(server, &self.addrs, buffer)?,
+        };
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| MeshError::Bind { addr, source })?;
@@ -299,7 +319,16 @@ fn bind(
     addr: std::net::SocketAddr,
     buffer: usize,
 ) -> std::io::Result<quinn::Endpoint> {
-    let socket = std::net::UdpSocket::bind(addr)?;
+    endpoint_on(server, std::net::UdpSocket::bind(addr)?, addr, buffer)
+}
+
+/// A quinn endpoint serving on `socket`, with enlarged UDP buffers.
+fn endpoint_on(
+    server: quinn::ServerConfig,
+    socket: std::net::UdpSocket,
+    addr: SocketAddr,
+    buffer: usize,
+) -> std::io::Result<quinn::Endpoint> {
     let sock = socket2::SockRef::from(&socket);
     for (what, result) in [
         ("receive", sock.set_recv_buffer_size(buffer)),
