@@ -43,6 +43,7 @@
 //! incumbent's answer or its death, however long: only the incumbent
 //! knows whether it committed.
 
+mod driver;
 mod end;
 pub mod fds;
 mod incumbent;
@@ -52,10 +53,16 @@ mod timing;
 pub mod wire;
 
 #[cfg(test)]
+mod driver_tests;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;
 
+pub use driver::{
+    run_incumbent, run_successor, Handed, Incumbency, IncumbentOutcome, Succession,
+    SuccessorOutcome,
+};
 pub use end::{EndReason, Violation};
 pub use incumbent::{Incumbent, IncumbentEffect};
 pub use lock::{DataDirLock, LockError};

@@ -1,0 +1,288 @@
+//! The two machines on a real Unix-domain socket. Every read and write
+//! goes through `recvmsg`/`sendmsg`, so the descriptors that travel with
+//! `Sealed` (the node's sockets, its daemons' state) are never dropped by a
+//! plain read.
+//!
+//! What each process does at each step is the node's: [`Incumbency`] and
+//! [`Succession`].
+
+use std::future::Future;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+
+use super::fds::MAX_FDS;
+use super::wire::{decode, encode, Message};
+use super::{EndReason, Incumbent, IncumbentEffect, Successor, SuccessorEffect};
+
+/// What a sealed incumbent hands over beside the `Sealed` frame.
+#[derive(Debug)]
+pub struct Handed {
+    /// Daemons handed over.
+    pub daemons: u64,
+    /// Bytes of state handed over.
+    pub bytes: u64,
+    /// Descriptors sent with `Sealed` (sockets, state), at most
+    /// [`MAX_FDS`].
+    pub fds: Vec<OwnedFd>,
+}
+
+/// The incumbent node's part in a handoff.
+pub trait Incumbency: Send {
+    /// Stop admitting new work; returns the daemons hosted.
+    fn stop_admitting(&mut self) -> impl Future<Output = Vec<u64>> + Send;
+    /// Freeze every daemon and gather what the successor needs.
+    fn seal(&mut self) -> impl Future<Output = Result<Handed, String>> + Send;
+    /// Serve again as if no handoff had begun.
+    fn resume(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// The successor's part in a handoff.
+pub trait Succession: Send {
+    /// Restore, gated, what was handed over; returns the daemons restored.
+    fn restore(
+        &mut self,
+        daemons: u64,
+        bytes: u64,
+        fds: Vec<OwnedFd>,
+    ) -> impl Future<Output = Result<u64, String>> + Send;
+}
+
+/// How a session ended for the incumbent.
+#[derive(Debug)]
+pub enum IncumbentOutcome {
+    /// Committed: release the lock and exit without serving.
+    Committed,
+    /// The handoff is off and the node serves on.
+    Ended(EndReason),
+}
+
+/// How a session ended for the successor.
+#[derive(Debug)]
+pub enum SuccessorOutcome {
+    /// Become the node once the data-directory lock is free.
+    TakeOver {
+        /// Whether the daemons were handed over and restored.
+        with_state: bool,
+        /// Daemons lost with a dead incumbent, when known.
+        lost: Option<Vec<u64>>,
+    },
+    /// Give up without serving.
+    Exit(EndReason),
+}
+
+/// Frames and descriptors in from the socket.
+struct Inbox {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    closed: bool,
+    /// The machine was told the socket closed.
+    told: bool,
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Self {
+            bytes: Vec::new(),
+            fds: Vec::new(),
+            closed: false,
+            told: false,
+        }
+    }
+
+    /// Reads what the socket has (waiting for it); never returns once it
+    /// closed.
+    async fn fill(&mut self, stream: &UnixStream) -> std::io::Result<()> {
+        if self.closed {
+            return std::future::pending().await;
+        }
+        let (n, fds) = stream
+            .async_io(Interest::READABLE, || read_some(stream.as_raw_fd()))
+            .await?;
+        self.closed = n.is_empty() && fds.is_empty();
+        self.bytes.extend_from_slice(&n);
+        self.fds.extend(fds);
+        Ok(())
+    }
+}
+
+fn read_some(fd: RawFd) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(std::io::Error::from)?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: the kernel just installed these descriptors in this
+            // process for us; nothing else owns them.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let n = msg.bytes;
+    buf.truncate(n);
+    Ok((buf, fds))
+}
+
+/// Writes one frame, with `fds` attached to its first byte.
+async fn write(
+    stream: &UnixStream,
+    message: &Message,
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    let frame = encode(message);
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut sent = 0;
+    while sent < frame.len() {
+        let cmsg: Vec<ControlMessage<'_>> = if sent == 0 && !raw.is_empty() {
+            vec![ControlMessage::ScmRights(&raw)]
+        } else {
+            Vec::new()
+        };
+        let n = stream
+            .async_io(Interest::WRITABLE, || {
+                let iov = [IoSlice::new(&frame[sent..])];
+                sendmsg::<()>(
+                    stream.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            })
+            .await?;
+        sent += n;
+    }
+    Ok(())
+}
+
+/// Runs the incumbent's side of one session on `stream`.
+pub async fn run_incumbent(
+    stream: UnixStream,
+    mut machine: Incumbent,
+    node: &mut impl Incumbency,
+) -> IncumbentOutcome {
+    let mut inbox = Inbox::new();
+    let mut handed: Option<Handed> = None;
+    loop {
+        while let Some(effect) = machine.poll_effect() {
+            match effect {
+                IncumbentEffect::Send(message) => {
+                    let fds = match (&message, &handed) {
+                        (Message::Sealed { .. }, Some(h)) => {
+                            h.fds.iter().map(AsFd::as_fd).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    if write(&stream, &message, &fds).await.is_err() {
+                        machine.on_eof();
+                    }
+                }
+                IncumbentEffect::StopAdmitting => {
+                    let daemons = node.stop_admitting().await;
+                    machine.on_admission_stopped(Instant::now(), daemons);
+                }
+                IncumbentEffect::Freeze => match node.seal().await {
+                    Ok(h) => {
+                        machine.on_sealed(Instant::now(), h.daemons, h.bytes);
+                        handed = Some(h);
+                    }
+                    Err(reason) => machine.on_seal_failed(reason),
+                },
+                IncumbentEffect::Resume => node.resume().await,
+                IncumbentEffect::ReleaseAndExit => return IncumbentOutcome::Committed,
+                IncumbentEffect::End(reason) => return IncumbentOutcome::Ended(reason),
+            }
+        }
+        match decode(&mut inbox.bytes) {
+            Ok(Some(message)) => {
+                machine.on_frame(Instant::now(), message);
+                continue;
+            }
+            Ok(None) if inbox.closed && !inbox.told => {
+                inbox.told = true;
+                machine.on_eof();
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                machine.on_malformed(e.to_string());
+                continue;
+            }
+        }
+        let wake = machine.poll_timeout();
+        tokio::select! {
+            read = inbox.fill(&stream) => if read.is_err() { inbox.closed = true },
+            () = sleep_until(wake) => machine.on_tick(Instant::now()),
+        }
+    }
+}
+
+/// Runs the successor's side of one session on `stream`.
+pub async fn run_successor(
+    stream: UnixStream,
+    mut machine: Successor,
+    node: &mut impl Succession,
+) -> SuccessorOutcome {
+    let mut inbox = Inbox::new();
+    loop {
+        while let Some(effect) = machine.poll_effect() {
+            match effect {
+                SuccessorEffect::Send(message) => {
+                    if write(&stream, &message, &[]).await.is_err() {
+                        machine.on_eof();
+                    }
+                }
+                SuccessorEffect::Restore { daemons, bytes } => {
+                    let fds = std::mem::take(&mut inbox.fds);
+                    match node.restore(daemons, bytes, fds).await {
+                        Ok(restored) => machine.on_restored(Instant::now(), restored),
+                        Err(reason) => machine.on_restore_failed(reason),
+                    }
+                }
+                SuccessorEffect::TakeOver { with_state, lost } => {
+                    return SuccessorOutcome::TakeOver { with_state, lost }
+                }
+                SuccessorEffect::Exit(reason) => return SuccessorOutcome::Exit(reason),
+            }
+        }
+        match decode(&mut inbox.bytes) {
+            Ok(Some(message)) => {
+                machine.on_frame(Instant::now(), message);
+                continue;
+            }
+            Ok(None) if inbox.closed && !inbox.told => {
+                inbox.told = true;
+                machine.on_eof();
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                machine.on_malformed(e.to_string());
+                continue;
+            }
+        }
+        let wake = machine.poll_timeout();
+        tokio::select! {
+            read = inbox.fill(&stream) => if read.is_err() { inbox.closed = true },
+            () = sleep_until(wake) => machine.on_tick(Instant::now()),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
