@@ -1,12 +1,14 @@
 //! `cellmesh`: the node daemon (`cellmesh node`) and its CLI client
 //! (`cellmesh get cells`, `cellmesh drain`, ...). `cellmesh --help` lists
 //! the commands; exit codes: 0 ok, 1 the operation failed, 2 usage error,
-//! 3 the node could not be reached or refused the token.
+//! 3 the node could not be reached or refused the token. `cellmesh node`
+//! exits 0 after a drain (even one that left daemons no peer took) and 1
+//! when a second SIGTERM or Ctrl-C stopped it before its drain finished.
 
 use std::process::ExitCode;
 
 use cellmesh_runtime::cli::{run_client, Cli, Command};
-use cellmesh_runtime::{logging, Node, NodeConfig, StartError};
+use cellmesh_runtime::{logging, Node, NodeConfig, RunEnd, StartError};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -57,6 +59,8 @@ async fn run_node(flags: cellmesh_runtime::NodeFlags) -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    node.run_until_signal(flags.run_for).await;
-    ExitCode::SUCCESS
+    match node.run_until_signal(flags.run_for).await {
+        RunEnd::Interrupted => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
 }

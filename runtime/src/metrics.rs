@@ -8,6 +8,10 @@
 //! Gauges that mirror state the SDK already keeps (daemons hosted, peers
 //! connected, cells by state, admissions refused, cell events appended)
 //! are read when `/metrics` is scraped, so they cost nothing in between.
+//! So are the delivery counters: the daemon runtime counts every event it
+//! delivers or refuses ([`DaemonRuntime::counters`]), and [`Deliveries`]
+//! reads them at scrape time, so refusals decided inside the SDK
+//! (duplicates, a full migration gate, a daemon not here) are counted too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,7 +22,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::node::kinds::EventCounters;
+use cellmesh::compute::DaemonRuntime;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::TypedMetric;
 
 /// A `u64` counter.
 pub(crate) type Counter64 = Counter<u64, AtomicU64>;
@@ -38,8 +46,6 @@ pub(crate) struct State {
 /// Every metric of a node.
 pub(crate) struct Metrics {
     registry: Registry,
-    pub(crate) events_delivered: Counter64,
-    pub(crate) events_refused: Family<Reason, Counter64>,
     pub(crate) daemons_hosted: Gauge,
     pub(crate) migrations_started: Counter64,
     pub(crate) migrations_succeeded: Counter64,
@@ -67,11 +73,15 @@ impl Metrics {
         self.migrated_bytes.inc_by(report.snapshot_bytes);
     }
 
+    /// Reads the delivery counters of `rt` at every scrape.
+    pub(crate) fn collect_deliveries(&mut self, rt: &DaemonRuntime) {
+        self.registry
+            .register_collector(Box::new(Deliveries(rt.clone())));
+    }
+
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("cellmesh");
         let m = Self {
-            events_delivered: Counter64::default(),
-            events_refused: Family::default(),
             daemons_hosted: Gauge::default(),
             migrations_started: Counter64::default(),
             migrations_succeeded: Counter64::default(),
@@ -89,16 +99,6 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register(
-            "events_delivered",
-            "Events processed by daemons of registered kinds on this node",
-            m.events_delivered.clone(),
-        );
-        r.register(
-            "events_refused",
-            "Events refused by daemons on this node, by reason",
-            m.events_refused.clone(),
-        );
         r.register(
             "daemons_hosted",
             "Daemons hosted on this node",
@@ -121,19 +121,19 @@ impl Metrics {
         );
         r.register_with_unit(
             "migration_duration",
-            "Migrations started through the control plane: start to end of blackout",
+            "Migrations this node started (control plane and drains): start to end of blackout",
             Unit::Seconds,
             m.migration_duration.clone(),
         );
         r.register_with_unit(
             "migration_blackout",
-            "Migrations started through the control plane: blackout",
+            "Migrations this node started (control plane and drains): blackout",
             Unit::Seconds,
             m.migration_blackout.clone(),
         );
         r.register_with_unit(
             "migrated",
-            "Snapshot bytes sent by migrations started through the control plane",
+            "Snapshot bytes sent by migrations this node started (control plane and drains)",
             Unit::Bytes,
             m.migrated_bytes.clone(),
         );
@@ -171,19 +171,6 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// The counters the metered daemons share.
-    pub(crate) fn event_counters(&self) -> EventCounters {
-        EventCounters {
-            processed: self.events_delivered.clone(),
-            failed: self
-                .events_refused
-                .get_or_create(&Reason {
-                    reason: "process_error".into(),
-                })
-                .clone(),
-        }
-    }
-
     /// Counts a failed migration under its error's variant name.
     pub(crate) fn migration_failed(&self, error: &cellmesh::compute::MigrateError) {
         self.migrations_failed
@@ -207,6 +194,39 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The runtime's delivery counters, read at scrape time:
+/// `cellmesh_events_delivered_total` and
+/// `cellmesh_events_refused_total{reason}`.
+#[derive(Debug)]
+struct Deliveries(DaemonRuntime);
+
+impl Collector for Deliveries {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let counters = self.0.counters();
+        let delivered = ConstCounter::new(counters.delivered);
+        let metric = encoder.encode_descriptor(
+            "events_delivered",
+            "Events processed by daemons hosted on this node",
+            None,
+            delivered.metric_type(),
+        )?;
+        delivered.encode(metric)?;
+        let mut family = encoder.encode_descriptor(
+            "events_refused",
+            "Events refused by this node's daemon runtime, by reason",
+            None,
+            ConstCounter::<u64>::TYPE,
+        )?;
+        for (reason, n) in counters.refusals() {
+            let label = Reason {
+                reason: reason.to_string(),
+            };
+            ConstCounter::new(n).encode(family.encode_family(&label)?)?;
+        }
+        Ok(())
     }
 }
 

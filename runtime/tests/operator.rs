@@ -8,6 +8,10 @@ mod access;
 mod cells;
 #[path = "operator/common.rs"]
 mod common;
+#[path = "operator/drain.rs"]
+mod drain;
+#[path = "operator/follow.rs"]
+mod follow;
 #[path = "operator/join.rs"]
 mod join;
 #[path = "operator/lifecycle.rs"]

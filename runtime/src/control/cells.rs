@@ -107,6 +107,7 @@ pub(crate) async fn apply(
     let span = tracing::info_span!("cell", id = %id);
     let origin = node.cells().apply(doc).instrument(span).await?;
     tracing::info!(cell = %id, origin = %format!("{origin:016x}"), "cell applied");
+    node.inner.note_cell_origin(&id, origin);
     Ok((
         StatusCode::CREATED,
         Json(json!({"cell_id": id, "origin_hash": format!("{origin:016x}")})),

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::backend::PlacingBackend;
-use super::kinds::{Factory, Metered};
+use super::kinds::Factory;
 use super::peers::PeerTracker;
 use super::{files, Node, NodeInner, SERVING};
 use crate::config::{ConfigError, NodeConfig};
@@ -211,12 +211,12 @@ impl NodeBuilder {
             }
         }
         let mesh = Arc::new(mesh);
-        let metrics = Metrics::new();
         let rt = DaemonRuntime::new(Arc::clone(&mesh));
+        let mut metrics = Metrics::new();
+        metrics.collect_deliveries(&rt);
         let mut kinds = Vec::with_capacity(self.kinds.len() + 1);
         for (kind, factory) in self.kinds {
-            let metered = Metered::wrap(factory, metrics.event_counters());
-            rt.register_factory(&kind, move || metered())?;
+            rt.register_factory(&kind, move || factory())?;
             kinds.push(kind);
         }
         rt.start().await?;
@@ -248,6 +248,7 @@ impl NodeBuilder {
             kinds,
             phase: AtomicU8::new(SERVING),
             drain_lock: tokio::sync::Mutex::new(()),
+            cell_origins: std::sync::Mutex::default(),
             cancel,
             tasks,
         });

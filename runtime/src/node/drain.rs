@@ -1,12 +1,17 @@
 //! Draining a node: its cells (those whose command has completed) move
 //! with their history through [`Cells::migrate`](cellmesh::cell::Cells),
 //! then every other daemon through the SDK's
-//! [`DaemonRuntime::drain`](cellmesh::compute::DaemonRuntime::drain).
+//! [`DaemonRuntime::drain`](cellmesh::compute::DaemonRuntime::drain), which
+//! skips the cells' own kind: a cell daemon moves only with its
+//! supervisor, and a cell whose command still runs stays here (a running
+//! OS process cannot move) and is reported, by cell id and origin, with the
+//! reason `command_running`.
 
 use std::time::{Duration, Instant};
 
 use cellmesh::capabilities::CapabilityFilter;
-use cellmesh::compute::{DrainOpts, DrainProgress, MigrationOpts};
+use cellmesh::cell::{CellError, CellMigrateError, CELL_KIND};
+use cellmesh::compute::{DrainOpts, DrainProgress, MigrationOpts, MigrationReport};
 use cellmesh::mesh::NodeId;
 use serde::Serialize;
 use tracing::Instrument;
@@ -29,12 +34,14 @@ pub enum DrainError {
 /// A daemon or cell that stayed on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DrainFailure {
-    /// The daemon's origin hash (16 hex digits); `None` for a cell (its
-    /// id names it).
+    /// The daemon's origin hash (16 hex digits). For a cell, its daemon's
+    /// origin when this node knows it (the cell was applied through its
+    /// control plane), `None` otherwise (its id names it).
     pub origin_hash: Option<String>,
     /// The cell id, for a cell.
     pub cell_id: Option<String>,
-    /// Why it stayed (the error's variant, snake_case).
+    /// Why it stayed (the error's variant, snake_case;
+    /// `command_running` for a cell whose command has not completed).
     pub reason: String,
     /// The full error.
     pub message: String,
@@ -55,6 +62,10 @@ pub struct DrainSummary {
     pub failed: Vec<DrainFailure>,
     /// Daemons hosted when the drain ended.
     pub remaining: usize,
+    /// Snapshot bytes the drain's migrations sent (cells included).
+    pub migrated_bytes: u64,
+    /// The longest blackout of the drain's migrations, in seconds.
+    pub blackout_max_seconds: f64,
     /// Wall time in seconds.
     pub elapsed_seconds: f64,
 }
@@ -114,6 +125,7 @@ impl Node {
         let mut failed = Vec::new();
         let mut placed: Vec<(NodeId, usize)> = Vec::new();
         let mut cells_migrated = 0;
+        let mut reports: Vec<MigrationReport> = Vec::new();
         let hosted: Vec<_> = inner
             .cells
             .list()
@@ -144,15 +156,30 @@ impl Node {
                 });
                 continue;
             };
-            inner.metrics.migrations_started.inc();
             let opts = MigrationOpts::default().deadline(left(started));
             match inner.cells.migrate(&record.id, target, opts).await {
-                Ok(_) => {
-                    inner.metrics.migrations_succeeded.inc();
+                Ok(report) => {
+                    inner.metrics.migrations_started.inc();
+                    inner.metrics.record_migration(&report);
+                    reports.push(report);
                     cells_migrated += 1;
                     bump(&mut placed, target);
                 }
+                Err(CellMigrateError::Cell(CellError::CommandRunning(id))) => {
+                    // Not a migration that failed: one that must not start.
+                    let origin = inner.cell_origin(&id);
+                    tracing::info!(cell = %id, origin = ?origin, "cell stays: its command is running");
+                    failed.push(DrainFailure {
+                        origin_hash: origin.map(|o| format!("{o:016x}")),
+                        message: format!(
+                            "cell {id:?}: its command is still running (a running process cannot move); it stays on this node"
+                        ),
+                        cell_id: Some(id),
+                        reason: "command_running".into(),
+                    });
+                }
                 Err(e) => {
+                    inner.metrics.migrations_started.inc();
                     inner
                         .metrics
                         .migrations_failed
@@ -161,7 +188,7 @@ impl Node {
                         })
                         .inc();
                     failed.push(DrainFailure {
-                        origin_hash: None,
+                        origin_hash: inner.cell_origin(&record.id).map(|o| format!("{o:016x}")),
                         cell_id: Some(record.id.clone()),
                         reason: variant_name(&e),
                         message: e.to_string(),
@@ -171,6 +198,7 @@ impl Node {
         }
         let opts = DrainOpts::default()
             .migration(MigrationOpts::default().deadline(left(started)))
+            .skip_kinds([CELL_KIND])
             .on_progress(progress);
         let report = inner.rt.drain(opts).await;
         for (node, n) in &report.placed {
@@ -183,7 +211,10 @@ impl Node {
             .metrics
             .migrations_started
             .inc_by((moved + report.failed.len()) as u64);
-        inner.metrics.migrations_succeeded.inc_by(moved as u64);
+        for done in &report.migrations {
+            inner.metrics.record_migration(done);
+        }
+        reports.extend(report.migrations.iter().cloned());
         for (origin, e) in &report.failed {
             inner.metrics.migration_failed(e);
             tracing::warn!(origin = %format!("{origin:016x}"), error = %e, "daemon stays on this node");
@@ -204,6 +235,11 @@ impl Node {
                 .collect(),
             failed,
             remaining: inner.rt.daemon_count(),
+            migrated_bytes: reports.iter().map(|r| r.snapshot_bytes).sum(),
+            blackout_max_seconds: reports
+                .iter()
+                .map(|r| r.blackout.as_secs_f64())
+                .fold(0.0, f64::max),
             elapsed_seconds: started.elapsed().as_secs_f64(),
         };
         tracing::info!(

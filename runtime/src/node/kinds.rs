@@ -1,13 +1,12 @@
-//! Daemon kinds: the built-in `counter`, and the wrapper that counts the
-//! events every registered kind processes.
+//! Daemon kinds: the built-in `counter`, and the factory type the builder
+//! takes. (Events are counted by the daemon runtime itself: see
+//! `DaemonRuntime::counters`.)
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cellmesh::capabilities::CapabilityFilter;
 use cellmesh::compute::{CausalEvent, MeshDaemon, ProcessError};
-
-use crate::metrics::Counter64;
 
 /// A daemon factory as [`NodeBuilder::register`](crate::NodeBuilder::register)
 /// takes it.
@@ -38,55 +37,5 @@ impl MeshDaemon for Counter {
         })?;
         self.0 = u64::from_le_bytes(raw);
         Ok(())
-    }
-}
-
-/// Per-node event counters shared by every metered daemon: one relaxed
-/// atomic increment per event.
-#[derive(Debug, Clone)]
-pub(crate) struct EventCounters {
-    pub(crate) processed: Counter64,
-    pub(crate) failed: Counter64,
-}
-
-/// A daemon whose processed and failed events are counted.
-pub(crate) struct Metered {
-    inner: Box<dyn MeshDaemon>,
-    counters: EventCounters,
-}
-
-impl Metered {
-    pub(crate) fn wrap(factory: Factory, counters: EventCounters) -> Factory {
-        Arc::new(move || {
-            Box::new(Metered {
-                inner: factory(),
-                counters: counters.clone(),
-            })
-        })
-    }
-}
-
-impl MeshDaemon for Metered {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn requirements(&self) -> CapabilityFilter {
-        self.inner.requirements()
-    }
-    fn process(&mut self, event: &CausalEvent) -> Result<Vec<Bytes>, ProcessError> {
-        let out = self.inner.process(event);
-        let counter = if out.is_ok() {
-            &self.counters.processed
-        } else {
-            &self.counters.failed
-        };
-        counter.inc();
-        out
-    }
-    fn snapshot(&self) -> Option<Bytes> {
-        self.inner.snapshot()
-    }
-    fn restore(&mut self, state: Bytes) -> Result<(), ProcessError> {
-        self.inner.restore(state)
     }
 }

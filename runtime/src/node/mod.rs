@@ -58,6 +58,9 @@ pub(crate) struct NodeInner {
     phase: AtomicU8,
     /// Held while a drain runs (a second one is refused).
     pub(crate) drain_lock: tokio::sync::Mutex<()>,
+    /// Cell id → its daemon's origin, for cells applied through this
+    /// node's control plane (named in drain reports).
+    pub(crate) cell_origins: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
 }
@@ -83,6 +86,23 @@ impl NodeInner {
     /// Ready: serving, the runtime started, and not shutting down.
     pub(crate) fn is_ready(&self) -> bool {
         self.phase() == NodePhase::Serving && self.rt.is_ready()
+    }
+
+    /// Remembers the origin of a cell applied through the control plane.
+    pub(crate) fn note_cell_origin(&self, id: &str, origin: u64) {
+        self.cell_origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_string(), origin);
+    }
+
+    /// The origin of cell `id`'s daemon, if this node applied it.
+    pub(crate) fn cell_origin(&self, id: &str) -> Option<u64> {
+        self.cell_origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .copied()
     }
 }
 

@@ -2,8 +2,59 @@
 //! work done.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cellmesh::compute::{CausalEvent, CausalLink, DaemonError, DaemonRuntime};
+use cellmesh::mesh::{MeshBuilder, Psk};
 
 use super::common::*;
+
+fn event(from: u64, sequence: u64) -> CausalEvent {
+    CausalEvent {
+        link: CausalLink {
+            origin_hash: from,
+            horizon_encoded: 0,
+            sequence,
+            parent_hash: 0,
+        },
+        payload: Bytes::from_static(b"tick"),
+        received_at: 0,
+    }
+}
+
+/// From a mesh peer of `node`: one event to `origin`, then the same event
+/// again (a duplicate the daemon's node refuses).
+fn send_and_repeat(node: &NodeProc, origin: u64) {
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    tokio.block_on(async {
+        let psk = Psk::from_hex(PSK).expect("psk");
+        let mesh = MeshBuilder::new("127.0.0.1:0", psk)
+            .expect("builder")
+            .seed_peers([node.mesh_addr.parse().expect("addr")])
+            .build()
+            .await
+            .expect("mesh");
+        let rt = DaemonRuntime::new(Arc::new(mesh));
+        rt.start().await.expect("start");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while rt.mesh().locate(origin).is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "daemon not located");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        rt.send(origin, event(77, 1)).await.expect("first send");
+        let again = rt.send(origin, event(77, 1)).await;
+        assert!(
+            matches!(again, Err(DaemonError::Duplicate { .. })),
+            "{again:?}"
+        );
+        let _ = rt.shutdown().await;
+        rt.mesh().leave().await;
+    });
+}
 
 fn scrape(node: &NodeProc) -> HashMap<String, f64> {
     let (status, body) = node.http("GET", "/metrics", Some(&node.token()), b"");
@@ -61,6 +112,8 @@ fn metrics_parse_and_move_with_the_work() {
         .as_str()
         .unwrap()
         .to_string();
+    let stays = spawned["spawned"][1]["origin_hash"].as_str().unwrap();
+    send_and_repeat(&a, u64::from_str_radix(stays, 16).unwrap());
     a.json(&["migrate", "daemon", &origin, "--to", &b.node_id]);
     let local = super::cells::DOC.replace(
         ", \"requires\": { \"requirements\": [{ \"tag\": \"runner\" }] }",
@@ -83,6 +136,18 @@ fn metrics_parse_and_move_with_the_work() {
         "2 counters and the cell"
     );
     assert!(after["cellmesh_cell_events_appended_total"] >= 2.0);
+    // Counted inside the SDK's runtime: the counter's event and the cell
+    // daemon's commands delivered, the repeated event refused as a
+    // duplicate by A (where the daemon runs), every reason exposed.
+    assert!(after["cellmesh_events_delivered_total"] >= 2.0, "{after:?}");
+    assert_eq!(
+        after["cellmesh_events_refused_total{reason=duplicate}"], 1.0,
+        "{after:?}"
+    );
+    for reason in ["busy", "not_found", "shutting_down", "process_error"] {
+        let key = format!("cellmesh_events_refused_total{{reason={reason}}}");
+        assert!(after.contains_key(&key), "{key} missing: {after:?}");
+    }
     assert_eq!(after["cellmesh_cells{state=running}"], 1.0);
     assert!(
         after["cellmesh_http_requests_total{reason=2xx}"]

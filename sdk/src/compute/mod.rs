@@ -32,7 +32,7 @@ pub use migration::{
     VERDICT_RETENTION,
 };
 pub use remote::{PlacedDaemon, Placement};
-pub use runtime::{DaemonRuntime, HostedDaemon};
+pub use runtime::{DaemonRuntime, DeliveryCounters, HostedDaemon};
 pub use sender::{Delivered, EventSender, PendingEvent, Resent, SendError, SequenceError};
 pub use snapshot::{SnapshotError, StateSnapshot, MAX_SNAPSHOT_BYTES};
 pub use stats::DaemonStats;

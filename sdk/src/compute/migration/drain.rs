@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::api::{MigrateError, MigrationOpts};
+use super::api::{MigrateError, MigrationOpts, MigrationReport};
 use crate::compute::DaemonRuntime;
 use crate::NodeId;
 
@@ -38,8 +38,10 @@ pub type ProgressFn = Arc<dyn Fn(DrainProgress) + Send + Sync>;
 /// let opts = DrainOpts::default()
 ///     .concurrency(8)
 ///     .migration(MigrationOpts::default().deadline(Duration::from_secs(60)))
+///     .skip_kinds(["cellmesh.cell"])
 ///     .on_progress(|p| println!("{}/{} moved, {} failed", p.migrated, p.total, p.failed));
 /// assert_eq!(opts.concurrency, 8);
+/// assert!(opts.skips("cellmesh.cell"));
 /// assert_eq!(opts.migration.deadline, Duration::from_secs(60));
 /// assert!(opts.on_progress.is_some());
 /// ```
@@ -52,6 +54,10 @@ pub struct DrainOpts {
     pub concurrency: usize,
     /// Called after each migration ends.
     pub on_progress: Option<ProgressFn>,
+    /// Kinds the drain leaves where they are (listed in
+    /// [`DrainReport::skipped`]): daemons another component moves, or
+    /// must not move, such as those tied to a local process. Default none.
+    pub skip_kinds: Vec<String>,
 }
 
 impl Default for DrainOpts {
@@ -60,6 +66,7 @@ impl Default for DrainOpts {
             migration: MigrationOpts::default(),
             concurrency: 64,
             on_progress: None,
+            skip_kinds: Vec::new(),
         }
     }
 }
@@ -86,6 +93,22 @@ impl DrainOpts {
         self.on_progress = Some(Arc::new(report));
         self
     }
+
+    /// Adds `kinds` to `skip_kinds`: daemons of these kinds stay here.
+    #[must_use]
+    pub fn skip_kinds<I, K>(mut self, kinds: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        self.skip_kinds.extend(kinds.into_iter().map(Into::into));
+        self
+    }
+
+    /// Whether daemons of `kind` are left out of the drain.
+    pub fn skips(&self, kind: &str) -> bool {
+        self.skip_kinds.iter().any(|k| k == kind)
+    }
 }
 
 impl std::fmt::Debug for DrainOpts {
@@ -94,17 +117,25 @@ impl std::fmt::Debug for DrainOpts {
             .field("migration", &self.migration)
             .field("concurrency", &self.concurrency)
             .field("on_progress", &self.on_progress.is_some())
+            .field("skip_kinds", &self.skip_kinds)
             .finish()
     }
 }
 
 /// What a drain did.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DrainReport {
     /// Daemons moved, by target node.
     pub placed: Vec<(NodeId, usize)>,
     /// Daemons that could not move (they keep running here), with why.
     pub failed: Vec<(u64, MigrateError)>,
+    /// What each migration that committed measured (duration, blackout,
+    /// snapshot bytes, target), in the order they finished.
+    pub migrations: Vec<MigrationReport>,
+    /// Daemons left here because their kind is in
+    /// [`DrainOpts::skip_kinds`], by origin hash, sorted.
+    pub skipped: Vec<u64>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -121,10 +152,20 @@ impl DaemonRuntime {
     /// capabilities meet its `requirements()`, each to the candidate with
     /// the fewest daemons (known to the directory, plus those this drain
     /// sent it). A daemon no peer can take, or whose migration fails, keeps
-    /// running here and is listed in `failed`.
+    /// running here and is listed in `failed`; one whose kind the options
+    /// skip stays here and is listed in `skipped`. Each committed
+    /// migration's [`MigrationReport`] is in `migrations`.
+    ///
+    /// Cancel safety: cancelling stops starting migrations; those already
+    /// started complete or fail on their own.
     pub async fn drain(&self, opts: DrainOpts) -> DrainReport {
         let started = Instant::now();
-        let daemons = self.local_daemons();
+        let (skipped, daemons): (Vec<(u64, Arc<str>)>, Vec<_>) = self
+            .local_daemons()
+            .into_iter()
+            .partition(|(_, kind)| opts.skips(kind));
+        let mut skipped: Vec<u64> = skipped.into_iter().map(|(origin, _)| origin).collect();
+        skipped.sort_unstable();
         let total = daemons.len();
         let mesh = Arc::clone(self.mesh());
         let me = mesh.node_id();
@@ -174,7 +215,7 @@ impl DaemonRuntime {
             let mopts = opts.migration.clone();
             running.spawn(async move {
                 let result = match rt.start_migration(origin, node, mopts) {
-                    Ok(handle) => handle.wait().await.map(|_| ()),
+                    Ok(handle) => handle.wait().await,
                     Err(e) => Err(e),
                 };
                 drop(permit);
@@ -182,6 +223,7 @@ impl DaemonRuntime {
             });
         }
         let mut placed: HashMap<NodeId, usize> = HashMap::new();
+        let mut migrations = Vec::new();
         let report = |placed: &HashMap<NodeId, usize>, failed: usize| {
             if let Some(f) = &opts.on_progress {
                 f(DrainProgress {
@@ -193,7 +235,10 @@ impl DaemonRuntime {
         };
         while let Some(done) = running.join_next().await {
             match done {
-                Ok((_, node, Ok(()))) => *placed.entry(node).or_default() += 1,
+                Ok((_, node, Ok(done))) => {
+                    *placed.entry(node).or_default() += 1;
+                    migrations.push(done);
+                }
                 Ok((origin, _, Err(e))) => failed.push((origin, e)),
                 Err(e) => tracing::warn!(error = %e, "a drain task failed"),
             }
@@ -204,6 +249,8 @@ impl DaemonRuntime {
         DrainReport {
             placed,
             failed,
+            migrations,
+            skipped,
             elapsed: started.elapsed(),
         }
     }

@@ -147,7 +147,27 @@ pub(crate) enum FreezeError {
 impl DaemonRuntime {
     /// Delivers locally, or queues behind a migration gate. `forwarded`
     /// marks an event a former owner forwards after commit.
+    ///
+    /// An outcome decided now is counted in the runtime's delivery
+    /// counters, except `NotFound`: the caller decides whether that is a
+    /// refusal (a peer's request) or a miss it routes on (a local send).
+    /// A queued event is counted when the gate lets it through.
     pub(crate) fn deliver_or_queue(
+        &self,
+        origin_hash: u64,
+        event: &CausalEvent,
+        forwarded: bool,
+    ) -> Delivery {
+        let delivery = self.deliver_or_queue_uncounted(origin_hash, event, forwarded);
+        if let Delivery::Done(outcome) = &delivery {
+            if !matches!(outcome, Err(DaemonError::NotFound(_))) {
+                self.count().record(outcome);
+            }
+        }
+        delivery
+    }
+
+    fn deliver_or_queue_uncounted(
         &self,
         origin_hash: u64,
         event: &CausalEvent,
@@ -266,6 +286,7 @@ impl DaemonRuntime {
             } else {
                 host.deliver(&queued.event)
             };
+            self.count().record(&outcome);
             let _ = queued.reply.send(outcome);
         }
         slot.gated.store(false, Ordering::Release);

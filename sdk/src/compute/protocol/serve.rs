@@ -186,7 +186,14 @@ fn answer(server: &Server, request: &EventRequest) -> Answer {
         return Answer::Now(EventReply::Refused(EventRefusal::NotReady));
     };
     match runtime.deliver_or_queue(request.target, &request.event, request.forwarded) {
-        Delivery::Done(outcome) => Answer::Now(reply_for(server, request, outcome)),
+        Delivery::Done(outcome) => {
+            let reply = reply_for(server, request, outcome);
+            if let EventReply::Refused(EventRefusal::NotFound(origin)) = reply {
+                // Not here and no redirect to give: a refusal of this node.
+                runtime.count().refuse(&DaemonError::NotFound(origin));
+            }
+            Answer::Now(reply)
+        }
         pending @ Delivery::Pending(_) => Answer::Later(pending),
     }
 }

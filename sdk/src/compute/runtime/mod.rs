@@ -33,8 +33,10 @@ use crate::identity::Identity;
 use crate::mesh::Mesh;
 
 mod access;
+mod counters;
 mod list;
 
+pub use counters::DeliveryCounters;
 pub use list::HostedDaemon;
 
 type Factory = Arc<dyn Fn() -> Box<dyn MeshDaemon> + Send + Sync>;
@@ -93,6 +95,7 @@ struct Inner {
     migrations: DashMap<u64, u64, Hasher>,
     /// Verdicts of incoming migrations, by migration id (for `Status`).
     verdicts: Arc<super::migration::verdicts::Verdicts>,
+    counters: counters::Counters,
     #[cfg(feature = "test-utils")]
     stalls: test_hooks::Stalls,
 }
@@ -131,6 +134,7 @@ impl DaemonRuntime {
                 migrations: DashMap::with_hasher(Hasher::default()),
                 forwarding: DashMap::with_hasher(Hasher::default()),
                 verdicts: Arc::default(),
+                counters: counters::Counters::default(),
                 #[cfg(feature = "test-utils")]
                 stalls: test_hooks::Stalls::default(),
             }),
@@ -398,6 +402,16 @@ impl DaemonRuntime {
         origin_hash: u64,
         event: &CausalEvent,
     ) -> Result<Vec<CausalEvent>, DaemonError> {
+        let outcome = self.deliver_here(origin_hash, event);
+        self.inner.counters.record(&outcome);
+        outcome
+    }
+
+    fn deliver_here(
+        &self,
+        origin_hash: u64,
+        event: &CausalEvent,
+    ) -> Result<Vec<CausalEvent>, DaemonError> {
         self.require_ready()?;
         let slot = self.slot(origin_hash)?;
         let mut host = slot.lock();
@@ -583,18 +597,3 @@ impl std::fmt::Debug for DaemonRuntime {
 
 #[cfg(feature = "test-utils")]
 mod test_hooks;
-
-#[cfg(feature = "test-utils")]
-impl DaemonRuntime {
-    /// Test hook: stall `start` for `ms` between installing the migration
-    /// handler and publishing `Ready`.
-    pub fn set_start_stall_ms(&self, ms: u64) {
-        self.inner.stalls.start_ms.store(ms, Ordering::SeqCst);
-    }
-
-    /// Test hook: stall `spawn` for `ms` between its readiness check and its
-    /// registry insert.
-    pub fn set_spawn_stall_ms(&self, ms: u64) {
-        self.inner.stalls.spawn_ms.store(ms, Ordering::SeqCst);
-    }
-}

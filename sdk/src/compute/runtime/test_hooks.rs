@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::DaemonRuntime;
+
 /// Injected stalls that widen race windows for the fence tests.
 #[derive(Default)]
 pub(super) struct Stalls {
@@ -26,5 +28,19 @@ impl Stalls {
     /// Between the readiness check and the registry insert.
     pub(super) async fn spawn(&self) {
         Self::stall(&self.spawn_ms).await;
+    }
+}
+
+impl DaemonRuntime {
+    /// Test hook: stall `start` for `ms` between installing the migration
+    /// handler and publishing `Ready`.
+    pub fn set_start_stall_ms(&self, ms: u64) {
+        self.inner.stalls.start_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Test hook: stall `spawn` for `ms` between its readiness check and its
+    /// registry insert.
+    pub fn set_spawn_stall_ms(&self, ms: u64) {
+        self.inner.stalls.spawn_ms.store(ms, Ordering::SeqCst);
     }
 }
