@@ -8,6 +8,7 @@ use axum::Json;
 use cellmesh::cell::CELL_KIND;
 use cellmesh::compute::{DaemonHostConfig, MigrationOpts, Placement};
 use cellmesh::Identity;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::Instrument;
@@ -19,6 +20,9 @@ use crate::Node;
 
 /// Most daemons one spawn request may ask for.
 pub const MAX_SPAWN: u32 = 10_000;
+
+/// Spawns of one request in flight at once.
+const SPAWN_CONCURRENCY: usize = 32;
 
 /// A hosted daemon as `GET /v1/daemons` lists it.
 #[derive(Debug, Serialize)]
@@ -103,33 +107,48 @@ pub(crate) async fn spawn(
             }
         }
     };
-    let mut spawned = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let placed = node
-            .runtime()
-            .spawn_on(
+    // Concurrently, a bounded number at a time: a spawn on a peer is a
+    // network round trip each.
+    let results: Vec<_> = futures_util::stream::iter(0..count)
+        .map(|_| {
+            node.runtime().spawn_on(
                 &kind,
                 Identity::generate(),
                 DaemonHostConfig::default(),
                 placement.clone(),
             )
-            .await;
+        })
+        .buffered(SPAWN_CONCURRENCY)
+        .collect()
+        .await;
+    let mut spawned = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    let mut failed = 0usize;
+    for placed in results {
         match placed {
             Ok(p) => spawned.push(json!({
                 "origin_hash": format!("{:016x}", p.origin_hash),
                 "node_id": p.node.to_string(),
             })),
-            Err(e) if spawned.is_empty() => return Err(e.into()),
             Err(e) => {
-                tracing::warn!(kind = %kind, error = %e, spawned = spawned.len(), "spawn stopped early");
-                return Ok((
-                    StatusCode::MULTI_STATUS,
-                    Json(
-                        json!({"spawned": spawned, "error": {"code": "spawn_failed", "message": e.to_string()}}),
-                    ),
-                ));
+                failed += 1;
+                first_error.get_or_insert(e);
             }
         }
+    }
+    if let Some(e) = first_error {
+        if spawned.is_empty() {
+            return Err(e.into());
+        }
+        tracing::warn!(kind = %kind, error = %e, spawned = spawned.len(), failed, "some spawns failed");
+        return Ok((
+            StatusCode::MULTI_STATUS,
+            Json(json!({
+                "spawned": spawned,
+                "failed": failed,
+                "error": {"code": "spawn_failed", "message": e.to_string()},
+            })),
+        ));
     }
     tracing::info!(kind = %kind, count, "daemons spawned");
     Ok((StatusCode::CREATED, Json(json!({"spawned": spawned}))))

@@ -93,7 +93,14 @@ pub(crate) async fn drain(
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let progress_tx = tx.clone();
-    tx.send(json!({"type": "progress", "total": node.runtime().daemon_count(), "migrated": 0, "failed": 0}))
+    // The daemon drain's own count: cell daemons move with their cells.
+    let total = node
+        .runtime()
+        .daemons(false)
+        .iter()
+        .filter(|d| d.kind != cellmesh::cell::CELL_KIND)
+        .count();
+    tx.send(json!({"type": "progress", "total": total, "migrated": 0, "failed": 0}))
         .ok();
     let worker = node.clone();
     node.inner.tasks.spawn(async move {

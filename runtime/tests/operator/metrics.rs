@@ -153,5 +153,12 @@ fn metrics_parse_and_move_with_the_work() {
         after["cellmesh_http_requests_total{reason=2xx}"]
             > before["cellmesh_http_requests_total{reason=2xx}"]
     );
+
+    // Spawns on a peer go out concurrently; every one is reported.
+    let remote = a.json(&["spawn", "counter", "--count", "40", "--on", &b.node_id]);
+    let placed = remote["spawned"].as_array().expect("spawned");
+    assert_eq!(placed.len(), 40, "{remote}");
+    assert!(placed.iter().all(|d| d["node_id"] == b.node_id.as_str()));
+    assert_eq!(b.daemons("counter").len(), 41, "40 and the migrated one");
     let _ = std::fs::remove_dir_all(&dir);
 }
