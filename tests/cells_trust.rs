@@ -13,6 +13,7 @@ use cellmesh::cell::{
 };
 
 #[path = "cells/support.rs"]
+#[allow(dead_code)]
 mod support;
 use support::{destroy_and_wait, doc, process_node, WAIT};
 
