@@ -68,12 +68,20 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn run_to_exit(doc: ExecutionCellDocument) -> cellmesh::cell::ExitReport {
     let backend = ProcessBackend::default();
     let handle = backend.create(&doc).await.expect("create");
-    let report = tokio::time::timeout(WAIT, backend.wait_for_exit(&handle))
+    let mut report = tokio::time::timeout(WAIT, backend.wait_for_exit(&handle))
         .await
         .expect("the command exits in time")
         .expect("wait")
         .expect("the cell has a command");
     backend.destroy(&handle).await.expect("destroy");
+    // The output stays readable after destroy, from the cell's files.
+    let out = backend.output(&handle.cell_id).expect("output");
+    assert_eq!(
+        out.stdout.len() as u64,
+        report.stdout_bytes.min(out.stdout.len() as u64)
+    );
+    report.stdout = out.stdout;
+    report.stderr = out.stderr;
     report
 }
 

@@ -137,7 +137,11 @@ async fn a_federated_cell_runs_on_a_peer() {
     assert!(peer.backend().has_tracked_state("nested"));
     let (_, exit) = peer.query("nested").await.unwrap();
     assert_eq!(&exit.unwrap().stdout[..], b"from-peer\n");
-    assert!(origin.backend().has_tracked_state("nested"));
+    // One cell per id: the origin keeps a pointer, not a second cell.
+    assert!(!origin.hosts("nested"));
+    assert!(!origin.backend().has_tracked_state("nested"));
+    let out = origin.output("nested").await.unwrap();
+    assert_eq!(&out.stdout[..], b"from-peer\n");
 
     // Destroying the outer cell tears the nested one down on the peer.
     origin.destroy("nested").await.unwrap();
@@ -214,15 +218,20 @@ async fn a_cell_migrates_with_its_projection() {
     assert!(!a.backend().has_tracked_state("mover"));
     assert!(!a.hosts("mover"));
     assert!(b.backend().has_tracked_state("mover"));
-    // A knows the cell but no longer hosts it.
+    // A knows the cell but no longer hosts it: the request goes to B,
+    // which says the cell is already there.
     let again = a
         .migrate("mover", b_rt.mesh().node_id(), MigrationOpts::default())
         .await
         .unwrap_err();
     assert!(
-        matches!(&again, CellMigrateError::Cell(CellError::NotHosted(id)) if id == "mover"),
+        matches!(&again, CellMigrateError::Cell(CellError::Remote { id, reason }) if id == "mover" && reason.contains("already on")),
         "{again:?}"
     );
+    // A's list says the cell left for B.
+    let on_a = a.list().into_iter().find(|r| r.id == "mover").unwrap();
+    assert_eq!(on_a.state, CellRecordState::Moved);
+    assert_eq!(on_a.current_node, Some(b_rt.mesh().node_id().to_string()));
     // The exit report travelled with the cell.
     let (_, exit) = b.query("mover").await.unwrap();
     assert_eq!(&exit.unwrap().stdout[..], b"moved\n");
@@ -285,28 +294,42 @@ async fn a_cell_with_a_running_command_is_refused_and_stays() {
 #[tokio::test]
 async fn the_node_projection_is_rebuilt_after_a_restart() {
     let dir = support::data_dir("restart");
+    let seed = [7u8; 32];
     let before = {
-        let rt = support::runtime(CapabilitySet::new()).await;
+        let rt =
+            support::runtime_as(CapabilitySet::new(), cellmesh::Identity::from_seed(seed)).await;
         let cells = Cells::start(&rt, Arc::new(ProcessBackend::default()), &dir).unwrap();
         for (id, code) in [("r1", "0"), ("r2", "4")] {
             run_script(&cells, id, &format!("exit {code}")).await;
         }
         destroy_and_wait(&cells, "r1").await;
         let view = cells.view();
+        let node = rt.mesh().node_id().to_string();
         cells.shutdown().await;
         rt.shutdown().await.unwrap();
         rt.mesh().leave().await;
         drop(cells);
         drop(rt);
-        view
+        (view, node)
     };
+    let (before, before_node) = before;
     assert_eq!(before.cursor(), 5);
     let log = cellmesh::cell::CellEventLog::open(&dir).expect("the log is free after shutdown");
-    let replayed = NodeCellProjection::replay(&log).unwrap();
+    let replayed = NodeCellProjection::replay_for(&log, &before_node).unwrap();
     assert_eq!(replayed, before);
     drop(log);
-    // A node started on the same directory resumes with the same view.
-    let rt = support::runtime(CapabilitySet::new()).await;
+    // The same node started on the same directory resumes with the same
+    // view; another node is refused the directory.
+    let other = support::runtime(CapabilitySet::new()).await;
+    let refused = Cells::start(&other, Arc::new(ProcessBackend::default()), &dir).unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            cellmesh::cell::CellsStartError::Log(cellmesh::cell::LogError::Foreign { .. })
+        ),
+        "{refused}"
+    );
+    let rt = support::runtime_as(CapabilitySet::new(), cellmesh::Identity::from_seed(seed)).await;
     let cells = Cells::start(&rt, Arc::new(ProcessBackend::default()), &dir).unwrap();
     assert_eq!(cells.view(), before);
     assert_eq!(

@@ -29,8 +29,15 @@ pub fn data_dir(tag: &str) -> PathBuf {
 
 /// A started runtime on a new node with `caps`.
 pub async fn runtime(caps: CapabilitySet) -> DaemonRuntime {
+    runtime_as(caps, cellmesh::Identity::generate()).await
+}
+
+/// A started runtime on a node with `identity` and `caps`.
+#[allow(dead_code)]
+pub async fn runtime_as(caps: CapabilitySet, identity: cellmesh::Identity) -> DaemonRuntime {
     let mesh = MeshBuilder::new("127.0.0.1:0", &PSK)
         .unwrap()
+        .identity(identity)
         .capabilities(caps)
         .build()
         .await

@@ -44,11 +44,14 @@ pub enum CellEventKind {
     ExportCompleted,
     /// `export.v2.failed` (`reason`).
     ExportFailed,
+    /// `lifecycle.v1.failed`: the cell failed and is gone (`cause`,
+    /// `reason`); terminal, like `destroyed`.
+    Failed,
 }
 
 impl CellEventKind {
     /// Every kind.
-    pub const ALL: [CellEventKind; 9] = [
+    pub const ALL: [CellEventKind; 10] = [
         Self::Started,
         Self::CommandCompleted,
         Self::Destroyed,
@@ -58,6 +61,7 @@ impl CellEventKind {
         Self::IdentityRevoked,
         Self::ExportCompleted,
         Self::ExportFailed,
+        Self::Failed,
     ];
 
     /// The type without its namespace (`lifecycle.v1.started`).
@@ -72,6 +76,7 @@ impl CellEventKind {
             Self::IdentityRevoked => "identity.v1.revoked",
             Self::ExportCompleted => "export.v2.completed",
             Self::ExportFailed => "export.v2.failed",
+            Self::Failed => "lifecycle.v1.failed",
         }
     }
 
@@ -98,6 +103,49 @@ pub enum TerminalState {
     /// The command was killed (timeout, TTL, destroy) and its exit code is
     /// the forced-termination code.
     Forced,
+}
+
+/// Why a cell failed: recorded in its signed `lifecycle.v1.failed` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum FailureCause {
+    /// The command's program does not exist.
+    ProgramNotFound,
+    /// The command's program may not be executed.
+    PermissionDenied,
+    /// A limit of the document could not be applied.
+    LimitNotApplied,
+    /// The command could not be started for another reason.
+    SpawnFailed,
+    /// The host killed the command for exceeding its memory limit.
+    MemoryLimitExceeded,
+}
+
+impl FailureCause {
+    /// The camelCase name written in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ProgramNotFound => "programNotFound",
+            Self::PermissionDenied => "permissionDenied",
+            Self::LimitNotApplied => "limitNotApplied",
+            Self::SpawnFailed => "spawnFailed",
+            Self::MemoryLimitExceeded => "memoryLimitExceeded",
+        }
+    }
+
+    /// The cause named `name` in an event.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::ProgramNotFound,
+            Self::PermissionDenied,
+            Self::LimitNotApplied,
+            Self::SpawnFailed,
+            Self::MemoryLimitExceeded,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == name)
+    }
 }
 
 /// Exit code recorded for a command that was killed rather than exiting.
@@ -163,12 +211,20 @@ pub struct EventContext {
 #[derive(Debug, Clone)]
 pub struct CellEvents<'a> {
     doc: &'a ExecutionCellDocument,
+    generation: u64,
 }
 
 impl<'a> CellEvents<'a> {
     /// Events about `doc`'s cell.
     pub fn new(doc: &'a ExecutionCellDocument) -> Self {
-        Self { doc }
+        Self { doc, generation: 0 }
+    }
+
+    /// Events about generation `generation` of `doc`'s cell: the n-th time
+    /// its id was applied after earlier cells with the id were destroyed
+    /// (written as `generation` in `data` when above 0).
+    pub fn with_generation(doc: &'a ExecutionCellDocument, generation: u64) -> Self {
+        Self { doc, generation }
     }
 
     fn event(&self, ctx: EventContext, kind: CellEventKind, extra: Value) -> CloudEventV1 {
@@ -181,6 +237,9 @@ impl<'a> CellEvents<'a> {
         }
         if let Some(placement) = &spec.placement {
             data.insert("placement".into(), json!(placement));
+        }
+        if self.generation > 0 {
+            data.insert("generation".into(), json!(self.generation));
         }
         if let Value::Object(extra) = extra {
             data.extend(extra);
@@ -235,6 +294,22 @@ impl<'a> CellEvents<'a> {
             extra["reason"] = json!(reason);
         }
         self.event(ctx, CellEventKind::Destroyed, extra)
+    }
+
+    /// `lifecycle.v1.failed`: the cell failed for `cause` and was torn
+    /// down; `terminal_state` says whether its command was killed.
+    pub fn failed(
+        &self,
+        ctx: EventContext,
+        cause: FailureCause,
+        reason: &str,
+        terminal_state: TerminalState,
+    ) -> CloudEventV1 {
+        self.event(
+            ctx,
+            CellEventKind::Failed,
+            json!({ "cause": cause, "reason": reason, "terminalState": terminal_state }),
+        )
     }
 
     /// `lifecycle.v1.migrated`.

@@ -4,19 +4,38 @@
 //! cursor that grows by one per event and never repeats, across restarts.
 //! The store is [redb](https://docs.rs/redb): one table from cursor to the
 //! event's signed JSON, each append one committed transaction.
+//!
+//! **Trust.** A log opened with [`CellEventLog::open_owned`] belongs to one
+//! node: the owner's key is recorded beside the log (`cell-events.owner`)
+//! and in it, opening it as another node is [`LogError::Foreign`], and every
+//! entry must be signed by the owner or by a signer the log recorded as
+//! trusted ([`trust`](CellEventLog::trust)) when the node accepted the
+//! event. An owner file beside an empty or missing log
+//! ([`LogError::Emptied`]) and a file redb cannot read
+//! ([`LogError::Corrupt`], redb's panics contained) are errors, never an
+//! empty log or a panic.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::sign::{EventSignatureError, SignedCloudEvent};
+use crate::EntityId;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("cell_events_v1");
 /// Named cursors kept with the log (how far a sink has published).
 const MARKS: TableDefinition<&str, u64> = TableDefinition::new("cell_marks_v1");
+/// Signers other than the owner whose events the node accepted.
+const TRUSTED: TableDefinition<&str, u8> = TableDefinition::new("cell_trusted_signers_v1");
+/// The owner's key, inside the log.
+const META: TableDefinition<&str, &str> = TableDefinition::new("cell_meta_v1");
 /// File name of the log inside the data directory.
 pub const LOG_FILE: &str = "cell-events.redb";
+/// File beside the log naming its owner (hex node key; empty for a log
+/// opened without one). Its presence says the log has existed.
+pub const OWNER_FILE: &str = "cell-events.owner";
 
 /// Why the log could not be opened, written or read.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +59,42 @@ pub enum LogError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// The log belongs to another node.
+    #[error("cell event log {path} belongs to node {owner}, not to {expected}")]
+    Foreign {
+        /// The log file.
+        path: PathBuf,
+        /// The node it belongs to.
+        owner: String,
+        /// The node that opened it.
+        expected: String,
+    },
+    /// The log had history (its owner file is there) but the file is now
+    /// empty or missing.
+    #[error("cell event log {path} is empty or missing but its owner file says it had history")]
+    Emptied {
+        /// The log file.
+        path: PathBuf,
+    },
+    /// The file is not a readable log (redb refused it or failed inside).
+    #[error("cell event log {path} is corrupt: {detail}")]
+    Corrupt {
+        /// The log file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// An entry is signed by a key that is neither the owner's nor one the
+    /// log recorded as trusted.
+    #[error("cell event log {path}: entry {cursor} is signed by unknown key {signer}")]
+    UnknownSigner {
+        /// The log file.
+        path: PathBuf,
+        /// The entry's cursor.
+        cursor: u64,
+        /// The signer's key (hex).
+        signer: String,
+    },
     /// An entry does not parse or verify: the file was altered.
     #[error("cell event log {path}: entry {cursor} is invalid: {source}")]
     BadEntry {
@@ -58,36 +113,154 @@ pub enum LogError {
 pub struct CellEventLog {
     path: PathBuf,
     db: Database,
+    /// The owner's key (hex), when opened with one.
+    owner: Option<String>,
     /// Serializes appends so cursors are handed out in commit order.
     append: Mutex<()>,
 }
 
 impl CellEventLog {
-    /// Opens (creating if needed) the log in `data_dir`.
+    /// Opens (creating if needed) the log in `data_dir`, without an owner:
+    /// entries are checked for their signatures only.
     ///
     /// # Errors
-    /// [`LogError::Store`], for example when another process holds it.
+    /// [`LogError::Store`] (for example when another process holds it),
+    /// [`LogError::Emptied`], [`LogError::Corrupt`].
     pub fn open(data_dir: &Path) -> Result<Self, LogError> {
+        Self::open_inner(data_dir, None)
+    }
+
+    /// Opens (creating if needed) the log of node `owner` in `data_dir`: a
+    /// new log records its owner; an existing one must be `owner`'s, and
+    /// its entries must be signed by `owner` or a signer it trusts.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open), and [`LogError::Foreign`],
+    /// [`LogError::UnknownSigner`], [`LogError::BadEntry`].
+    pub fn open_owned(data_dir: &Path, owner: &EntityId) -> Result<Self, LogError> {
+        Self::open_inner(data_dir, Some(owner.to_string()))
+    }
+
+    fn open_inner(data_dir: &Path, owner: Option<String>) -> Result<Self, LogError> {
         let path = data_dir.join(LOG_FILE);
-        let store = |e: redb::Error| LogError::Store {
-            path: path.clone(),
-            source: Box::new(e),
-        };
+        let owner_file = data_dir.join(OWNER_FILE);
         std::fs::create_dir_all(data_dir).map_err(|source| LogError::Dir {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let db = Database::create(&path).map_err(|e| store(e.into()))?;
-        // Create the table so readers of an empty log find it.
-        let txn = db.begin_write().map_err(|e| store(e.into()))?;
-        txn.open_table(EVENTS).map_err(|e| store(e.into()))?;
-        txn.open_table(MARKS).map_err(|e| store(e.into()))?;
-        txn.commit().map_err(|e| store(e.into()))?;
-        Ok(Self {
+        let recorded = match std::fs::read_to_string(&owner_file) {
+            Ok(text) => Some(text.trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(LogError::Dir {
+                    path: owner_file,
+                    source,
+                })
+            }
+        };
+        if recorded.is_some() && std::fs::metadata(&path).map_or(true, |m| m.len() == 0) {
+            return Err(LogError::Emptied { path });
+        }
+        if let (Some(recorded), Some(owner)) = (&recorded, &owner) {
+            if !recorded.is_empty() && recorded != owner {
+                return Err(LogError::Foreign {
+                    path,
+                    owner: recorded.clone(),
+                    expected: owner.clone(),
+                });
+            }
+        }
+        let db = contained(&path, || {
+            let db = Database::create(&path)?;
+            // Create the tables so readers of an empty log find them.
+            let txn = db.begin_write()?;
+            txn.open_table(EVENTS)?;
+            txn.open_table(MARKS)?;
+            txn.open_table(TRUSTED)?;
+            let foreign = {
+                let mut meta = txn.open_table(META)?;
+                let inside = meta.get("owner")?.map(|v| v.value().to_string());
+                match (inside, &owner) {
+                    (Some(inside), Some(owner)) if &inside != owner => Some(inside),
+                    (None, Some(owner)) => {
+                        meta.insert("owner", owner.as_str())?;
+                        None
+                    }
+                    _ => None,
+                }
+            };
+            txn.commit()?;
+            Ok((db, foreign))
+        })?;
+        let (db, foreign) = db;
+        if let Some(inside) = foreign {
+            return Err(LogError::Foreign {
+                path,
+                owner: inside,
+                expected: owner.unwrap_or_default(),
+            });
+        }
+        let write_owner = match (&recorded, &owner) {
+            (None, _) => true,
+            (Some(r), Some(_)) => r.is_empty(),
+            (Some(_), None) => false,
+        };
+        if write_owner {
+            let text = owner.clone().unwrap_or_default();
+            std::fs::write(&owner_file, text).map_err(|source| LogError::Dir {
+                path: owner_file,
+                source,
+            })?;
+        }
+        let log = Self {
             path,
             db,
+            owner,
             append: Mutex::new(()),
+        };
+        // Every entry is read once: a damaged file fails here, not later.
+        log.replay_after(0, |_, _| {})?;
+        Ok(log)
+    }
+
+    /// Records `signer` as a key whose events this log accepts.
+    ///
+    /// # Errors
+    /// [`LogError::Store`].
+    pub fn trust(&self, signer: &EntityId) -> Result<(), LogError> {
+        if self.trusts(signer)? {
+            return Ok(());
+        }
+        let hex = signer.to_string();
+        contained(&self.path, || {
+            let txn = self.db.begin_write()?;
+            txn.open_table(TRUSTED)?.insert(hex.as_str(), 1)?;
+            txn.commit()?;
+            Ok(())
         })
+    }
+
+    /// Whether the log accepts events signed by `signer` (its owner, or a
+    /// key recorded with [`trust`](Self::trust)).
+    ///
+    /// # Errors
+    /// [`LogError::Store`].
+    pub fn trusts(&self, signer: &EntityId) -> Result<bool, LogError> {
+        let hex = signer.to_string();
+        if self.owner.as_deref() == Some(hex.as_str()) {
+            return Ok(true);
+        }
+        contained(&self.path, || {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(TRUSTED)?;
+            let found = table.get(hex.as_str())?.is_some();
+            Ok(found)
+        })
+    }
+
+    /// The owner's key (hex), when the log was opened with one.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     /// The log file.
@@ -172,23 +345,42 @@ impl CellEventLog {
         cursor: u64,
         limit: usize,
     ) -> Result<Vec<(u64, SignedCloudEvent)>, LogError> {
-        let txn = self.db.begin_read().map_err(|e| self.store(e))?;
-        let table = txn.open_table(EVENTS).map_err(|e| self.store(e))?;
-        let mut out = Vec::new();
-        let start = cursor.saturating_add(1);
-        for entry in table.range(start..).map_err(|e| self.store(e))? {
-            if out.len() >= limit {
-                break;
-            }
-            let (key, value) = entry.map_err(|e| self.store(e))?;
-            let at = key.value();
-            let event = SignedCloudEvent::from_json(value.value()).map_err(|source| {
-                LogError::BadEntry {
-                    path: self.path.clone(),
-                    cursor: at,
-                    source,
+        let raw: Vec<(u64, Vec<u8>)> = contained(&self.path, || {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(EVENTS)?;
+            let mut out = Vec::new();
+            let start = cursor.saturating_add(1);
+            for entry in table.range(start..)? {
+                if out.len() >= limit {
+                    break;
                 }
-            })?;
+                let (key, value) = entry?;
+                out.push((key.value(), value.value().to_vec()));
+            }
+            Ok(out)
+        })?;
+        let mut trusted = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (at, bytes) in raw {
+            let bad = |source| LogError::BadEntry {
+                path: self.path.clone(),
+                cursor: at,
+                source,
+            };
+            let event = SignedCloudEvent::from_json(&bytes).map_err(bad)?;
+            if let Some(owner) = &self.owner {
+                if &event.signer != owner && !trusted.contains(&event.signer) {
+                    let signer = event.signer_id().map_err(bad)?;
+                    if !self.trusts(&signer)? {
+                        return Err(LogError::UnknownSigner {
+                            path: self.path.clone(),
+                            cursor: at,
+                            signer: event.signer.clone(),
+                        });
+                    }
+                    trusted.insert(event.signer.clone());
+                }
+            }
             out.push((at, event));
         }
         Ok(out)
@@ -217,6 +409,15 @@ impl CellEventLog {
         }
     }
 
+    /// Writes raw bytes as a new entry, bypassing every check. Only for
+    /// tests of what a reader does with a log altered on disk.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn append_raw(&self, bytes: &[u8]) -> Result<u64, LogError> {
+        let last = self.last_cursor()?;
+        self.overwrite_raw(last + 1, bytes)?;
+        Ok(last + 1)
+    }
+
     /// Overwrites the raw bytes of an entry. Only for tests of tamper
     /// detection.
     #[cfg(any(test, feature = "test-utils"))]
@@ -227,5 +428,32 @@ impl CellEventLog {
             table.insert(cursor, bytes).map_err(|e| self.store(e))?;
         }
         txn.commit().map_err(|e| self.store(e))
+    }
+}
+
+/// Runs a redb operation, turning its errors and its panics (on a damaged
+/// file) into typed errors naming `path`.
+fn contained<T>(path: &Path, op: impl FnOnce() -> Result<T, redb::Error>) -> Result<T, LogError> {
+    match catch_unwind(AssertUnwindSafe(op)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(redb::Error::Corrupted(detail))) => Err(LogError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        }),
+        Ok(Err(e)) => Err(LogError::Store {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        }),
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "redb failed while reading the file".into());
+            Err(LogError::Corrupt {
+                path: path.to_path_buf(),
+                detail,
+            })
+        }
     }
 }

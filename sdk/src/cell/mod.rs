@@ -30,11 +30,12 @@ mod spec;
 #[doc(hidden)]
 pub use backend::StubBackend;
 pub use backend::{
-    BackendFuture, CellBackend, CellError, CellHandle, CellHost, ExitReport, ProcessBackend,
-    ProcessBackendConfig, TeardownReport,
+    BackendFuture, CellBackend, CellError, CellHandle, CellHost, CellOutput, Containment,
+    ContainmentChoice, ExitReport, ProcessBackend, ProcessBackendConfig, TeardownReport,
+    MAX_OUTPUT_BYTES, OUTPUT_DIR,
 };
 pub use event::{
-    rfc3339, CellEventKind, CellEvents, CloudEventV1, EventContext, TerminalState,
+    rfc3339, CellEventKind, CellEvents, CloudEventV1, EventContext, FailureCause, TerminalState,
     FORCED_EXIT_CODE, LEGACY_TYPE_PREFIX, TYPE_PREFIX,
 };
 pub use host::{CellMigrateError, Cells, CellsStartError};

@@ -9,6 +9,17 @@
 //! shared stream must: a terminal record stays terminal (a late `started`
 //! cannot revive a destroyed cell), and events it cannot use advance the
 //! cursor without changing a record.
+//!
+//! **Generations.** An id applied again after its cell ended starts a new
+//! generation (`data.generation`, 0 when absent): an event of a newer
+//! generation replaces the record (the old one moves to
+//! [`past`](NodeCellProjection::past)), an event of an older one is
+//! ignored.
+//!
+//! **Moves.** Built for a node ([`for_node`](NodeCellProjection::for_node)),
+//! the projection marks a cell that migrated away from that node
+//! [`CellRecordState::Moved`] with `current_node` naming where it went; it
+//! is not told of later events on other nodes.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +40,10 @@ pub enum CellRecordState {
     Running,
     /// Destroyed (terminal).
     Destroyed,
+    /// Failed (terminal): it could not start, or its host killed it.
+    Failed,
+    /// It migrated away from this node (`current_node` says where).
+    Moved,
 }
 
 /// One cell in the node projection.
@@ -57,6 +72,9 @@ pub struct CellRecord {
     pub current_node: Option<String>,
     /// Cursor of the last event applied to this record.
     pub last_cursor: u64,
+    /// Which generation of the id this record is (0 for the first).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// What [`NodeCellProjection::apply`] did with an event.
@@ -74,12 +92,41 @@ pub enum ApplyOutcome {
 pub struct NodeCellProjection {
     cells: BTreeMap<String, CellRecord>,
     cursor: u64,
+    /// Records of earlier generations, oldest first.
+    #[serde(default)]
+    past: BTreeMap<String, Vec<CellRecord>>,
+    /// The node this projection is of (hex), if known.
+    #[serde(default)]
+    local: Option<String>,
 }
 
 impl NodeCellProjection {
     /// An empty projection at cursor 0.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty projection of the node `node_hex`'s log.
+    pub fn for_node(node_hex: &str) -> Self {
+        Self {
+            local: Some(node_hex.to_string()),
+            ..Self::default()
+        }
+    }
+
+    /// Rebuilds the projection of node `node_hex` from its whole log.
+    ///
+    /// # Errors
+    /// As [`replay`](Self::replay).
+    pub fn replay_for(log: &CellEventLog, node_hex: &str) -> Result<Self, LogError> {
+        let mut view = Self::for_node(node_hex);
+        view.catch_up(log)?;
+        Ok(view)
+    }
+
+    /// Records of earlier generations of `cell_id`, oldest first.
+    pub fn past(&self, cell_id: &str) -> &[CellRecord] {
+        self.past.get(cell_id).map_or(&[], Vec::as_slice)
     }
 
     /// Rebuilds the projection from the whole log.
@@ -141,6 +188,18 @@ impl NodeCellProjection {
         let (Some(cell_id), Some(spec_id)) = (text("cellId"), text("specId")) else {
             return ApplyOutcome::Ignored;
         };
+        let generation = data.get("generation").and_then(Value::as_u64).unwrap_or(0);
+        if let Some(existing) = self.cells.get(&cell_id) {
+            if generation < existing.generation {
+                return ApplyOutcome::Ignored;
+            }
+            if generation > existing.generation {
+                if let Some(old) = self.cells.remove(&cell_id) {
+                    self.past.entry(cell_id.clone()).or_default().push(old);
+                }
+            }
+        }
+        let local = self.local.clone();
         let record = self
             .cells
             .entry(cell_id.clone())
@@ -156,8 +215,12 @@ impl NodeCellProjection {
                 placement: None,
                 current_node: None,
                 last_cursor: cursor,
+                generation,
             });
-        if record.state == CellRecordState::Destroyed {
+        if matches!(
+            record.state,
+            CellRecordState::Destroyed | CellRecordState::Failed
+        ) {
             return ApplyOutcome::Ignored;
         }
         if record.run_id.is_none() {
@@ -185,8 +248,19 @@ impl NodeCellProjection {
                 record.destroyed_at.clone_from(&event.time);
                 record.outcome = text("outcome");
             }
+            CellEventKind::Failed => {
+                record.state = CellRecordState::Failed;
+                record.destroyed_at.clone_from(&event.time);
+                record.outcome = Some("failed".into());
+            }
             CellEventKind::Migrated => {
-                if let Some(node) = text("toNode") {
+                let to = text("toNode");
+                if local.is_some() && to == local {
+                    record.state = CellRecordState::Running;
+                } else if local.is_some() && text("fromNode") == local {
+                    record.state = CellRecordState::Moved;
+                }
+                if let Some(node) = to {
                     record.current_node = Some(node);
                 }
             }

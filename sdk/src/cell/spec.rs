@@ -121,6 +121,14 @@ pub struct RunLimits {
     /// CPU-time limit in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_seconds: Option<u64>,
+    /// Most processes (and threads) the cell may have at once; applied
+    /// through the cell's control group (`pids.max`) where there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<u64>,
+    /// CPU bandwidth in milli-CPUs (1000 = one full CPU); applied through
+    /// the cell's control group (`cpu.max`) where there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
 }
 
 /// Where a cell should be placed.
@@ -173,6 +181,9 @@ pub enum Rule {
     Zero,
     /// `timeoutMs` is longer than `lifetime.ttlSeconds`.
     TimeoutBeyondTtl,
+    /// `limits.outputBytes` is above
+    /// [`MAX_OUTPUT_BYTES`](crate::cell::MAX_OUTPUT_BYTES).
+    OutputAboveMaximum,
 }
 
 impl fmt::Display for Rule {
@@ -186,6 +197,7 @@ impl fmt::Display for Rule {
             Rule::ContainsNul => "must not contain a NUL byte",
             Rule::Zero => "must be greater than zero",
             Rule::TimeoutBeyondTtl => "must not exceed lifetime.ttlSeconds",
+            Rule::OutputAboveMaximum => "must not exceed 67108864 (64 MiB)",
         })
     }
 }
@@ -353,10 +365,18 @@ impl ExecutionCellDocument {
                     ("outputBytes", limits.output_bytes),
                     ("memoryBytes", limits.memory_bytes),
                     ("cpuSeconds", limits.cpu_seconds),
+                    ("maxProcesses", limits.max_processes),
+                    ("cpuMillis", limits.cpu_millis),
                 ] {
                     if value == Some(0) {
                         bad(&format!("spec.run.limits.{name}"), Rule::Zero);
                     }
+                }
+                if limits
+                    .output_bytes
+                    .is_some_and(|n| n > crate::cell::MAX_OUTPUT_BYTES)
+                {
+                    bad("spec.run.limits.outputBytes", Rule::OutputAboveMaximum);
                 }
             }
         }

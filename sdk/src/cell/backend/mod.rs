@@ -1,20 +1,26 @@
 //! Host backends: where a cell's command actually runs (the contract is
 //! on [`CellBackend`]).
 
+pub(crate) mod contain;
+pub(crate) mod output;
 mod process;
 #[cfg(any(test, feature = "test-utils"))]
 mod stub;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::event::TerminalState;
+use super::event::{FailureCause, TerminalState};
 use super::spec::{ExecutionCellDocument, SpecError};
 use crate::NodeId;
 
+pub use contain::{Containment, ContainmentChoice};
+pub use output::{CellOutput, MAX_OUTPUT_BYTES, OUTPUT_DIR};
 pub use process::{ProcessBackend, ProcessBackendConfig};
 #[cfg(any(test, feature = "test-utils"))]
 pub use stub::StubBackend;
@@ -46,23 +52,41 @@ pub struct CellHandle {
     pub host: CellHost,
 }
 
-/// How a cell's command ended.
+/// How a cell's command ended. This is what travels to the cell's daemon
+/// and with a migration: the output itself stays in the output files (see
+/// [`Cells::output`](crate::cell::Cells::output)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExitReport {
     /// Exit code; [`FORCED_EXIT_CODE`](super::FORCED_EXIT_CODE) when killed.
     pub exit_code: i32,
     /// Whether the command exited by itself or was killed.
     pub terminal_state: TerminalState,
-    /// Why it was killed, if it was (`timeout`, `destroyed`).
+    /// Why it was killed, if it was (`timeout`, `destroyed`, `memory limit
+    /// exceeded`).
     pub forced_reason: Option<String>,
     /// Milliseconds from start to exit.
     pub duration_ms: u64,
-    /// Captured stdout, at most the output bound.
+    /// The kept stdout: never carried in messages; filled only by
+    /// [`Cells::query`](crate::cell::Cells::query) from the output file.
+    #[serde(skip)]
     pub stdout: Bytes,
-    /// Captured stderr, at most the output bound.
+    /// The kept stderr: as `stdout`.
+    #[serde(skip)]
     pub stderr: Bytes,
-    /// Whether output beyond the bound was discarded.
+    /// Bytes the command wrote to stdout by the time it exited (kept and
+    /// dropped).
+    #[serde(default)]
+    pub stdout_bytes: u64,
+    /// Bytes the command wrote to stderr by the time it exited.
+    #[serde(default)]
+    pub stderr_bytes: u64,
+    /// Whether output beyond the bound was counted and dropped.
     pub output_truncated: bool,
+    /// Set when the command was ended by the host for a reason that makes
+    /// the cell fail (its memory limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureCause>,
 }
 
 /// What [`CellBackend::destroy`] did.
@@ -135,6 +159,35 @@ pub enum CellError {
     /// The cell's command is running, which the operation does not allow.
     #[error("cell {0:?} has a running command")]
     CommandRunning(String),
+    /// A limit of the document could not be applied (the cell's control
+    /// group could not be created or written).
+    #[error("cell {id:?}: limit could not be applied: {what}")]
+    Limit {
+        /// The cell.
+        id: String,
+        /// What failed, with the path and the OS error.
+        what: String,
+    },
+    /// The cell's output files could not be written or read.
+    #[error("cell {id:?}: output files: {source}")]
+    Output {
+        /// The cell.
+        id: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// [`Cells::wait_until`](crate::cell::Cells::wait_until) gave up.
+    #[error("cell {id:?}: condition not reached within {waited:?} (last: {last})")]
+    Timeout {
+        /// The cell.
+        id: String,
+        /// How long it waited.
+        waited: Duration,
+        /// The cell's last state, briefly (`stage started, state started,
+        /// exit none`).
+        last: String,
+    },
     /// A handle of another kind of host was passed to this backend.
     #[error("cell {id:?}: this backend cannot take a handle hosted {host:?}")]
     WrongHost {
@@ -143,6 +196,23 @@ pub enum CellError {
         /// The handle's host.
         host: CellHost,
     },
+}
+
+impl CellError {
+    /// The typed cause a cell that failed with this error records
+    /// (`None` for errors that are not a failure of the cell itself).
+    pub fn failure_cause(&self) -> Option<FailureCause> {
+        match self {
+            Self::Spawn { source, .. } => Some(match source.kind() {
+                std::io::ErrorKind::NotFound => FailureCause::ProgramNotFound,
+                std::io::ErrorKind::PermissionDenied => FailureCause::PermissionDenied,
+                _ => FailureCause::SpawnFailed,
+            }),
+            Self::Limit { .. } => Some(FailureCause::LimitNotApplied),
+            Self::Output { .. } => Some(FailureCause::SpawnFailed),
+            _ => None,
+        }
+    }
 }
 
 /// A host for cells: where a cell's command actually runs.
@@ -206,6 +276,50 @@ pub trait CellBackend: Send + Sync + 'static {
     /// # Errors
     /// `UnknownCell`, or `CommandRunning` (a running process cannot move).
     fn release(&self, handle: &CellHandle) -> Result<(), CellError>;
+
+    /// Where the cell's daemon should live: `None` (the default) on this
+    /// node, which then runs the cell on this backend; `Some(node)` on that
+    /// peer, which runs it on its own backend while this node keeps only a
+    /// pointer, so the mesh holds one cell per id.
+    ///
+    /// # Errors
+    /// `NoCapableNode` when no node can take it.
+    fn place(&self, _doc: &ExecutionCellDocument) -> Result<Option<NodeId>, CellError> {
+        Ok(None)
+    }
+
+    /// How this backend contains the processes of its cells, if it runs
+    /// any itself.
+    fn containment(&self) -> Option<Containment> {
+        None
+    }
+
+    /// Tells the backend the node's data directory (where output files
+    /// go unless configured elsewhere). Called by
+    /// [`Cells::start`](crate::cell::Cells::start).
+    fn attach_data_dir(&self, _data_dir: &Path) {}
+
+    /// The output of a cell created or adopted here (kept after destroy
+    /// until the id is used again).
+    ///
+    /// # Errors
+    /// `UnknownCell` when this backend holds no output of the cell;
+    /// `Output` when the files cannot be read.
+    fn output(&self, cell_id: &str) -> Result<CellOutput, CellError> {
+        Err(CellError::UnknownCell(cell_id.to_string()))
+    }
+
+    /// Stores output that came with a cell migrating here.
+    ///
+    /// # Errors
+    /// `Output` when the files cannot be written.
+    fn adopt_output(&self, _cell_id: &str, _output: &CellOutput) -> Result<(), CellError> {
+        Ok(())
+    }
+
+    /// Deletes the output of a cell that moved away (no-op for a cell
+    /// still tracked).
+    fn discard_output(&self, _cell_id: &str) {}
 }
 
 /// The free slot for `id` in a backend's table of cells, or

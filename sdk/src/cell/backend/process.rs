@@ -1,26 +1,35 @@
-//! Runs a cell's command as a child process of the node.
+//! Runs a cell's command as a child process of the node, contained (see
+//! `contain`) and with its output written to files (see `output`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
+use super::contain::{self, CellJail, Containment, ContainmentChoice, GroupLimits};
+use super::output::{pump, CellOutput, OutputFiles, OUTPUT_DIR};
 use super::{
     check_doc, vacant, wrong_host, BackendFuture, CellBackend, CellError, CellHandle, CellHost,
-    ExitReport, TeardownReport,
+    ExitReport, FailureCause, TeardownReport,
 };
 use crate::cell::event::{TerminalState, FORCED_EXIT_CODE};
 use crate::cell::spec::ExecutionCellDocument;
 
-/// How long output readers may outlive the command before they are cut off
-/// (a grandchild that escaped the kill may hold the pipes open).
+/// How long the exit report waits for output still in flight once the
+/// command exited. What arrives later is still written to the files (a
+/// background child keeps writing until it exits or the cell is destroyed).
 const OUTPUT_GRACE: Duration = Duration::from_millis(250);
+/// How often a running cell's processes are recorded (subreaper only).
+const OBSERVE_EVERY: Duration = Duration::from_millis(50);
+/// How long destroy waits for the output files to be complete after every
+/// process of the cell was killed.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// Settings of a [`ProcessBackend`].
 #[derive(Debug, Clone)]
@@ -30,6 +39,12 @@ pub struct ProcessBackendConfig {
     /// Bytes of stdout and of stderr kept per command when the spec sets no
     /// `limits.outputBytes`.
     pub default_output_bytes: u64,
+    /// Where output files go; `None`: `cell-output` in the data directory
+    /// [`Cells::start`](crate::cell::Cells::start) attaches, else in the
+    /// system temp directory.
+    pub output_dir: Option<PathBuf>,
+    /// Which containment mechanism to use.
+    pub containment: ContainmentChoice,
 }
 
 impl Default for ProcessBackendConfig {
@@ -37,21 +52,43 @@ impl Default for ProcessBackendConfig {
         Self {
             default_dir: std::env::temp_dir(),
             default_output_bytes: 64 * 1024,
+            output_dir: None,
+            containment: ContainmentChoice::Auto,
         }
     }
 }
 
 /// Runs `spec.run.argv` as a child process: no shell, a cleared
-/// environment, the spec's working directory, stdin closed, stdout and
-/// stderr captured up to a bound, `limits.memoryBytes` and
-/// `limits.cpuSeconds` applied as resource limits, and the command killed
-/// (with its process group) when `timeoutMs` or the TTL runs out, which is
-/// reported as a forced termination with exit code
-/// [`FORCED_EXIT_CODE`](crate::cell::FORCED_EXIT_CODE).
-#[derive(Debug, Default)]
+/// environment, the spec's working directory, stdin closed.
+///
+/// - **Containment**: the command and everything it starts are held by the
+///   node's [`Containment`] mechanism (a cgroup v2 or v1 group per cell, or
+///   the node as child subreaper); destroy, `timeoutMs` and the TTL kill
+///   every process of the cell, including `setsid` and double-forked ones.
+///   A timeout or TTL is reported as a forced termination with exit code
+///   [`FORCED_EXIT_CODE`](crate::cell::FORCED_EXIT_CODE).
+/// - **Limits**: `memoryBytes`, `maxProcesses` and `cpuMillis` go to the
+///   cell's group where one is writable (a memory kill is then reported as
+///   [`FailureCause::MemoryLimitExceeded`]); without a group,
+///   `memoryBytes` and `cpuSeconds` are rlimits.
+/// - **Output**: stdout and stderr are written as they arrive to one file
+///   each in the output directory, up to `limits.outputBytes` each (the
+///   rest counted and dropped); read them with [`output`](Self::output).
+#[derive(Debug)]
 pub struct ProcessBackend {
     config: ProcessBackendConfig,
+    output_dir: Mutex<Option<PathBuf>>,
     cells: Mutex<HashMap<String, Tracked>>,
+    /// The output files of every cell created or adopted here, kept after
+    /// destroy (until the id is used again) and after release (until the
+    /// migration carried them away).
+    outputs: Mutex<HashMap<String, Arc<OutputFiles>>>,
+}
+
+impl Default for ProcessBackend {
+    fn default() -> Self {
+        Self::new(ProcessBackendConfig::default())
+    }
 }
 
 #[derive(Debug)]
@@ -60,21 +97,62 @@ struct Tracked {
     exit: Option<watch::Receiver<Option<ExitReport>>>,
     /// Kills the command; taken by `destroy`.
     kill: Option<oneshot::Sender<()>>,
+    output: Option<Arc<OutputFiles>>,
+    jail: Option<Arc<CellJail>>,
+    /// The writers of the output files.
+    pumps: Vec<JoinHandle<()>>,
 }
 
 impl Tracked {
     fn running(&self) -> bool {
         self.exit.as_ref().is_some_and(|rx| rx.borrow().is_none())
     }
+
+    fn empty() -> Self {
+        Self {
+            exit: None,
+            kill: None,
+            output: None,
+            jail: None,
+            pumps: Vec::new(),
+        }
+    }
 }
 
+/// Unique names of cell groups within this process.
+static GROUPS: AtomicU64 = AtomicU64::new(0);
+
 impl ProcessBackend {
-    /// A backend with `config`.
+    /// A backend with `config`. The containment mechanism is detected (and
+    /// logged) here.
     pub fn new(config: ProcessBackendConfig) -> Self {
+        contain::detect(config.containment);
         Self {
+            output_dir: Mutex::new(config.output_dir.clone()),
             config,
             cells: Mutex::new(HashMap::new()),
+            outputs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How this backend keeps hold of every process its cells start.
+    pub fn containment(&self) -> Containment {
+        contain::detect(self.config.containment).kind()
+    }
+
+    fn outputs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<OutputFiles>>> {
+        // Every critical section leaves the map consistent.
+        self.outputs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.output_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("cellmesh-{OUTPUT_DIR}-{}", std::process::id()))
+            })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
@@ -84,13 +162,44 @@ impl ProcessBackend {
 
     fn spawn(&self, doc: &ExecutionCellDocument) -> Result<Tracked, CellError> {
         let Some(run) = &doc.spec.run else {
-            return Ok(Tracked {
-                exit: None,
-                kill: None,
-            });
+            return Ok(Tracked::empty());
         };
         let id = doc.id().to_string();
         let program = run.argv[0].clone();
+        let limits = run.limits.clone().unwrap_or_default();
+        let host = contain::detect(self.config.containment);
+        let name = format!("{id}-{}", GROUPS.fetch_add(1, Ordering::Relaxed));
+        let group_limits = GroupLimits {
+            memory_bytes: limits.memory_bytes,
+            max_processes: limits.max_processes,
+            cpu_millis: limits.cpu_millis,
+        };
+        let jail = CellJail::new(host, &name, group_limits).map_err(|e| CellError::Limit {
+            id: id.clone(),
+            what: e.to_string(),
+        })?;
+        let enter = jail.enter_fds().map_err(|e| CellError::Limit {
+            id: id.clone(),
+            what: e.to_string(),
+        });
+        let enter = match enter {
+            Ok(fds) => fds,
+            Err(e) => {
+                jail.remove();
+                return Err(e);
+            }
+        };
+        let bound = limits
+            .output_bytes
+            .unwrap_or(self.config.default_output_bytes);
+        let (files, [out_file, err_file]) =
+            OutputFiles::create(&self.dir(), &id, bound).map_err(|source| {
+                jail.remove();
+                CellError::Output {
+                    id: id.clone(),
+                    source,
+                }
+            })?;
         let mut cmd = Command::new(&program);
         cmd.args(&run.argv[1..])
             .env_clear()
@@ -104,41 +213,75 @@ impl ProcessBackend {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
-        let limits = run.limits.clone().unwrap_or_default();
-        let (memory, cpu) = (limits.memory_bytes, limits.cpu_seconds);
-        if memory.is_some() || cpu.is_some() {
-            // SAFETY: the closure runs in the forked child before exec and
-            // only calls setrlimit, which is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if let Some(bytes) = memory {
-                        set_limit(libc::RLIMIT_AS, bytes)?;
-                    }
-                    if let Some(seconds) = cpu {
-                        set_limit(libc::RLIMIT_CPU, seconds)?;
-                    }
-                    Ok(())
+        let raw: Vec<i32> = enter.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        let memory = limits.memory_bytes.filter(|_| !jail.enforces_memory());
+        let cpu = limits.cpu_seconds;
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls write(2) and setrlimit(2), which are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                contain::enter_in_child(&raw)?;
+                if let Some(bytes) = memory {
+                    set_limit(libc::RLIMIT_AS, bytes)?;
+                }
+                if let Some(seconds) = cpu {
+                    set_limit(libc::RLIMIT_CPU, seconds)?;
+                }
+                Ok(())
+            });
+        }
+        let spawned = cmd.spawn();
+        drop(cmd);
+        drop(enter);
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(source) => {
+                jail.remove();
+                files.remove();
+                return Err(CellError::Spawn {
+                    id,
+                    program,
+                    source,
                 });
             }
+        };
+        if let Some(pid) = child.id() {
+            jail.started(pid);
         }
-        let child = cmd.spawn().map_err(|source| CellError::Spawn {
-            id,
-            program,
-            source,
-        })?;
+        let jail = Arc::new(jail);
+        let pumps = vec![
+            tokio::spawn(pump(
+                child.stdout.take(),
+                out_file,
+                Arc::clone(&files.stdout),
+            )),
+            tokio::spawn(pump(
+                child.stderr.take(),
+                err_file,
+                Arc::clone(&files.stderr),
+            )),
+        ];
         let ttl = Duration::from_secs(doc.spec.lifetime.ttl_seconds);
         let limit = run
             .timeout_ms
             .map_or(ttl, |ms| Duration::from_millis(ms).min(ttl));
-        let bound = limits
-            .output_bytes
-            .unwrap_or(self.config.default_output_bytes);
         let (exit_tx, exit_rx) = watch::channel(None);
         let (kill_tx, kill_rx) = oneshot::channel();
-        tokio::spawn(supervise(child, limit, kill_rx, bound, exit_tx));
+        let files = Arc::new(files);
+        tokio::spawn(supervise(
+            child,
+            limit,
+            kill_rx,
+            Arc::clone(&jail),
+            Arc::clone(&files),
+            exit_tx,
+        ));
         Ok(Tracked {
             exit: Some(exit_rx),
             kill: Some(kill_tx),
+            output: Some(files),
+            jail: Some(jail),
+            pumps,
         })
     }
 }
@@ -156,67 +299,48 @@ fn set_limit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result
     }
 }
 
-/// Kills the command's whole process group.
-fn kill_group(child: &mut Child) {
+/// Kills the command's process group, then every process of the cell.
+async fn kill_everything(child: &mut Child, jail: &CellJail) {
     if let Some(pid) = child.id() {
-        // SAFETY: plain syscall; the group id is the child's pid because it
-        // was started with `process_group(0)`.
-        unsafe {
-            libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
-        }
+        // The group id is the child's pid: it was started with
+        // `process_group(0)`.
+        contain::sigkill(-(pid as i32));
     }
     let _ = child.start_kill();
-}
-
-async fn read_bounded<R: AsyncRead + Unpin>(reader: Option<R>, bound: u64) -> (Bytes, bool) {
-    let Some(mut reader) = reader else {
-        return (Bytes::new(), false);
-    };
-    let bound = usize::try_from(bound).unwrap_or(usize::MAX);
-    let mut kept = Vec::new();
-    let mut truncated = false;
-    let mut buf = [0u8; 8192];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = bound.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                truncated |= n > room;
-            }
-        }
+    let left = jail.kill_all().await;
+    if left > 0 {
+        tracing::warn!(left, "cell processes survived the kill");
     }
-    (Bytes::from(kept), truncated)
 }
 
 async fn supervise(
     mut child: Child,
     limit: Duration,
     mut kill: oneshot::Receiver<()>,
-    bound: u64,
+    jail: Arc<CellJail>,
+    files: Arc<OutputFiles>,
     exit: watch::Sender<Option<ExitReport>>,
 ) {
     let started = Instant::now();
-    let stdout = tokio::spawn(read_bounded(child.stdout.take(), bound));
-    let stderr = tokio::spawn(read_bounded(child.stderr.take(), bound));
-    let forced = tokio::select! {
-        _ = child.wait() => None,
-        _ = tokio::time::sleep(limit) => Some("timeout"),
-        _ = &mut kill => Some("destroyed"),
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut observe = tokio::time::interval(OBSERVE_EVERY);
+    let forced = loop {
+        tokio::select! {
+            _ = child.wait() => break None,
+            () = tokio::time::sleep_until(deadline) => break Some("timeout"),
+            _ = &mut kill => break Some("destroyed"),
+            _ = observe.tick() => jail.observe(),
+        }
     };
+    jail.observe();
     if forced.is_some() {
-        kill_group(&mut child);
+        kill_everything(&mut child, &jail).await;
     }
     let status = child.wait().await;
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let collect = async {
-        let out = stdout.await.unwrap_or_default();
-        let err = stderr.await.unwrap_or_default();
-        (out, err)
-    };
-    let ((out, out_cut), (err, err_cut)) = tokio::time::timeout(OUTPUT_GRACE, collect)
-        .await
-        .unwrap_or(((Bytes::new(), true), (Bytes::new(), true)));
+    // Give the pipes a moment to deliver what the command wrote last.
+    let _ = tokio::time::timeout(OUTPUT_GRACE, async { while !files_idle(&files).await {} }).await;
+    let oom = jail.oom_killed();
     let exit_code = match (&forced, status) {
         (Some(_), _) => FORCED_EXIT_CODE,
         (None, Ok(status)) => {
@@ -228,19 +352,56 @@ async fn supervise(
         }
         (None, Err(_)) => FORCED_EXIT_CODE,
     };
+    let forced_reason = match forced {
+        Some(r) => Some(r.to_string()),
+        None if oom => Some("memory limit exceeded".to_string()),
+        None => None,
+    };
+    let read = files.read().unwrap_or_default();
     let _ = exit.send(Some(ExitReport {
         exit_code,
-        terminal_state: if forced.is_some() {
+        terminal_state: if forced_reason.is_some() {
             TerminalState::Forced
         } else {
             TerminalState::Clean
         },
-        forced_reason: forced.map(str::to_string),
+        forced_reason,
         duration_ms,
-        stdout: out,
-        stderr: err,
-        output_truncated: out_cut || err_cut,
+        stdout: bytes::Bytes::new(),
+        stderr: bytes::Bytes::new(),
+        stdout_bytes: read.stdout_bytes,
+        stderr_bytes: read.stderr_bytes,
+        output_truncated: read.truncated,
+        failure: oom.then_some(FailureCause::MemoryLimitExceeded),
     }));
+}
+
+/// Whether the output counters stood still for a few milliseconds.
+async fn files_idle(files: &OutputFiles) -> bool {
+    if files.stdout.closed() && files.stderr.closed() {
+        return true;
+    }
+    let before = (files.stdout.written(), files.stderr.written());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    before == (files.stdout.written(), files.stderr.written())
+}
+
+/// Kills what is left of a destroyed cell and waits (bounded) until its
+/// output files are complete.
+async fn finish(tracked: Tracked) {
+    if let Some(jail) = &tracked.jail {
+        let left = jail.kill_all().await;
+        if left > 0 {
+            tracing::warn!(left, "cell processes survived destroy");
+        }
+        jail.remove();
+    }
+    for pump in tracked.pumps {
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(DRAIN_WAIT, pump).await.is_err() {
+            abort.abort();
+        }
+    }
 }
 
 impl CellBackend for ProcessBackend {
@@ -255,7 +416,14 @@ impl CellBackend for ProcessBackend {
             let slot = vacant(&mut cells, doc.id())?;
             // Spawning under the lock keeps a concurrent duplicate create
             // from starting the command twice; spawn itself does not block.
-            slot.insert(self.spawn(doc)?);
+            let tracked = self.spawn(doc)?;
+            match &tracked.output {
+                Some(files) => self
+                    .outputs()
+                    .insert(doc.id().to_string(), Arc::clone(files)),
+                None => self.outputs().remove(doc.id()),
+            };
+            slot.insert(tracked);
             Ok(CellHandle {
                 cell_id: doc.id().to_string(),
                 host: CellHost::Local,
@@ -283,6 +451,8 @@ impl CellBackend for ProcessBackend {
                     .and_then(|r| r.clone()),
                 None => None,
             };
+            // The command is gone; whatever it left behind goes now.
+            finish(tracked).await;
             Ok(TeardownReport {
                 cell_id: handle.cell_id.clone(),
                 destroyed: true,
@@ -333,10 +503,9 @@ impl CellBackend for ProcessBackend {
         }
         let mut cells = self.lock();
         let slot = vacant(&mut cells, doc.id())?;
-        let tracked = Tracked {
-            exit: exit.map(|report| watch::channel(Some(report)).1),
-            kill: None,
-        };
+        let mut tracked = Tracked::empty();
+        tracked.exit = exit.map(|report| watch::channel(Some(report)).1);
+        tracked.output = self.outputs().get(doc.id()).cloned();
         slot.insert(tracked);
         Ok(CellHandle {
             cell_id: doc.id().to_string(),
@@ -352,7 +521,57 @@ impl CellBackend for ProcessBackend {
         if tracked.running() {
             return Err(CellError::CommandRunning(handle.cell_id.clone()));
         }
-        cells.remove(&handle.cell_id);
+        if let Some(tracked) = cells.remove(&handle.cell_id) {
+            // Processes the finished command left behind do not move.
+            tokio::spawn(finish(tracked));
+        }
         Ok(())
+    }
+
+    fn containment(&self) -> Option<Containment> {
+        Some(ProcessBackend::containment(self))
+    }
+
+    fn attach_data_dir(&self, data_dir: &Path) {
+        let mut dir = self.output_dir.lock().unwrap_or_else(|e| e.into_inner());
+        if dir.is_none() {
+            *dir = Some(data_dir.join(OUTPUT_DIR));
+        }
+    }
+
+    fn output(&self, cell_id: &str) -> Result<CellOutput, CellError> {
+        let files = self
+            .outputs()
+            .get(cell_id)
+            .cloned()
+            .ok_or_else(|| CellError::UnknownCell(cell_id.to_string()))?;
+        files.read().map_err(|source| CellError::Output {
+            id: cell_id.to_string(),
+            source,
+        })
+    }
+
+    fn adopt_output(&self, cell_id: &str, output: &CellOutput) -> Result<(), CellError> {
+        let files = OutputFiles::restore(&self.dir(), cell_id, output).map_err(|source| {
+            CellError::Output {
+                id: cell_id.to_string(),
+                source,
+            }
+        })?;
+        let files = Arc::new(files);
+        if let Some(tracked) = self.lock().get_mut(cell_id) {
+            tracked.output = Some(Arc::clone(&files));
+        }
+        self.outputs().insert(cell_id.to_string(), files);
+        Ok(())
+    }
+
+    fn discard_output(&self, cell_id: &str) {
+        if self.lock().contains_key(cell_id) {
+            return;
+        }
+        if let Some(files) = self.outputs().remove(cell_id) {
+            files.remove();
+        }
     }
 }

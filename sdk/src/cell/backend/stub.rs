@@ -39,6 +39,9 @@ fn clean_exit() -> ExitReport {
         duration_ms: 0,
         stdout: Bytes::new(),
         stderr: Bytes::new(),
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        failure: None,
         output_truncated: false,
     }
 }

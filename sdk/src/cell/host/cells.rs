@@ -5,24 +5,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::daemon::CellDaemon;
 use super::node::{CellNode, Notice};
-use super::supervisor::{record, run_cell, Begin, Control, Hosted};
-use crate::cell::backend::{CellBackend, CellError, ExitReport};
+use super::supervisor::{run_cell, Begin, Control, Hosted};
+use crate::cell::backend::{CellBackend, CellError, CellOutput, Containment, ExitReport};
 use crate::cell::log::{CellEventLog, LogError};
 use crate::cell::node_view::{CellRecord, NodeCellProjection};
-use crate::cell::projection::CellStateSnapshot;
-use crate::cell::remote::command::{Command, Reply, Step};
+use crate::cell::projection::{CellStateSnapshot, LifecycleStage};
+use crate::cell::remote::command::{Command, Reply};
 use crate::cell::remote::CellClient;
 use crate::cell::remote::CELL_KIND;
 use crate::cell::spec::ExecutionCellDocument;
-use crate::compute::{
-    DaemonHostConfig, DaemonRuntime, MigrateError, MigrationOpts, MigrationReport, RegisterError,
-};
+use crate::compute::{DaemonHostConfig, DaemonRuntime, MigrateError, Placement, RegisterError};
 use crate::Identity;
 use crate::NodeId;
 
@@ -65,6 +63,9 @@ pub(crate) struct CellsInner {
     /// Cell id → origin hash of its daemon, for every cell applied or
     /// hosted here.
     pub(crate) known: DashMap<String, u64>,
+    /// Cell id → how many times it was applied here after an earlier cell
+    /// with the id ended.
+    pub(crate) generations: DashMap<String, u64>,
     /// Ids being applied right now.
     applying: dashmap::DashSet<String>,
     /// Cells this node's supervisor runs.
@@ -100,7 +101,7 @@ pub(crate) struct CellsInner {
 /// with latency-critical daemons that process millions of events a second.
 #[derive(Clone)]
 pub struct Cells {
-    inner: Arc<CellsInner>,
+    pub(super) inner: Arc<CellsInner>,
 }
 
 impl std::fmt::Debug for Cells {
@@ -125,17 +126,28 @@ impl Cells {
         backend: Arc<dyn CellBackend>,
         data_dir: &Path,
     ) -> Result<Self, CellsStartError> {
-        let log = Arc::new(CellEventLog::open(data_dir)?);
-        let view = NodeCellProjection::replay(&log)?;
-        let (tx, rx) = mpsc::unbounded_channel();
         let mesh = rt.mesh();
-        let node = Arc::new(CellNode::new(
-            mesh.node_id().to_string(),
-            mesh.keypair().clone(),
-            log,
-            view,
-            tx,
-        ));
+        let log = Arc::new(CellEventLog::open_owned(
+            data_dir,
+            &mesh.keypair().entity_id(),
+        )?);
+        let node_hex = mesh.node_id().to_string();
+        let view = NodeCellProjection::replay_for(&log, &node_hex)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        backend.attach_data_dir(data_dir);
+        if let Some(containment) = backend.containment() {
+            tracing::info!(%containment, backend = backend.name(), "cells start");
+        }
+        let known_mesh = Arc::clone(mesh);
+        let known: super::node::KnownSigner = Arc::new(move |signer| {
+            let node = NodeId::from(*signer);
+            known_mesh.peers().contains(&node)
+                || known_mesh.members().iter().any(|m| m.node == node)
+        });
+        let node = Arc::new(
+            CellNode::new(node_hex, mesh.keypair().clone(), log, view, tx)
+                .with(Arc::clone(&backend), known),
+        );
         let for_factory = Arc::clone(&node);
         rt.register_factory(CELL_KIND, move || {
             Box::new(CellDaemon::new(Arc::clone(&for_factory)))
@@ -146,6 +158,7 @@ impl Cells {
             backend,
             client: CellClient::new(rt.clone()),
             known: DashMap::new(),
+            generations: DashMap::new(),
             applying: dashmap::DashSet::new(),
             hosted: DashMap::new(),
             pending_destroy: DashMap::new(),
@@ -178,12 +191,25 @@ impl Cells {
 
     async fn apply_reserved(&self, id: &str, doc: ExecutionCellDocument) -> Result<u64, CellError> {
         let id = id.to_string();
-        if self.inner.known.contains_key(&id) && !self.is_destroyed(&id) {
-            return Err(CellError::AlreadyExists(id));
-        }
+        let generation = match self.inner.known.get(&id).map(|o| *o) {
+            Some(origin) => {
+                if !self.has_ended(&id, origin).await {
+                    return Err(CellError::AlreadyExists(id));
+                }
+                self.next_generation(&id)
+            }
+            None => self.next_generation(&id),
+        };
         let rt = &self.inner.rt;
+        // Federated placement: the cell's one daemon goes where it runs;
+        // this node keeps a pointer to it.
+        let placement = match self.inner.backend.place(&doc)? {
+            Some(node) => Placement::Node(node),
+            None => Placement::Local,
+        };
+        let config = DaemonHostConfig::default();
         let daemon = rt
-            .spawn(CELL_KIND, Identity::generate(), DaemonHostConfig::default())
+            .spawn_on(CELL_KIND, Identity::generate(), config, placement)
             .await
             .map_err(|e| CellError::Remote {
                 id: id.clone(),
@@ -194,24 +220,44 @@ impl Cells {
         let command = Command::Apply {
             doc: Box::new(doc),
             origin,
+            generation,
         };
         if let Err(e) = self.inner.client.call_ok(&id, origin, &command).await {
             self.inner.known.remove(&id);
             let _ = rt.stop(origin).await;
             return Err(e);
         }
+        self.inner.generations.insert(id, generation);
         Ok(origin)
     }
 
-    fn is_destroyed(&self, id: &str) -> bool {
-        let view = self
-            .inner
-            .node
-            .view
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        view.get(id)
-            .is_some_and(|r| r.state == crate::cell::CellRecordState::Destroyed)
+    /// The generation a new cell with id `id` gets: one more than the last
+    /// one this node applied or logged, 0 for a first.
+    fn next_generation(&self, id: &str) -> u64 {
+        let logged = {
+            let view = self
+                .inner
+                .node
+                .view
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            view.get(id).map(|r| r.generation + 1)
+        };
+        let applied = self.inner.generations.get(id).map(|g| *g + 1);
+        logged.max(applied).unwrap_or(0)
+    }
+
+    /// Whether the cell behind `origin` is destroyed or failed (or its
+    /// daemon is gone).
+    async fn has_ended(&self, id: &str, origin: u64) -> bool {
+        match self.inner.client.call(id, origin, &Command::Query).await {
+            Ok(Reply::State { state, .. }) => matches!(
+                state.lifecycle_stage,
+                LifecycleStage::Destroyed | LifecycleStage::Failed
+            ),
+            Err(CellError::UnknownCell(_)) => true,
+            _ => false,
+        }
     }
 
     fn origin_of(&self, id: &str) -> Result<u64, CellError> {
@@ -245,10 +291,19 @@ impl Cells {
             .call_ok(id, origin, &Command::Query)
             .await?
         {
-            Reply::State { state, exit, .. } => Ok((*state, exit.map(|e| *e))),
-            other => Err(CellError::Remote {
+            Reply::State { state, exit, .. } => {
+                let mut exit = exit.map(|e| *e);
+                if let Some(exit) = exit.as_mut() {
+                    if let Ok(out) = self.output(id).await {
+                        exit.stdout = out.stdout;
+                        exit.stderr = out.stderr;
+                    }
+                }
+                Ok((*state, exit))
+            }
+            _ => Err(CellError::Remote {
                 id: id.to_string(),
-                reason: format!("unexpected answer to a query: {other:?}"),
+                reason: "unexpected answer to a query".into(),
             }),
         }
     }
@@ -257,7 +312,8 @@ impl Cells {
     /// Returns the last projection read.
     ///
     /// # Errors
-    /// As [`get`](Self::get); `Remote` naming the timeout when it passes.
+    /// As [`get`](Self::get); [`CellError::Timeout`] naming the id and the
+    /// last state read when `timeout` passes.
     pub async fn wait_until(
         &self,
         id: &str,
@@ -277,9 +333,10 @@ impl Cells {
                 _ = changes.changed() => {}
                 () = tokio::time::sleep(Duration::from_millis(20)) => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    return Err(CellError::Remote {
+                    return Err(CellError::Timeout {
                         id: id.to_string(),
-                        reason: format!("condition not reached within {timeout:?}: {snap:?}"),
+                        waited: timeout,
+                        last: brief(&snap),
                     });
                 }
             }
@@ -310,6 +367,26 @@ impl Cells {
     /// The node's event log.
     pub fn log(&self) -> &CellEventLog {
         &self.inner.node.log
+    }
+
+    /// The output of cell `id` (stdout and stderr as kept, with the byte
+    /// counts and whether the bound cut them), read from the node hosting
+    /// it: its output files follow it when it migrates.
+    ///
+    /// # Errors
+    /// `UnknownCell`; `Output` if the files cannot be read; `PeerLost`.
+    pub async fn output(&self, id: &str) -> Result<CellOutput, CellError> {
+        if let Ok(out) = self.inner.backend.output(id) {
+            return Ok(out);
+        }
+        let origin = self.origin_of(id)?;
+        super::output::fetch(&self.inner.client, id, origin).await
+    }
+
+    /// How this node's backend contains the processes of its cells
+    /// (`None` for a backend that runs none itself).
+    pub fn containment(&self) -> Option<Containment> {
+        self.inner.backend.containment()
     }
 
     /// The backend cells run on here.
@@ -348,62 +425,6 @@ impl Cells {
         let command = Command::Destroy { reason: None };
         self.inner.client.call_ok(id, origin, &command).await?;
         Ok(())
-    }
-
-    /// Moves cell `id`, hosted here, to `target` with its projection,
-    /// document and history. See the type docs for what is refused.
-    ///
-    /// # Errors
-    /// [`CellMigrateError`]; on any error the cell stays here.
-    pub async fn migrate(
-        &self,
-        id: &str,
-        target: NodeId,
-        opts: MigrationOpts,
-    ) -> Result<MigrationReport, CellMigrateError> {
-        let origin = self.origin_of(id)?;
-        let control = self
-            .inner
-            .hosted
-            .get(id)
-            .map(|h| h.control.clone())
-            .ok_or_else(|| CellError::NotHosted(id.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        control
-            .send(Control::Detach(tx))
-            .map_err(|_| CellError::UnknownCell(id.to_string()))?;
-        let detached = rx
-            .await
-            .map_err(|_| CellError::UnknownCell(id.to_string()))??;
-        let outcome = match self.inner.rt.start_migration(origin, target, opts) {
-            Ok(handle) => handle.wait().await,
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(report) => {
-                let step = Step::Migrated {
-                    from: self.inner.node.node_hex.clone(),
-                    to: target.to_string(),
-                };
-                record(&self.inner, id, origin, step).await?;
-                Ok(report)
-            }
-            Err(source) => {
-                // Still ours: take the cell over again.
-                self.inner.node.notify(Notice::Adopt {
-                    cell_id: id.to_string(),
-                    origin,
-                    doc: Box::new(detached.doc),
-                    exit: detached.exit,
-                    destroy: false,
-                    started: Some(detached.started),
-                });
-                Err(CellMigrateError::Migrate {
-                    id: id.to_string(),
-                    source,
-                })
-            }
-        }
     }
 
     /// Publishes every event of this node's log to `sink`, from where the
@@ -515,14 +536,21 @@ async fn supervise(inner: Arc<CellsInner>, mut notices: mpsc::UnboundedReceiver<
                 exit,
                 destroy,
                 started,
+                output,
             } => {
                 let destroy = inner.pending_destroy.remove(&cell_id).is_some() || destroy;
                 let begin = Begin::Adopted {
                     exit,
                     destroy,
                     started,
+                    output,
                 };
                 start_task(&inner, cell_id, origin, *doc, begin);
+            }
+            Notice::Migrate { cell_id, target } => {
+                let inner = Arc::clone(&inner);
+                let tasks = inner.tasks.clone();
+                tasks.spawn(super::migrate::on_request(inner, cell_id, target));
             }
             Notice::Destroy { cell_id, reason } => {
                 let sent = inner
@@ -552,4 +580,15 @@ fn start_task(
     inner
         .tasks
         .spawn(run_cell(Arc::clone(inner), origin, doc, begin, rx));
+}
+
+/// A cell's state in a few words, for errors.
+fn brief(s: &CellStateSnapshot) -> String {
+    let exit = s
+        .command_exit_code
+        .map_or_else(|| "none".to_string(), |c| c.to_string());
+    format!(
+        "stage {:?}, state {:?}, exit {exit}",
+        s.lifecycle_stage, s.current_state
+    )
 }

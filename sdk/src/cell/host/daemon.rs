@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::node::{CellNode, Notice};
 use crate::capabilities::CapabilityFilter;
-use crate::cell::backend::ExitReport;
+use crate::cell::backend::{CellOutput, ExitReport};
 use crate::cell::event::{CellEventKind, CellEvents, EventContext};
 use crate::cell::projection::{CellStateProjection, LifecycleStage};
 use crate::cell::remote::command::{at_millis, decode, encode, Command, RefusalCode, Reply, Step};
@@ -29,6 +29,15 @@ struct CellState {
     history: Vec<SignedCloudEvent>,
     exit: Option<ExitReport>,
     destroy_requested: bool,
+    #[serde(default)]
+    generation: u64,
+    /// Set between `Leave` and the migration: the snapshot then carries the
+    /// output files.
+    #[serde(default)]
+    leaving: bool,
+    /// The output that came with a migration, until the node takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    carried: Option<CellOutput>,
 }
 
 pub(crate) struct CellDaemon {
@@ -53,7 +62,11 @@ impl CellDaemon {
 
     fn handle(&mut self, command: Command) -> Reply {
         match command {
-            Command::Apply { doc, origin } => {
+            Command::Apply {
+                doc,
+                origin,
+                generation,
+            } => {
                 if let Some(existing) = &self.state.doc {
                     return Self::refuse(
                         RefusalCode::AlreadyApplied,
@@ -64,6 +77,7 @@ impl CellDaemon {
                     return Self::refuse(RefusalCode::Invalid, e.to_string());
                 }
                 self.state.origin = origin;
+                self.state.generation = generation;
                 self.node.notify(Notice::Run {
                     cell_id: doc.id().to_string(),
                     origin,
@@ -81,9 +95,7 @@ impl CellDaemon {
                 let Some(doc) = &self.state.doc else {
                     return Self::refuse(RefusalCode::NotApplied, "no cell is applied");
                 };
-                if self.state.destroy_requested
-                    || self.state.projection.lifecycle_stage() == LifecycleStage::Destroyed
-                {
+                if self.state.destroy_requested || self.ended() {
                     return Self::refuse(
                         RefusalCode::AlreadyDestroyed,
                         format!("cell {:?} is unknown or already destroyed", doc.id()),
@@ -99,15 +111,81 @@ impl CellDaemon {
             Command::Query => Reply::State {
                 state: Box::new(self.state.projection.snapshot()),
                 exit: self.state.exit.clone().map(Box::new),
-                running: self.state.projection.lifecycle_stage() == LifecycleStage::Started
-                    && self
-                        .state
-                        .doc
-                        .as_ref()
-                        .is_some_and(|d| d.spec.run.is_some()),
+                running: self.running(),
                 events: self.state.history.len(),
             },
+            Command::Output {
+                stdout_from,
+                stderr_from,
+                max,
+            } => {
+                let Some(doc) = &self.state.doc else {
+                    return Self::refuse(RefusalCode::NotApplied, "no cell is applied");
+                };
+                let full = self.node.output_of(doc.id()).unwrap_or_default();
+                let max = max.min(super::output::CHUNK_BYTES);
+                Reply::Output {
+                    chunk: Box::new(super::output::slice(&full, stdout_from, stderr_from, max)),
+                    stdout_len: full.stdout.len() as u64,
+                    stderr_len: full.stderr.len() as u64,
+                }
+            }
+            Command::Leave => {
+                self.state.leaving = true;
+                Reply::Done
+            }
+            Command::Stay => {
+                self.state.leaving = false;
+                Reply::Done
+            }
+            Command::Migrate { target } => {
+                let Some(doc) = &self.state.doc else {
+                    return Self::refuse(RefusalCode::NotApplied, "no cell is applied");
+                };
+                if self.ended() || self.state.destroy_requested {
+                    return Self::refuse(
+                        RefusalCode::AlreadyDestroyed,
+                        format!("cell {:?} is unknown or already destroyed", doc.id()),
+                    );
+                }
+                if self.running()
+                    || self.state.projection.lifecycle_stage() == LifecycleStage::Pending
+                {
+                    return Self::refuse(
+                        RefusalCode::CommandRunning,
+                        format!("cell {:?} has a running command", doc.id()),
+                    );
+                }
+                if target == self.node.node_hex {
+                    return Self::refuse(
+                        RefusalCode::Invalid,
+                        format!("cell {:?} is already on node {target}", doc.id()),
+                    );
+                }
+                self.node.notify(Notice::Migrate {
+                    cell_id: doc.id().to_string(),
+                    target,
+                });
+                Reply::Done
+            }
         }
+    }
+
+    fn ended(&self) -> bool {
+        matches!(
+            self.state.projection.lifecycle_stage(),
+            LifecycleStage::Destroyed | LifecycleStage::Failed
+        )
+    }
+
+    /// Whether the cell's command has started and not completed.
+    fn running(&self) -> bool {
+        self.state.projection.lifecycle_stage() == LifecycleStage::Started
+            && self
+                .state
+                .doc
+                .as_ref()
+                .is_some_and(|d| d.spec.run.is_some())
     }
 
     /// When the cell's `started` event says it started.
@@ -130,7 +208,7 @@ impl CellDaemon {
             time: at_millis(time_ms),
             traceparent: None,
         };
-        let events = CellEvents::new(doc);
+        let events = CellEvents::with_generation(doc, self.state.generation);
         let event = match &step {
             Step::Started => events.started(ctx, &self.node.node_hex),
             Step::Completed { exit } => {
@@ -142,6 +220,11 @@ impl CellDaemon {
                 terminal,
             } => events.destroyed(ctx, outcome, reason.as_deref(), *terminal),
             Step::Migrated { from, to } => events.migrated(ctx, from, to),
+            Step::Failed {
+                cause,
+                reason,
+                terminal,
+            } => events.failed(ctx, *cause, reason, *terminal),
         };
         // A refused event leaves the projection as it was.
         if let Err(e) = self.state.projection.apply(&event) {
@@ -170,7 +253,9 @@ impl CellDaemon {
                     exit: self.state.exit.clone(),
                     destroy: self.state.destroy_requested,
                     started: self.started_at(),
+                    output: self.state.carried.take().map(Box::new),
                 });
+                self.state.leaving = false;
             }
             _ => {}
         }
@@ -203,14 +288,45 @@ impl MeshDaemon for CellDaemon {
     }
 
     fn snapshot(&self) -> Option<Bytes> {
-        Some(encode(&self.state))
+        if !self.state.leaving {
+            return Some(encode(&self.state));
+        }
+        // On its way out: the output files travel with the cell.
+        let carried = self
+            .state
+            .doc
+            .as_ref()
+            .and_then(|d| self.node.output_of(d.id()));
+        let leaving = Leaving {
+            state: &self.state,
+            carried,
+        };
+        Some(encode(&leaving))
     }
 
     fn restore(&mut self, state: Bytes) -> Result<(), ProcessError> {
         self.state = serde_json::from_slice(&state)
             .map_err(|e| ProcessError::RestoreFailed(format!("cell state: {e}")))?;
+        // Only events from nodes this node trusts come along.
+        if let Some(bad) = self
+            .state
+            .history
+            .iter()
+            .find_map(|e| self.node.check_foreign(e).err())
+        {
+            return Err(ProcessError::RestoreFailed(format!("cell history: {bad}")));
+        }
         Ok(())
     }
+}
+
+/// The snapshot of a cell that is migrating: its state with its output.
+#[derive(Serialize)]
+struct Leaving<'a> {
+    #[serde(flatten)]
+    state: &'a CellState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    carried: Option<CellOutput>,
 }
 
 #[cfg(test)]
@@ -232,19 +348,33 @@ mod tests {
         mpsc::UnboundedReceiver<Notice>,
         std::path::PathBuf,
     ) {
+        setup_knowing(tag, Arc::new(|_| false))
+    }
+
+    fn setup_knowing(
+        tag: &str,
+        known: super::super::node::KnownSigner,
+    ) -> (
+        CellDaemon,
+        mpsc::UnboundedReceiver<Notice>,
+        std::path::PathBuf,
+    ) {
         let dir =
             std::env::temp_dir().join(format!("cellmesh-daemon-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let log = Arc::new(CellEventLog::open(&dir).unwrap());
         let (tx, rx) = mpsc::unbounded_channel();
         let node = Identity::generate();
-        let node = Arc::new(CellNode::new(
-            node.entity_id().to_string(),
-            node.keypair().clone(),
-            log,
-            NodeCellProjection::new(),
-            tx,
-        ));
+        let node = Arc::new(
+            CellNode::new(
+                node.entity_id().to_string(),
+                node.keypair().clone(),
+                log,
+                NodeCellProjection::new(),
+                tx,
+            )
+            .knowing(known),
+        );
         (CellDaemon::new(node), rx, dir)
     }
 
@@ -303,6 +433,7 @@ mod tests {
         let apply = encode(&Command::Apply {
             doc: Box::new(doc()),
             origin: 7,
+            generation: 0,
         });
         assert!(matches!(send(&mut d, apply.clone()), Reply::Done));
         assert!(matches!(
@@ -339,12 +470,21 @@ mod tests {
         let apply = encode(&Command::Apply {
             doc: Box::new(doc()),
             origin: 7,
+            generation: 0,
         });
         send(&mut d, apply);
         send(&mut d, record(Step::Started, "e1"));
         let state = d.snapshot().unwrap();
 
-        let (mut target, mut notices, dir2) = setup("snap-target");
+        // A node that does not know the source refuses its history.
+        let (mut stranger, _n, dir3) = setup("snap-stranger");
+        let err = stranger.restore(state.clone()).unwrap_err();
+        assert!(err.to_string().contains("does not know"), "{err}");
+        let _ = std::fs::remove_dir_all(dir3);
+
+        let source = d.node.keypair.entity_id();
+        let (mut target, mut notices, dir2) =
+            setup_knowing("snap-target", Arc::new(move |k| *k == source));
         target.restore(state).unwrap();
         let moved = Step::Migrated {
             from: "a".into(),

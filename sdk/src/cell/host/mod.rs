@@ -4,7 +4,9 @@
 
 mod cells;
 mod daemon;
+mod migrate;
 mod node;
+mod output;
 mod supervisor;
 
 pub use cells::{CellMigrateError, Cells, CellsStartError};

@@ -9,9 +9,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::cells::CellsInner;
-use crate::cell::backend::{CellError, CellHandle, CellHost, ExitReport};
-use crate::cell::event::TerminalState;
+use crate::cell::backend::{CellError, CellHandle, CellHost, CellOutput, ExitReport};
+use crate::cell::event::{FailureCause, TerminalState};
 use crate::cell::remote::command::{event_id, millis, Command, Reply, Step};
+use crate::cell::sign::SignedCloudEvent;
 use crate::cell::spec::ExecutionCellDocument;
 
 /// Messages to one cell's supervision task.
@@ -39,6 +40,7 @@ pub(crate) enum Begin {
         exit: Option<ExitReport>,
         destroy: bool,
         started: Option<SystemTime>,
+        output: Option<Box<CellOutput>>,
     },
 }
 
@@ -54,16 +56,26 @@ pub(crate) async fn record(
     origin: u64,
     step: Step,
 ) -> Result<(), CellError> {
+    record_event(inner, cell_id, origin, step).await.map(drop)
+}
+
+/// Records `step` on the cell daemon `origin` and returns the signed event.
+pub(crate) async fn record_event(
+    inner: &CellsInner,
+    cell_id: &str,
+    origin: u64,
+    step: Step,
+) -> Result<SignedCloudEvent, CellError> {
     let command = Command::Record {
         step: Box::new(step),
         event_id: event_id(),
         time_ms: millis(SystemTime::now()),
     };
     match inner.client.call_ok(cell_id, origin, &command).await? {
-        Reply::Event { .. } => Ok(()),
-        other => Err(CellError::Remote {
+        Reply::Event { event } => Ok(*event),
+        _ => Err(CellError::Remote {
             id: cell_id.to_string(),
-            reason: format!("unexpected answer to a record: {other:?}"),
+            reason: "unexpected answer to a record".into(),
         }),
     }
 }
@@ -95,19 +107,13 @@ pub(crate) async fn run_cell(
                 (handle, None, None, SystemTime::now())
             }
             Err(e) => {
-                // The cell never ran: record that it started and failed, so
-                // its projection ends terminal with the reason.
-                log_failure(
-                    &id,
-                    "started",
-                    record(&inner, &id, origin, Step::Started).await,
-                );
-                let step = Step::Destroyed {
-                    outcome: "failed".into(),
-                    reason: Some(e.to_string()),
+                // The cell never ran: it failed, with a typed cause.
+                let step = Step::Failed {
+                    cause: e.failure_cause().unwrap_or(FailureCause::SpawnFailed),
+                    reason: e.to_string(),
                     terminal: TerminalState::Clean,
                 };
-                log_failure(&id, "destroyed", record(&inner, &id, origin, step).await);
+                log_failure(&id, "failed", record(&inner, &id, origin, step).await);
                 inner.hosted.remove(&id);
                 return;
             }
@@ -116,10 +122,18 @@ pub(crate) async fn run_cell(
             exit,
             destroy,
             started,
+            output,
         } => {
             let started = started.unwrap_or_else(SystemTime::now);
             match inner.backend.adopt(&doc, CellHost::Local, exit.clone()) {
-                Ok(handle) => (handle, exit, destroy.then_some(None), started),
+                Ok(handle) => {
+                    if let Some(output) = output {
+                        if let Err(e) = inner.backend.adopt_output(&id, &output) {
+                            tracing::warn!(cell = %id, error = %e, "migrated output not kept");
+                        }
+                    }
+                    (handle, exit, destroy.then_some(None), started)
+                }
                 Err(e) => {
                     tracing::error!(cell = %id, error = %e, "cannot take over migrated cell");
                     inner.hosted.remove(&id);
@@ -171,6 +185,11 @@ pub(crate) async fn run_cell(
                     Ok(Some(report)) => {
                         let step = Step::Completed { exit: report.clone() };
                         log_failure(&id, "completed", record(&inner, &id, origin, step).await);
+                        if let Some(cause) = report.failure {
+                            // The host ended it (its memory limit): the
+                            // cell fails and goes.
+                            teardown = Some(Some(format!("{} ({})", cause.as_str(), report.forced_reason.clone().unwrap_or_default())));
+                        }
                         exit = Some(report);
                     }
                     Ok(None) => {}
@@ -209,6 +228,16 @@ async fn destroy(
         Err(e) => tracing::warn!(cell = id, error = %e, "backend teardown failed"),
     }
     let clean = exit.as_ref().is_none_or(|e| e.exit_code == 0);
+    if let (Some(cause), Some(report)) = (exit.as_ref().and_then(|e| e.failure), &exit) {
+        let step = Step::Failed {
+            cause,
+            reason: reason.unwrap_or_else(|| cause.as_str().to_string()),
+            terminal: report.terminal_state,
+        };
+        log_failure(id, "failed", record(inner, id, origin, step).await);
+        inner.hosted.remove(id);
+        return;
+    }
     let step = Step::Destroyed {
         outcome: if clean && reason.is_none() {
             "succeeded".into()

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::event::{CellEventKind, CloudEventV1};
+use super::event::{CellEventKind, CloudEventV1, FailureCause};
 use super::spec::PlacementSpec;
 
 /// Where a cell is in its life.
@@ -29,6 +29,9 @@ pub enum LifecycleStage {
     CommandCompleted,
     /// Torn down (terminal).
     Destroyed,
+    /// Failed and torn down (terminal): see the snapshot's
+    /// `failure_cause`.
+    Failed,
 }
 
 /// The cell's workload identity.
@@ -81,8 +84,11 @@ pub enum CurrentState {
     ExportFailed,
     /// Torn down normally.
     Destroyed,
-    /// Torn down for a reason (failure, kill, TTL).
+    /// Torn down for a reason (kill, TTL, timeout, a teardown that failed).
     DestroyFailed,
+    /// The cell failed: its command could not start, a limit could not be
+    /// applied, or the host killed it for its memory limit.
+    Failed,
 }
 
 /// One completed export.
@@ -164,6 +170,8 @@ pub struct CellStateProjection {
     command_exit_code: Option<i32>,
     destroy_reason: Option<String>,
     last_error: Option<String>,
+    #[serde(default)]
+    failure_cause: Option<FailureCause>,
     exports: Vec<ExportRecord>,
     current_node: Option<String>,
     migrations: u32,
@@ -199,6 +207,9 @@ pub struct CellStateSnapshot {
     pub destroy_reason: Option<String>,
     /// The last error reported.
     pub last_error: Option<String>,
+    /// Why the cell failed, when it did.
+    #[serde(default)]
+    pub failure_cause: Option<FailureCause>,
     /// Completed exports.
     pub exports: Vec<ExportRecord>,
     /// The node the cell last started on or moved to.
@@ -222,6 +233,7 @@ impl Default for CellStateProjection {
             command_exit_code: None,
             destroy_reason: None,
             last_error: None,
+            failure_cause: None,
             exports: Vec::new(),
             current_node: None,
             migrations: 0,
@@ -248,6 +260,7 @@ struct Change {
     last_error: Option<String>,
     node: Option<String>,
     migrated: bool,
+    failure: Option<FailureCause>,
 }
 
 struct Ctx<'a> {
@@ -338,6 +351,9 @@ impl CellStateProjection {
 
     /// The one-word state.
     pub fn current_state(&self) -> CurrentState {
+        if self.lifecycle_stage == LifecycleStage::Failed {
+            return CurrentState::Failed;
+        }
         if self.lifecycle_stage == LifecycleStage::Destroyed {
             return if self.destroy_reason.is_some() {
                 CurrentState::DestroyFailed
@@ -379,6 +395,7 @@ impl CellStateProjection {
             command_exit_code: self.command_exit_code,
             destroy_reason: self.destroy_reason.clone(),
             last_error: self.last_error.clone(),
+            failure_cause: self.failure_cause,
             exports: self.exports.clone(),
             current_node: self.current_node.clone(),
             migrations: self.migrations,
@@ -444,7 +461,9 @@ impl CellStateProjection {
     fn require_live(&self, ctx: &Ctx<'_>) -> Result<(), ProjectionError> {
         match self.lifecycle_stage {
             LifecycleStage::Pending => Err(self.illegal(ctx, "the cell has not started")),
-            LifecycleStage::Destroyed => Err(self.illegal(ctx, "the cell is destroyed")),
+            LifecycleStage::Destroyed | LifecycleStage::Failed => {
+                Err(self.illegal(ctx, "the cell is destroyed"))
+            }
             _ => Ok(()),
         }
     }
@@ -516,7 +535,9 @@ impl CellStateProjection {
                     LifecycleStage::Pending => {
                         return Err(self.illegal(ctx, "destroyed before started"))
                     }
-                    LifecycleStage::Destroyed => return Err(self.illegal(ctx, "destroyed twice")),
+                    LifecycleStage::Destroyed | LifecycleStage::Failed => {
+                        return Err(self.illegal(ctx, "destroyed twice"))
+                    }
                     _ => {}
                 }
                 let reason = ctx.opt_str("reason");
@@ -524,8 +545,26 @@ impl CellStateProjection {
                 c.last_error.clone_from(&reason);
                 c.destroy_reason = Some(reason);
             }
+            CellEventKind::Failed => {
+                if matches!(
+                    self.lifecycle_stage,
+                    LifecycleStage::Destroyed | LifecycleStage::Failed
+                ) {
+                    return Err(self.illegal(ctx, "failed after the cell ended"));
+                }
+                let cause = FailureCause::from_name(ctx.str("cause")?)
+                    .ok_or_else(|| ctx.bad("cause", "is not a known failure cause"))?;
+                let reason = ctx.str("reason")?.to_string();
+                c.lifecycle = Some(LifecycleStage::Failed);
+                c.destroy_reason = Some(Some(reason.clone()));
+                c.last_error = Some(reason);
+                c.failure = Some(cause);
+            }
             CellEventKind::Migrated => {
-                if self.lifecycle_stage == LifecycleStage::Destroyed {
+                if matches!(
+                    self.lifecycle_stage,
+                    LifecycleStage::Destroyed | LifecycleStage::Failed
+                ) {
                     return Err(self.illegal(ctx, "migrated after destroy"));
                 }
                 ctx.str("fromNode")?;
@@ -574,6 +613,9 @@ impl CellStateProjection {
         }
         if c.migrated {
             self.migrations += 1;
+        }
+        if c.failure.is_some() {
+            self.failure_cause = c.failure;
         }
     }
 }

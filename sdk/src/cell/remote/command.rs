@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::cell::backend::ExitReport;
-use crate::cell::event::TerminalState;
+use crate::cell::event::{FailureCause, TerminalState};
 use crate::cell::projection::CellStateSnapshot;
 use crate::cell::sign::SignedCloudEvent;
 use crate::cell::spec::ExecutionCellDocument;
@@ -34,6 +34,13 @@ pub(crate) enum Step {
         from: String,
         to: String,
     },
+    /// The cell failed (it could not start, or the host killed it) and is
+    /// torn down: terminal, in place of `Destroyed`.
+    Failed {
+        cause: FailureCause,
+        reason: String,
+        terminal: TerminalState,
+    },
 }
 
 /// A command to a cell daemon.
@@ -44,6 +51,10 @@ pub(crate) enum Command {
     Apply {
         doc: Box<ExecutionCellDocument>,
         origin: u64,
+        /// How many earlier cells with this id were destroyed on the node
+        /// that applied it.
+        #[serde(default)]
+        generation: u64,
     },
     /// Record a lifecycle step: emit, sign, apply, log.
     Record {
@@ -55,6 +66,18 @@ pub(crate) enum Command {
     Destroy { reason: Option<String> },
     /// Read the projection.
     Query,
+    /// The cell is about to migrate: its next snapshot carries its output.
+    Leave,
+    /// The migration failed: the cell stays.
+    Stay,
+    /// Ask the hosting node to move the cell to `target` (hex node id).
+    Migrate { target: String },
+    /// Read up to `max` bytes of each output stream from the given offsets.
+    Output {
+        stdout_from: u64,
+        stderr_from: u64,
+        max: u64,
+    },
 }
 
 /// Why a cell daemon refused a command.
@@ -65,6 +88,7 @@ pub(crate) enum RefusalCode {
     NotApplied,
     AlreadyDestroyed,
     Invalid,
+    CommandRunning,
 }
 
 /// A cell daemon's answer.
@@ -84,6 +108,12 @@ pub(crate) enum Reply {
     Refused {
         code: RefusalCode,
         reason: String,
+    },
+    /// A chunk of the output, with the kept length of each stream.
+    Output {
+        chunk: Box<crate::cell::backend::CellOutput>,
+        stdout_len: u64,
+        stderr_len: u64,
     },
 }
 

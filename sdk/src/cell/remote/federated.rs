@@ -26,6 +26,12 @@ const MAX_POLL: Duration = Duration::from_millis(250);
 /// `wait_for_exit` go to the node the cell lives on (following it if it
 /// migrates); this node only tracks the remote handle.
 ///
+/// Under [`Cells`](crate::cell::Cells) a cell is not created through this
+/// backend: [`place`](CellBackend::place) names the peer, the cell's one
+/// daemon is spawned there and runs on that peer's backend, and the node
+/// that accepted the apply keeps a pointer to it. `create` remains for
+/// direct use of the backend.
+///
 /// The peer must run [`Cells`](crate::cell::Cells). A peer that stops
 /// answering surfaces as [`CellError::PeerLost`] within 10 s of a call,
 /// never as a hang. `wait_for_exit` reads the remote state at growing
@@ -105,6 +111,7 @@ impl FederatedBackend {
         let command = Command::Apply {
             doc: Box::new(doc.clone()),
             origin: placed.origin_hash,
+            generation: 0,
         };
         self.client
             .call_ok(&id, placed.origin_hash, &command)
@@ -235,6 +242,11 @@ impl CellBackend for FederatedBackend {
 
     fn tracked_cell_count(&self) -> usize {
         self.lock().values().filter(|h| h.is_some()).count()
+    }
+
+    fn place(&self, doc: &ExecutionCellDocument) -> Result<Option<NodeId>, CellError> {
+        check_doc(doc)?;
+        self.choose(doc).map(Some)
     }
 
     fn has_tracked_state(&self, cell_id: &str) -> bool {

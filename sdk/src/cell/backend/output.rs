@@ -1,0 +1,215 @@
+//! A cell's captured output: written to one file per stream in the node's
+//! data directory as it arrives, bounded, read back on demand and carried
+//! with the cell when it migrates.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+/// Largest `limits.outputBytes` a document may ask for (per stream):
+/// 64 MiB.
+pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
+
+/// Name of the directory, inside the data directory, holding output files.
+pub const OUTPUT_DIR: &str = "cell-output";
+
+/// A cell's stdout and stderr as kept, with how much the command wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CellOutput {
+    /// Stdout as kept: at most the output bound.
+    #[serde(with = "b64")]
+    pub stdout: Bytes,
+    /// Stderr as kept: at most the output bound.
+    #[serde(with = "b64")]
+    pub stderr: Bytes,
+    /// Bytes the command wrote to stdout (kept and dropped).
+    pub stdout_bytes: u64,
+    /// Bytes the command wrote to stderr (kept and dropped).
+    pub stderr_bytes: u64,
+    /// Whether either stream wrote more than the bound (the rest was
+    /// counted and dropped).
+    pub truncated: bool,
+}
+
+/// Bytes as a base64 string in JSON (never an array of numbers).
+pub(crate) mod b64 {
+    use base64::Engine;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One stream's counters, shared by its writer and readers.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub(crate) path: PathBuf,
+    bound: u64,
+    written: AtomicU64,
+    kept: AtomicU64,
+    /// Set when the pipe closed (every writer of it is gone).
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Stream {
+    fn new(path: PathBuf, bound: u64, written: u64, kept: u64) -> Self {
+        Self {
+            path,
+            bound,
+            written: AtomicU64::new(written),
+            kept: AtomicU64::new(kept),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn truncated(&self) -> bool {
+        self.written() > self.kept.load(Ordering::Acquire)
+    }
+}
+
+/// Both streams of one cell.
+#[derive(Debug)]
+pub(crate) struct OutputFiles {
+    pub(crate) stdout: Arc<Stream>,
+    pub(crate) stderr: Arc<Stream>,
+}
+
+fn paths(dir: &Path, cell_id: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{cell_id}.stdout")),
+        dir.join(format!("{cell_id}.stderr")),
+    )
+}
+
+impl OutputFiles {
+    /// Creates (truncating) both files of `cell_id` in `dir`.
+    pub(crate) fn create(
+        dir: &Path,
+        cell_id: &str,
+        bound: u64,
+    ) -> std::io::Result<(Self, [std::fs::File; 2])> {
+        std::fs::create_dir_all(dir)?;
+        let (out, err) = paths(dir, cell_id);
+        let files = [std::fs::File::create(&out)?, std::fs::File::create(&err)?];
+        let this = Self {
+            stdout: Arc::new(Stream::new(out, bound, 0, 0)),
+            stderr: Arc::new(Stream::new(err, bound, 0, 0)),
+        };
+        Ok((this, files))
+    }
+
+    /// Writes output that came with a migrated cell.
+    pub(crate) fn restore(
+        dir: &Path,
+        cell_id: &str,
+        carried: &CellOutput,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let (out, err) = paths(dir, cell_id);
+        std::fs::write(&out, &carried.stdout)?;
+        std::fs::write(&err, &carried.stderr)?;
+        let len = |b: &Bytes| b.len() as u64;
+        Ok(Self {
+            stdout: Arc::new(Stream::new(
+                out,
+                u64::MAX,
+                carried.stdout_bytes,
+                len(&carried.stdout),
+            )),
+            stderr: Arc::new(Stream::new(
+                err,
+                u64::MAX,
+                carried.stderr_bytes,
+                len(&carried.stderr),
+            )),
+        })
+    }
+
+    /// Reads both files back.
+    pub(crate) fn read(&self) -> std::io::Result<CellOutput> {
+        let read = |s: &Stream| -> std::io::Result<Bytes> {
+            match std::fs::read(&s.path) {
+                Ok(b) => Ok(Bytes::from(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Bytes::new()),
+                Err(e) => Err(e),
+            }
+        };
+        Ok(CellOutput {
+            stdout: read(&self.stdout)?,
+            stderr: read(&self.stderr)?,
+            stdout_bytes: self.stdout.written(),
+            stderr_bytes: self.stderr.written(),
+            truncated: self.stdout.truncated() || self.stderr.truncated(),
+        })
+    }
+
+    /// Deletes both files.
+    pub(crate) fn remove(&self) {
+        let _ = std::fs::remove_file(&self.stdout.path);
+        let _ = std::fs::remove_file(&self.stderr.path);
+    }
+}
+
+/// Copies `reader` into `file` up to the stream's bound, counting the rest,
+/// until the reader ends (every writer of the pipe closed it).
+pub(crate) async fn pump<R: AsyncRead + Unpin>(
+    reader: Option<R>,
+    file: std::fs::File,
+    stream: Arc<Stream>,
+) {
+    let Some(mut reader) = reader else {
+        stream.closed.store(true, Ordering::Release);
+        return;
+    };
+    let mut file = tokio::fs::File::from_std(file);
+    let mut buf = vec![0u8; 64 * 1024];
+    // After a failed write the pipe is still drained, so the command never
+    // blocks on a full pipe; what it writes is counted and dropped.
+    let mut broken = false;
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let kept = stream.kept.load(Ordering::Acquire);
+        let room = usize::try_from(stream.bound.saturating_sub(kept)).unwrap_or(usize::MAX);
+        let take = if broken { 0 } else { n.min(room) };
+        if take > 0 {
+            match file.write_all(&buf[..take]).await {
+                Ok(()) => {
+                    stream.kept.fetch_add(take as u64, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %stream.path.display(), error = %e, "cell output not written");
+                    broken = true;
+                }
+            }
+        }
+        stream.written.fetch_add(n as u64, Ordering::AcqRel);
+    }
+    let _ = file.flush().await;
+    stream.closed.store(true, Ordering::Release);
+}

@@ -1,0 +1,152 @@
+//! Moving a cell: from the node that hosts it ([`Cells::migrate`] there),
+//! or from any node that knows its id (the request is forwarded to the
+//! hosting node through the cell's daemon).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::cells::{CellMigrateError, Cells, CellsInner};
+use super::node::Notice;
+use super::supervisor::{record_event, Control};
+use crate::cell::backend::CellError;
+use crate::cell::remote::command::{Command, Step};
+use crate::compute::{MigrationOpts, MigrationReport};
+use crate::NodeId;
+
+/// How long a forwarded migration may take before the requester gives up
+/// waiting (the migration itself may still complete).
+const FORWARDED_WAIT: Duration = Duration::from_secs(30);
+
+impl Cells {
+    /// Moves cell `id` to `target` with its projection, document, history
+    /// and output files. Works from any node that knows the id: on the node
+    /// hosting the cell it migrates it; elsewhere it asks that node to and
+    /// waits (up to 30 s) until the cell's projection records the move.
+    ///
+    /// A cell whose command is still running is refused with
+    /// [`CellError::CommandRunning`] (see the type docs).
+    ///
+    /// The report of a forwarded migration measures only `total` (request
+    /// to the move being recorded); its `migration_id`, `phases`,
+    /// `blackout`, `snapshot_bytes` and `events_forwarded` are zero/empty:
+    /// the hosting node holds the real figures.
+    ///
+    /// # Errors
+    /// [`CellMigrateError`]; on any error the cell stays where it was.
+    pub async fn migrate(
+        &self,
+        id: &str,
+        target: NodeId,
+        opts: MigrationOpts,
+    ) -> Result<MigrationReport, CellMigrateError> {
+        if self.hosts(id) {
+            return migrate_local(&self.inner, id, target, opts).await;
+        }
+        let origin = self
+            .inner
+            .known
+            .get(id)
+            .map(|o| *o)
+            .ok_or_else(|| CellError::UnknownCell(id.to_string()))?;
+        let started = Instant::now();
+        let before = self.get(id).await?.migrations;
+        let command = Command::Migrate {
+            target: target.to_string(),
+        };
+        self.inner.client.call_ok(id, origin, &command).await?;
+        let moved = self
+            .wait_until(id, FORWARDED_WAIT, |s| {
+                s.migrations > before && s.current_node.as_deref() == Some(&target.to_string())
+            })
+            .await?;
+        debug_assert!(moved.migrations > before);
+        Ok(MigrationReport {
+            migration_id: 0,
+            origin_hash: origin,
+            target,
+            total: started.elapsed(),
+            phases: Vec::new(),
+            blackout: Duration::ZERO,
+            snapshot_bytes: 0,
+            events_forwarded: 0,
+        })
+    }
+}
+
+/// Runs a migration another node asked for.
+pub(super) async fn on_request(inner: Arc<CellsInner>, cell_id: String, target: String) {
+    let Ok(target) = target.parse::<NodeId>() else {
+        tracing::warn!(cell = %cell_id, %target, "migration request names no node");
+        return;
+    };
+    if let Err(e) = migrate_local(&inner, &cell_id, target, MigrationOpts::default()).await {
+        tracing::warn!(cell = %cell_id, error = %e, "requested migration failed");
+    }
+}
+
+async fn migrate_local(
+    inner: &Arc<CellsInner>,
+    id: &str,
+    target: NodeId,
+    opts: MigrationOpts,
+) -> Result<MigrationReport, CellMigrateError> {
+    let origin = inner
+        .known
+        .get(id)
+        .map(|o| *o)
+        .ok_or_else(|| CellError::UnknownCell(id.to_string()))?;
+    let control = inner
+        .hosted
+        .get(id)
+        .map(|h| h.control.clone())
+        .ok_or_else(|| CellError::NotHosted(id.to_string()))?;
+    let (tx, rx) = oneshot::channel();
+    control
+        .send(Control::Detach(tx))
+        .map_err(|_| CellError::UnknownCell(id.to_string()))?;
+    let detached = rx
+        .await
+        .map_err(|_| CellError::UnknownCell(id.to_string()))??;
+    // The next snapshot carries the output files.
+    let leave = inner.client.call_ok(id, origin, &Command::Leave).await;
+    let outcome = match leave {
+        Err(e) => Err(CellMigrateError::Cell(e)),
+        Ok(_) => match inner.rt.start_migration(origin, target, opts) {
+            Ok(handle) => handle.wait().await,
+            Err(e) => Err(e),
+        }
+        .map_err(|source| CellMigrateError::Migrate {
+            id: id.to_string(),
+            source,
+        }),
+    };
+    match outcome {
+        Ok(report) => {
+            let step = Step::Migrated {
+                from: inner.node.node_hex.clone(),
+                to: target.to_string(),
+            };
+            let event = record_event(inner, id, origin, step).await?;
+            // This node records that the cell left.
+            inner.node.append(&event);
+            inner.backend.discard_output(id);
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = inner.client.call(id, origin, &Command::Stay).await;
+            // Still ours: take the cell over again.
+            inner.node.notify(Notice::Adopt {
+                cell_id: id.to_string(),
+                origin,
+                doc: Box::new(detached.doc),
+                exit: detached.exit,
+                destroy: false,
+                started: Some(detached.started),
+                output: None,
+            });
+            Err(e)
+        }
+    }
+}

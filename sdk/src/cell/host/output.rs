@@ -1,0 +1,75 @@
+//! Reading a cell's output from the node that hosts it, in chunks small
+//! enough for one cell message each.
+
+use bytes::BytesMut;
+
+use crate::cell::backend::{CellError, CellOutput};
+use crate::cell::remote::command::{Command, Reply};
+use crate::cell::remote::CellClient;
+
+/// Raw bytes per chunk and stream (base64 makes them 4/3 larger, well
+/// under the message limit).
+pub(crate) const CHUNK_BYTES: u64 = 1 << 20;
+
+/// Reads the whole output of cell `id` from its daemon `origin`.
+pub(super) async fn fetch(
+    client: &CellClient,
+    id: &str,
+    origin: u64,
+) -> Result<CellOutput, CellError> {
+    let (mut out, mut err) = (BytesMut::new(), BytesMut::new());
+    loop {
+        let command = Command::Output {
+            stdout_from: out.len() as u64,
+            stderr_from: err.len() as u64,
+            max: CHUNK_BYTES,
+        };
+        let Reply::Output {
+            chunk,
+            stdout_len,
+            stderr_len,
+        } = client.call_ok(id, origin, &command).await?
+        else {
+            return Err(CellError::Remote {
+                id: id.to_string(),
+                reason: "unexpected answer to an output read".into(),
+            });
+        };
+        if chunk.stdout.is_empty() && chunk.stderr.is_empty() {
+            // Nothing more (or the files shrank under us: a new cell).
+            let _ = (stdout_len, stderr_len);
+            return Ok(CellOutput {
+                stdout: out.freeze(),
+                stderr: err.freeze(),
+                ..*chunk
+            });
+        }
+        out.extend_from_slice(&chunk.stdout);
+        err.extend_from_slice(&chunk.stderr);
+        if out.len() as u64 >= stdout_len && err.len() as u64 >= stderr_len {
+            return Ok(CellOutput {
+                stdout: out.freeze(),
+                stderr: err.freeze(),
+                ..*chunk
+            });
+        }
+    }
+}
+
+/// The part of `full` a chunked read asks for.
+pub(crate) fn slice(full: &CellOutput, stdout_from: u64, stderr_from: u64, max: u64) -> CellOutput {
+    let cut = |b: &bytes::Bytes, from: u64| {
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(b.len());
+        let to = from
+            .saturating_add(usize::try_from(max).unwrap_or(usize::MAX))
+            .min(b.len());
+        b.slice(from..to)
+    };
+    CellOutput {
+        stdout: cut(&full.stdout, stdout_from),
+        stderr: cut(&full.stderr, stderr_from),
+        stdout_bytes: full.stdout_bytes,
+        stderr_bytes: full.stderr_bytes,
+        truncated: full.truncated,
+    }
+}

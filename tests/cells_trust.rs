@@ -1,0 +1,346 @@
+//! Issue 14, "cells a user can trust", over real processes and loopback
+//! nodes: containment of everything a cell starts, output to files,
+//! typed failures, the log's trust, id reuse.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cellmesh::capabilities::CapabilitySet;
+use cellmesh::cell::{
+    CellError, CellEventLog, CellEvents, CellRecordState, Cells, Containment, CurrentState,
+    EventContext, FailureCause, LifecycleStage, LogError, ProcessBackend, RunLimits,
+    SignedCloudEvent, LOG_FILE,
+};
+
+#[path = "cells/support.rs"]
+#[allow(dead_code)]
+mod support;
+use support::{destroy_and_wait, doc, process_node, WAIT};
+
+/// Pids of live (non-zombie) processes whose command line contains `marker`.
+fn alive_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmd).contains(marker) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A script starting a `setsid` grandchild and a double-forked daemon,
+/// both sleeping `n` and `n + 1` seconds, then sleeping itself.
+fn escaping(n: u32) -> String {
+    format!("setsid sleep {n} & (sleep {} &) ; sleep {}", n + 1, n + 2)
+}
+
+async fn wait_for_processes(marker: &str, n: usize) {
+    for _ in 0..500 {
+        if alive_with(marker).len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the cell's processes never started");
+}
+
+#[tokio::test]
+async fn destroy_kills_setsid_and_double_forked_descendants() {
+    let (_rt, cells) = process_node("contain-destroy").await;
+    println!("containment: {:?}", cells.containment());
+    assert!(cells.containment().is_some());
+    cells
+        .apply(doc("escape", 60, Some(&["/bin/sh", "-c", &escaping(3101)])))
+        .await
+        .unwrap();
+    wait_for_processes("310", 3).await;
+    destroy_and_wait(&cells, "escape").await;
+    assert_eq!(alive_with("sleep 310"), Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn timeout_and_ttl_kill_every_descendant() {
+    let (_rt, cells) = process_node("contain-timeout").await;
+    let mut d = doc("t-out", 60, Some(&["/bin/sh", "-c", &escaping(3201)]));
+    d.spec.run.as_mut().unwrap().timeout_ms = Some(500);
+    cells.apply(d).await.unwrap();
+    cells
+        .apply(doc("t-ttl", 1, Some(&["/bin/sh", "-c", &escaping(3301)])))
+        .await
+        .unwrap();
+    let snap = cells
+        .wait_until("t-out", WAIT, |s| s.command_exit_code.is_some())
+        .await
+        .unwrap();
+    assert_eq!(
+        snap.command_exit_code,
+        Some(cellmesh::cell::FORCED_EXIT_CODE)
+    );
+    // The timeout killed the whole tree, not only the shell.
+    assert_eq!(alive_with("sleep 320"), Vec::<u32>::new());
+    cells
+        .wait_until("t-ttl", WAIT, |s| {
+            s.lifecycle_stage == LifecycleStage::Destroyed
+        })
+        .await
+        .unwrap();
+    assert_eq!(alive_with("sleep 330"), Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn a_background_child_keeps_the_output_and_dies_on_destroy() {
+    let (_rt, cells) = process_node("background").await;
+    let script = "echo before; (sleep 3401; echo never) & echo after >&2; exit 0";
+    cells
+        .apply(doc("bg", 60, Some(&["/bin/sh", "-c", script])))
+        .await
+        .unwrap();
+    let snap = cells
+        .wait_until("bg", WAIT, |s| s.command_exit_code.is_some())
+        .await
+        .unwrap();
+    assert_eq!(snap.command_exit_code, Some(0));
+    assert_eq!(
+        alive_with("sleep 3401").len(),
+        1,
+        "the child outlives its parent"
+    );
+    let out = cells.output("bg").await.unwrap();
+    assert_eq!(&out.stdout[..], b"before\n");
+    assert_eq!(&out.stderr[..], b"after\n");
+    destroy_and_wait(&cells, "bg").await;
+    assert_eq!(alive_with("sleep 3401"), Vec::<u32>::new());
+    // The output is still readable after destroy.
+    assert_eq!(&cells.output("bg").await.unwrap().stdout[..], b"before\n");
+}
+
+fn with_output_limit(id: &str, script: &str, bytes: u64) -> cellmesh::cell::ExecutionCellDocument {
+    let mut d = doc(id, 60, Some(&["/bin/sh", "-c", script]));
+    d.spec.run.as_mut().unwrap().limits = Some(RunLimits {
+        output_bytes: Some(bytes),
+        ..Default::default()
+    });
+    d
+}
+
+#[tokio::test]
+async fn large_output_is_recorded_whole_or_cut_at_exactly_the_limit() {
+    let (_rt, cells) = process_node("large").await;
+    const MIB: u64 = 1 << 20;
+    cells
+        .apply(with_output_limit(
+            "ten",
+            "head -c 10485760 /dev/zero; exit 5",
+            16 * MIB,
+        ))
+        .await
+        .unwrap();
+    cells
+        .apply(with_output_limit(
+            "twenty",
+            "head -c 20971520 /dev/zero >&2; exit 6",
+            16 * MIB,
+        ))
+        .await
+        .unwrap();
+    for (id, code) in [("ten", 5), ("twenty", 6)] {
+        let snap = cells
+            .wait_until(id, WAIT, |s| s.command_exit_code.is_some())
+            .await
+            .unwrap();
+        assert_eq!(snap.command_exit_code, Some(code), "{id}");
+    }
+    let ten = cells.output("ten").await.unwrap();
+    assert_eq!(ten.stdout.len() as u64, 10 * MIB);
+    assert_eq!(ten.stdout_bytes, 10 * MIB);
+    assert!(!ten.truncated);
+    let twenty = cells.output("twenty").await.unwrap();
+    assert_eq!(twenty.stderr.len() as u64, 16 * MIB);
+    assert_eq!(twenty.stderr_bytes, 20 * MIB);
+    assert!(twenty.truncated);
+    // Validation caps the bound.
+    let too_big = with_output_limit("huge", "true", cellmesh::cell::MAX_OUTPUT_BYTES + 1);
+    assert!(matches!(
+        cells.apply(too_big).await,
+        Err(CellError::InvalidSpec(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_missing_program_fails_with_a_typed_cause() {
+    let (_rt, cells) = process_node("missing").await;
+    cells
+        .apply(doc("nope", 30, Some(&["/nonexistent/program"])))
+        .await
+        .unwrap();
+    let snap = cells
+        .wait_until("nope", WAIT, |s| {
+            s.lifecycle_stage == LifecycleStage::Failed
+        })
+        .await
+        .unwrap();
+    assert_eq!(snap.current_state, CurrentState::Failed);
+    assert_eq!(snap.failure_cause, Some(FailureCause::ProgramNotFound));
+    let record = cells.list().into_iter().find(|r| r.id == "nope").unwrap();
+    assert_eq!(record.state, CellRecordState::Failed);
+    let last = cells.log().read_after(0, usize::MAX).unwrap();
+    assert_eq!(
+        last.last().unwrap().1.event.kind(),
+        Some(cellmesh::cell::CellEventKind::Failed)
+    );
+}
+
+#[tokio::test]
+async fn wait_until_times_out_with_its_own_error() {
+    let (_rt, cells) = process_node("wait").await;
+    cells
+        .apply(doc("slow", 30, Some(&["/bin/sleep", "20"])))
+        .await
+        .unwrap();
+    let err = cells
+        .wait_until("slow", Duration::from_millis(200), |s| {
+            s.command_exit_code.is_some()
+        })
+        .await
+        .unwrap_err();
+    match &err {
+        CellError::Timeout { id, last, .. } => {
+            assert_eq!(id, "slow");
+            assert!(last.contains("stage"), "{last}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    destroy_and_wait(&cells, "slow").await;
+}
+
+#[tokio::test]
+async fn a_memory_limit_fails_the_cell_not_the_node() {
+    let (_rt, cells) = process_node("memory").await;
+    match cells.containment() {
+        Some(Containment::CgroupV2 | Containment::CgroupV1Freezer) => {}
+        other => {
+            println!("skipped: no writable cgroup here ({other:?})");
+            return;
+        }
+    }
+    let mut d = doc(
+        "hog",
+        60,
+        Some(&[
+            "/bin/sh",
+            "-c",
+            "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo ${#x}",
+        ]),
+    );
+    d.spec.run.as_mut().unwrap().limits = Some(RunLimits {
+        memory_bytes: Some(32 << 20),
+        ..Default::default()
+    });
+    cells.apply(d).await.unwrap();
+    let snap = cells
+        .wait_until("hog", WAIT * 2, |s| {
+            matches!(
+                s.lifecycle_stage,
+                LifecycleStage::Failed | LifecycleStage::Destroyed
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        snap.failure_cause,
+        Some(FailureCause::MemoryLimitExceeded),
+        "{snap:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_destroyed_id_applied_again_is_a_new_live_generation() {
+    let (_rt, cells) = process_node("reuse").await;
+    cells
+        .apply(doc("again", 60, Some(&["/bin/true"])))
+        .await
+        .unwrap();
+    cells
+        .wait_until("again", WAIT, |s| s.command_exit_code.is_some())
+        .await
+        .unwrap();
+    destroy_and_wait(&cells, "again").await;
+    cells
+        .apply(doc("again", 60, Some(&["/bin/sleep", "20"])))
+        .await
+        .unwrap();
+    cells
+        .wait_until("again", WAIT, |s| {
+            s.lifecycle_stage == LifecycleStage::Started
+        })
+        .await
+        .unwrap();
+    let record = cells.list().into_iter().find(|r| r.id == "again").unwrap();
+    assert_eq!(record.state, CellRecordState::Running);
+    assert_eq!(record.generation, 1);
+    let view = cells.view();
+    assert_eq!(view.past("again").len(), 1);
+    assert_eq!(view.past("again")[0].state, CellRecordState::Destroyed);
+    destroy_and_wait(&cells, "again").await;
+}
+
+#[tokio::test]
+async fn the_log_refuses_unknown_signers_and_empty_or_corrupt_files() {
+    let dir = support::data_dir("log-trust");
+    let owner = cellmesh::Identity::generate();
+    let stranger = cellmesh::Identity::generate();
+    let d = doc("l", 10, None);
+    let ctx = |id: &str| EventContext {
+        id: id.into(),
+        source: "urn:cellmesh:node:x".into(),
+        time: std::time::SystemTime::UNIX_EPOCH,
+        traceparent: None,
+    };
+    {
+        let log = CellEventLog::open_owned(&dir, &owner.entity_id()).unwrap();
+        let own =
+            SignedCloudEvent::sign(CellEvents::new(&d).started(ctx("e1"), "n"), owner.keypair());
+        log.append(&own).unwrap();
+        // An event re-signed with a random key, written behind the log's back.
+        let forged = SignedCloudEvent::sign(
+            CellEvents::new(&d).command_completed(
+                ctx("e2"),
+                0,
+                1,
+                cellmesh::cell::TerminalState::Clean,
+            ),
+            stranger.keypair(),
+        );
+        log.append_raw(&forged.to_json()).unwrap();
+    }
+    let err = CellEventLog::open_owned(&dir, &owner.entity_id()).unwrap_err();
+    assert!(
+        matches!(err, LogError::UnknownSigner { cursor: 2, .. }),
+        "{err}"
+    );
+    // Another node's log.
+    let err = CellEventLog::open_owned(&dir, &stranger.entity_id()).unwrap_err();
+    assert!(matches!(err, LogError::Foreign { .. }), "{err}");
+    // Emptied.
+    std::fs::write(dir.join(LOG_FILE), b"").unwrap();
+    let err = CellEventLog::open_owned(&dir, &owner.entity_id()).unwrap_err();
+    assert!(matches!(err, LogError::Emptied { .. }), "{err}");
+    // Corrupt.
+    std::fs::write(dir.join(LOG_FILE), vec![0xA5u8; 64 * 1024]).unwrap();
+    let err = CellEventLog::open_owned(&dir, &owner.entity_id()).unwrap_err();
+    assert!(
+        matches!(err, LogError::Corrupt { .. } | LogError::Store { .. }),
+        "{err}"
+    );
+    // And a node refuses to start on it rather than starting empty.
+    let rt = support::runtime_as(CapabilitySet::new(), owner).await;
+    assert!(Cells::start(&rt, Arc::new(ProcessBackend::default()), &dir).is_err());
+}
