@@ -81,8 +81,8 @@ fn exit_json(e: &ExitReport) -> Value {
         "terminal_state": enum_name(&e.terminal_state),
         "forced_reason": e.forced_reason,
         "duration_ms": e.duration_ms,
-        "stdout_bytes": e.stdout.len(),
-        "stderr_bytes": e.stderr.len(),
+        "stdout_bytes": e.stdout_bytes,
+        "stderr_bytes": e.stderr_bytes,
         "output_truncated": e.output_truncated,
     })
 }
@@ -148,24 +148,23 @@ pub(crate) async fn output(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let (_, exit) = node.cells().query(&id).await?;
-    Ok(Json(match exit {
-        Some(e) => json!({
-            "cell_id": id,
-            "finished": true,
-            "exit_code": e.exit_code,
-            "stdout": String::from_utf8_lossy(&e.stdout),
-            "stderr": String::from_utf8_lossy(&e.stderr),
-            "output_truncated": e.output_truncated,
-        }),
-        None => json!({
-            "cell_id": id,
-            "finished": false,
-            "exit_code": null,
-            "stdout": "",
-            "stderr": "",
-            "output_truncated": false,
-        }),
-    }))
+    // The output files, wherever the cell runs (empty before it started).
+    let output = match node.cells().output(&id).await {
+        Ok(output) => Some(output),
+        Err(CellError::UnknownCell(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let text = |b: Option<&bytes::Bytes>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+    Ok(Json(json!({
+        "cell_id": id,
+        "finished": exit.is_some(),
+        "exit_code": exit.as_ref().map(|e| e.exit_code),
+        "stdout": text(output.as_ref().map(|o| &o.stdout)).unwrap_or_default(),
+        "stderr": text(output.as_ref().map(|o| &o.stderr)).unwrap_or_default(),
+        "stdout_bytes": output.as_ref().map_or(0, |o| o.stdout_bytes),
+        "stderr_bytes": output.as_ref().map_or(0, |o| o.stderr_bytes),
+        "output_truncated": output.as_ref().is_some_and(|o| o.truncated),
+    })))
 }
 
 pub(crate) async fn delete(

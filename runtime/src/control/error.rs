@@ -60,6 +60,17 @@ impl From<CellError> for ApiError {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "no_capable_node", message)
             }
             CellError::PeerLost { .. } => Self::new(StatusCode::BAD_GATEWAY, "peer_lost", message),
+            CellError::Timeout { .. } => Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
+            CellError::Limit { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "limit_not_applied",
+                message,
+            ),
+            CellError::Output { .. } => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "output_unreadable",
+                message,
+            ),
             _ => Self::new(StatusCode::BAD_GATEWAY, "cell_failed", message),
         }
     }

@@ -160,16 +160,21 @@ pub(crate) async fn metrics(State(node): State<Node>) -> Response {
             .set(n as i64);
     }
     let view = inner.cells.view();
-    let mut by_state = [0i64; 3];
+    let mut by_state = [0i64; 5];
     for record in view.cells() {
         let i = match record.state {
             CellRecordState::Pending => 0,
             CellRecordState::Running => 1,
+            CellRecordState::Failed => 3,
+            CellRecordState::Moved => 4,
             _ => 2,
         };
         by_state[i] += 1;
     }
-    for (state, n) in ["pending", "running", "destroyed"].iter().zip(by_state) {
+    for (state, n) in ["pending", "running", "destroyed", "failed", "moved"]
+        .iter()
+        .zip(by_state)
+    {
         m.cells
             .get_or_create(&StateLabel {
                 state: (*state).into(),

@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
+use std::path::Path;
+
 use cellmesh::cell::{
-    BackendFuture, CellBackend, CellError, CellHandle, CellHost, ExecutionCellDocument, ExitReport,
-    FederatedBackend, ProcessBackend, TeardownReport,
+    BackendFuture, CellBackend, CellError, CellHandle, CellHost, CellOutput, Containment,
+    ExecutionCellDocument, ExitReport, FederatedBackend, ProcessBackend, TeardownReport,
 };
 use cellmesh::compute::DaemonRuntime;
 
@@ -83,5 +85,32 @@ impl CellBackend for PlacingBackend {
 
     fn release(&self, handle: &CellHandle) -> Result<(), CellError> {
         self.for_host(&handle.host).release(handle)
+    }
+
+    fn remote_origin(&self, cell_id: &str) -> Option<u64> {
+        CellBackend::remote_origin(&self.remote, cell_id)
+    }
+
+    fn containment(&self) -> Option<Containment> {
+        CellBackend::containment(&self.local)
+    }
+
+    fn attach_data_dir(&self, data_dir: &Path) {
+        CellBackend::attach_data_dir(&self.local, data_dir);
+        CellBackend::attach_data_dir(&self.remote, data_dir);
+    }
+
+    fn output(&self, cell_id: &str) -> Result<CellOutput, CellError> {
+        CellBackend::output(&self.local, cell_id)
+            .or_else(|_| CellBackend::output(&self.remote, cell_id))
+    }
+
+    fn adopt_output(&self, cell_id: &str, output: &CellOutput) -> Result<(), CellError> {
+        CellBackend::adopt_output(&self.local, cell_id, output)
+    }
+
+    fn discard_output(&self, cell_id: &str) {
+        CellBackend::discard_output(&self.local, cell_id);
+        CellBackend::discard_output(&self.remote, cell_id);
     }
 }

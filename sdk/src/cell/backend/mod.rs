@@ -317,6 +317,13 @@ pub trait CellBackend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The cell daemon on a peer that runs cell `id` for this backend, when
+    /// it runs there (a federated backend's cells): its output is read
+    /// from there.
+    fn remote_origin(&self, _cell_id: &str) -> Option<u64> {
+        None
+    }
+
     /// Deletes the output of a cell that moved away (no-op for a cell
     /// still tracked).
     fn discard_output(&self, _cell_id: &str) {}

@@ -379,7 +379,11 @@ impl Cells {
         if let Ok(out) = self.inner.backend.output(id) {
             return Ok(out);
         }
-        let origin = self.origin_of(id)?;
+        // Run on a peer for this node: read it from the cell there.
+        let origin = match self.inner.backend.remote_origin(id) {
+            Some(origin) => origin,
+            None => self.origin_of(id)?,
+        };
         super::output::fetch(&self.inner.client, id, origin).await
     }
 

@@ -240,6 +240,13 @@ impl CellBackend for FederatedBackend {
         })
     }
 
+    fn remote_origin(&self, cell_id: &str) -> Option<u64> {
+        match self.lock().get(cell_id)?.as_ref()?.host {
+            CellHost::Remote { origin_hash, .. } => Some(origin_hash),
+            CellHost::Local => None,
+        }
+    }
+
     fn tracked_cell_count(&self) -> usize {
         self.lock().values().filter(|h| h.is_some()).count()
     }
