@@ -7,15 +7,13 @@
 //! [`Succession`].
 
 use std::future::Future;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-use super::fds::MAX_FDS;
+use super::fds::{recv_raw, send_raw};
 use super::wire::{decode, encode, Message};
 use super::{EndReason, Incumbent, IncumbentEffect, Successor, SuccessorEffect};
 
@@ -101,36 +99,15 @@ impl Inbox {
             return std::future::pending().await;
         }
         let (n, fds) = stream
-            .async_io(Interest::READABLE, || read_some(stream.as_raw_fd()))
+            .async_io(Interest::READABLE, || {
+                recv_raw(stream.as_raw_fd(), 64 << 10).map_err(std::io::Error::from)
+            })
             .await?;
         self.closed = n.is_empty() && fds.is_empty();
         self.bytes.extend_from_slice(&n);
         self.fds.extend(fds);
         Ok(())
     }
-}
-
-fn read_some(fd: RawFd) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(std::io::Error::from)?;
-    let mut fds = Vec::new();
-    for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(received) = cmsg {
-            // SAFETY: the kernel just installed these descriptors in this
-            // process for us; nothing else owns them.
-            fds.extend(
-                received
-                    .into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    let n = msg.bytes;
-    buf.truncate(n);
-    Ok((buf, fds))
 }
 
 /// Writes one frame, with `fds` attached to its first byte.
@@ -140,30 +117,46 @@ async fn write(
     fds: &[BorrowedFd<'_>],
 ) -> std::io::Result<()> {
     let frame = encode(message);
-    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let mut sent = 0;
     while sent < frame.len() {
-        let cmsg: Vec<ControlMessage<'_>> = if sent == 0 && !raw.is_empty() {
-            vec![ControlMessage::ScmRights(&raw)]
-        } else {
-            Vec::new()
-        };
-        let n = stream
+        let attached = if sent == 0 { fds } else { &[] };
+        sent += stream
             .async_io(Interest::WRITABLE, || {
-                let iov = [IoSlice::new(&frame[sent..])];
-                sendmsg::<()>(
-                    stream.as_raw_fd(),
-                    &iov,
-                    &cmsg,
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                )
-                .map_err(std::io::Error::from)
+                send_raw(stream.as_raw_fd(), &frame[sent..], attached).map_err(std::io::Error::from)
             })
             .await?;
-        sent += n;
     }
     Ok(())
+}
+
+/// What the socket or the clock brings a machine next.
+enum Input {
+    Frame(Message),
+    Eof,
+    Malformed(String),
+    Tick,
+}
+
+impl Inbox {
+    /// The next frame, the socket's end (told once), or the machine's
+    /// timer (`wake`) firing first.
+    async fn next(&mut self, stream: &UnixStream, wake: Option<Instant>) -> Input {
+        loop {
+            match decode(&mut self.bytes) {
+                Ok(Some(message)) => return Input::Frame(message),
+                Ok(None) if self.closed && !self.told => {
+                    self.told = true;
+                    return Input::Eof;
+                }
+                Ok(None) => {}
+                Err(e) => return Input::Malformed(e.to_string()),
+            }
+            tokio::select! {
+                read = self.fill(stream) => if read.is_err() { self.closed = true },
+                () = sleep_until(wake) => return Input::Tick,
+            }
+        }
+    }
 }
 
 /// Runs the incumbent's side of one session on `stream`.
@@ -204,26 +197,12 @@ pub async fn run_incumbent(
                 IncumbentEffect::End(reason) => return IncumbentOutcome::Ended(reason),
             }
         }
-        match decode(&mut inbox.bytes) {
-            Ok(Some(message)) => {
-                machine.on_frame(Instant::now(), message);
-                continue;
-            }
-            Ok(None) if inbox.closed && !inbox.told => {
-                inbox.told = true;
-                machine.on_eof();
-                continue;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                machine.on_malformed(e.to_string());
-                continue;
-            }
-        }
         let wake = machine.poll_timeout();
-        tokio::select! {
-            read = inbox.fill(&stream) => if read.is_err() { inbox.closed = true },
-            () = sleep_until(wake) => machine.on_tick(Instant::now()),
+        match inbox.next(&stream, wake).await {
+            Input::Frame(message) => machine.on_frame(Instant::now(), message),
+            Input::Eof => machine.on_eof(),
+            Input::Malformed(what) => machine.on_malformed(what),
+            Input::Tick => machine.on_tick(Instant::now()),
         }
     }
 }
@@ -256,26 +235,12 @@ pub async fn run_successor(
                 SuccessorEffect::Exit(reason) => return SuccessorOutcome::Exit(reason),
             }
         }
-        match decode(&mut inbox.bytes) {
-            Ok(Some(message)) => {
-                machine.on_frame(Instant::now(), message);
-                continue;
-            }
-            Ok(None) if inbox.closed && !inbox.told => {
-                inbox.told = true;
-                machine.on_eof();
-                continue;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                machine.on_malformed(e.to_string());
-                continue;
-            }
-        }
         let wake = machine.poll_timeout();
-        tokio::select! {
-            read = inbox.fill(&stream) => if read.is_err() { inbox.closed = true },
-            () = sleep_until(wake) => machine.on_tick(Instant::now()),
+        match inbox.next(&stream, wake).await {
+            Input::Frame(message) => machine.on_frame(Instant::now(), message),
+            Input::Eof => machine.on_eof(),
+            Input::Malformed(what) => machine.on_malformed(what),
+            Input::Tick => machine.on_tick(Instant::now()),
         }
     }
 }

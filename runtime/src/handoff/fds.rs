@@ -6,6 +6,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 /// The most descriptors one message carries.
@@ -26,13 +27,22 @@ pub enum FdError {
     },
     /// The socket call failed.
     #[error("passing descriptors: {0}")]
-    Os(#[from] nix::errno::Errno),
+    Os(nix::errno::Errno),
     /// The peer closed the socket first.
     #[error("the peer closed the socket")]
     Closed,
     /// The control data was cut short (the receiver's buffer was too small).
     #[error("descriptors truncated in transit")]
     Truncated,
+}
+
+impl From<Errno> for FdError {
+    fn from(e: Errno) -> Self {
+        match e {
+            Errno::EMSGSIZE => FdError::Truncated,
+            other => FdError::Os(other),
+        }
+    }
 }
 
 /// Sends `payload` with `fds` (duplicated into the receiver; ours stay
@@ -51,10 +61,7 @@ pub fn send_fds(
             bytes: payload.len(),
         });
     }
-    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let cmsg = [ControlMessage::ScmRights(&raw)];
-    let iov = [IoSlice::new(payload)];
-    sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
+    send_raw(stream.as_raw_fd(), payload, fds)?;
     Ok(())
 }
 
@@ -63,18 +70,34 @@ pub fn send_fds(
 /// # Errors
 /// [`FdError`].
 pub fn recv_fds(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), FdError> {
-    let mut buf = vec![0u8; MAX_PAYLOAD];
+    let (bytes, fds) = recv_raw(stream.as_raw_fd(), MAX_PAYLOAD)?;
+    if bytes.is_empty() && fds.is_empty() {
+        return Err(FdError::Closed);
+    }
+    Ok((bytes, fds))
+}
+
+/// One `sendmsg` of (a prefix of) `bytes`, with `fds` attached when there
+/// are any; returns how many bytes went.
+pub(crate) fn send_raw(fd: RawFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<usize, Errno> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsg: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    let iov = [IoSlice::new(bytes)];
+    sendmsg::<()>(fd, &iov, cmsg, MsgFlags::MSG_NOSIGNAL, None)
+}
+
+/// One `recvmsg` of at most `max` bytes and the descriptors that came with
+/// them (close-on-exec): both empty when the peer closed.
+///
+/// # Errors
+/// The OS error; `EMSGSIZE` stands for control data cut short.
+pub(crate) fn recv_raw(fd: RawFd, max: usize) -> Result<(Vec<u8>, Vec<OwnedFd>), Errno> {
+    let mut buf = vec![0u8; max];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let msg = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(FdError::Truncated);
-    }
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
     let mut fds = Vec::new();
     for cmsg in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(received) = cmsg {
@@ -87,10 +110,10 @@ pub fn recv_fds(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), FdError>
             );
         }
     }
-    let len = msg.bytes;
-    if len == 0 && fds.is_empty() {
-        return Err(FdError::Closed);
+    if truncated {
+        return Err(Errno::EMSGSIZE);
     }
+    let len = msg.bytes;
     buf.truncate(len);
     Ok((buf, fds))
 }
