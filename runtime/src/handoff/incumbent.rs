@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::end::{EndReason, Violation};
-use super::timing::Timing;
+use super::timing::{Pulse, Timing};
 use super::wire::{HandoffId, Message, Side, PROTO_MAX, PROTO_MIN};
 
 /// What the driver must do, in this order.
@@ -74,9 +74,7 @@ pub struct Incumbent {
     pid: u32,
     /// The current step's deadline and its name.
     deadline: (Instant, &'static str),
-    last_heard: Instant,
-    next_beat: Instant,
-    beats: u64,
+    pulse: Pulse,
     stopped: bool,
     frozen: bool,
     successor_pid: Option<u32>,
@@ -90,13 +88,11 @@ impl Incumbent {
         Self {
             state: State::AwaitHello,
             deadline: (now + timing.step, "hello"),
-            last_heard: now,
-            next_beat: now + timing.heartbeat,
+            pulse: Pulse::new(now, timing.heartbeat),
             timing,
             id,
             build,
             pid,
-            beats: 0,
             stopped: false,
             frozen: false,
             successor_pid: None,
@@ -137,8 +133,8 @@ impl Incumbent {
         Some(
             self.deadline
                 .0
-                .min(self.next_beat)
-                .min(self.last_heard + self.silence()),
+                .min(self.pulse.next_beat)
+                .min(self.pulse.last_heard + self.silence()),
         )
     }
 
@@ -155,7 +151,7 @@ impl Incumbent {
         if self.is_done() {
             return;
         }
-        self.last_heard = now;
+        self.pulse.last_heard = now;
         match message {
             Message::Heartbeat { seq } => return self.send(Message::Echo { seq }),
             Message::Echo { .. } => return,
@@ -288,16 +284,14 @@ impl Incumbent {
         if self.is_done() {
             return;
         }
-        if now >= self.last_heard + self.silence() {
+        if now >= self.pulse.last_heard + self.silence() {
             return self.end(EndReason::Silence);
         }
         if now >= self.deadline.0 {
             return self.end(EndReason::Timeout(self.deadline.1));
         }
-        if now >= self.next_beat {
-            self.beats += 1;
-            self.send(Message::Heartbeat { seq: self.beats });
-            self.next_beat = now + self.timing.heartbeat;
+        if let Some(beat) = self.pulse.beat(now) {
+            self.send(beat);
         }
     }
 

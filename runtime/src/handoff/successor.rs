@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::end::{EndReason, Violation};
-use super::timing::Timing;
+use super::timing::{Pulse, Timing};
 use super::wire::{HandoffId, Message, Side, PROTO_MAX, PROTO_MIN};
 
 /// What the driver must do, in this order.
@@ -75,9 +75,7 @@ pub struct Successor {
     /// The incumbent's socket closed while restoring.
     incumbent_gone: bool,
     deadline: (Instant, &'static str),
-    last_heard: Instant,
-    next_beat: Instant,
-    beats: u64,
+    pulse: Pulse,
     effects: VecDeque<SuccessorEffect>,
 }
 
@@ -87,14 +85,12 @@ impl Successor {
         let mut machine = Self {
             state: State::AwaitAck,
             deadline: (now + timing.step, "hello_ack"),
-            last_heard: now,
-            next_beat: now + timing.heartbeat,
+            pulse: Pulse::new(now, timing.heartbeat),
             timing,
             id: None,
             incumbent_pid: None,
             daemons: None,
             incumbent_gone: false,
-            beats: 0,
             effects: VecDeque::new(),
         };
         machine.send(Message::Hello {
@@ -132,12 +128,12 @@ impl Successor {
             State::Done => None,
             // After `Commit` only the incumbent's answer (or its death)
             // decides; the heartbeats go on.
-            State::AwaitCommitted => Some(self.next_beat),
+            State::AwaitCommitted => Some(self.pulse.next_beat),
             _ => Some(
                 self.deadline
                     .0
-                    .min(self.next_beat)
-                    .min(self.last_heard + self.timing.silence),
+                    .min(self.pulse.next_beat)
+                    .min(self.pulse.last_heard + self.timing.silence),
             ),
         }
     }
@@ -147,7 +143,7 @@ impl Successor {
         if self.is_done() {
             return;
         }
-        self.last_heard = now;
+        self.pulse.last_heard = now;
         match message {
             Message::Heartbeat { seq } => return self.send(Message::Echo { seq }),
             Message::Echo { .. } => return,
@@ -252,17 +248,15 @@ impl Successor {
             return;
         }
         if self.state != State::AwaitCommitted && !self.incumbent_gone {
-            if now >= self.last_heard + self.timing.silence {
+            if now >= self.pulse.last_heard + self.timing.silence {
                 return self.give_up(EndReason::Silence);
             }
             if now >= self.deadline.0 {
                 return self.give_up(EndReason::Timeout(self.deadline.1));
             }
         }
-        if now >= self.next_beat {
-            self.beats += 1;
-            self.send(Message::Heartbeat { seq: self.beats });
-            self.next_beat = now + self.timing.heartbeat;
+        if let Some(beat) = self.pulse.beat(now) {
+            self.send(beat);
         }
     }
 

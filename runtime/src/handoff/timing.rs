@@ -47,3 +47,35 @@ impl Timing {
         self
     }
 }
+
+/// One side's heartbeat: when it last heard the peer, and its own beats.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pulse {
+    /// When the peer was last heard (any frame).
+    pub(crate) last_heard: std::time::Instant,
+    /// When the next heartbeat is due.
+    pub(crate) next_beat: std::time::Instant,
+    every: Duration,
+    beats: u64,
+}
+
+impl Pulse {
+    pub(crate) fn new(now: std::time::Instant, every: Duration) -> Self {
+        Self {
+            last_heard: now,
+            next_beat: now + every,
+            every,
+            beats: 0,
+        }
+    }
+
+    /// The heartbeat to send at `now`, if one is due.
+    pub(crate) fn beat(&mut self, now: std::time::Instant) -> Option<super::wire::Message> {
+        if now < self.next_beat {
+            return None;
+        }
+        self.beats += 1;
+        self.next_beat = now + self.every;
+        Some(super::wire::Message::Heartbeat { seq: self.beats })
+    }
+}
