@@ -120,7 +120,7 @@ pub(crate) async fn list(State(node): State<Node>) -> Json<Vec<CellJson>> {
 }
 
 fn record_of(node: &Node, id: &str) -> Option<CellRecord> {
-    node.cells().view().get(id).cloned()
+    node.cells().record(id)
 }
 
 pub(crate) async fn describe(
@@ -215,15 +215,10 @@ pub(crate) async fn migrate(
 ) -> ApiResult<Json<Value>> {
     let request: MigrateBody = body::json(raw)?;
     let to = target(&node, &request)?;
-    if !node.cells().hosts(&id) {
-        let Some(record) = record_of(&node, &id) else {
-            return Err(CellError::UnknownCell(id).into());
-        };
-        let at = record.current_node.unwrap_or_else(|| "another node".into());
-        return Err(ApiError::conflict(
-            "not_hosted_here",
-            format!("cell {id:?} is not hosted on this node (it is on {at}); ask that node"),
-        ));
+    // A cell hosted elsewhere is moved by the node hosting it: the SDK
+    // forwards the request there and waits for the move.
+    if !node.cells().hosts(&id) && record_of(&node, &id).is_none() {
+        return Err(CellError::UnknownCell(id).into());
     }
     let metrics = &node.inner.metrics;
     metrics.migrations_started.inc();

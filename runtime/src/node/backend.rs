@@ -11,6 +11,7 @@ use cellmesh::cell::{
     ExecutionCellDocument, ExitReport, FederatedBackend, ProcessBackend, TeardownReport,
 };
 use cellmesh::compute::DaemonRuntime;
+use cellmesh::NodeId;
 
 /// Process backend for cells this node can host, federated for the rest.
 pub(crate) struct PlacingBackend {
@@ -45,6 +46,16 @@ impl PlacingBackend {
 impl CellBackend for PlacingBackend {
     fn name(&self) -> &'static str {
         "placing"
+    }
+
+    /// A cell this node cannot host goes to a capable peer as one cell:
+    /// its daemon runs there and this node keeps a pointer.
+    fn place(&self, doc: &ExecutionCellDocument) -> Result<Option<NodeId>, CellError> {
+        if self.fits_here(doc) {
+            Ok(None)
+        } else {
+            CellBackend::place(&self.remote, doc)
+        }
     }
 
     fn create<'a>(&'a self, doc: &'a ExecutionCellDocument) -> BackendFuture<'a, CellHandle> {

@@ -60,6 +60,9 @@ fn a_cell_applied_on_a_runs_on_b_migrates_to_c_and_is_deleted() {
             .cloned()
     });
     assert_eq!(listed["state"], "running", "{listed}");
+    // One cell: A points to it, B hosts it.
+    assert_eq!(listed["hosted_here"], false, "{listed}");
+    assert_eq!(listed["current_node"], b.node_id.as_str(), "{listed}");
     // It ran on B (B's own cell, hosted there), not on C.
     let on_b = b.json(&["get", "cells"]);
     let on_b = cell(&on_b, "hello-cell").expect("B ran the cell");
@@ -88,16 +91,46 @@ fn a_cell_applied_on_a_runs_on_b_migrates_to_c_and_is_deleted() {
             .filter(|x| x["hosted_here"] == true)
             .map(|_| ())
     });
-    // A still reads its output, wherever it lives.
+    // A still reads its output, wherever it lives, and lists it on C.
     assert_eq!(
         stdout(&a.cli(&["logs", "hello-cell"])),
         "hello from a cell\n"
     );
+    wait_for("A to list the cell on C", || {
+        let cells = a.json(&["get", "cells"]);
+        cell(&cells, "hello-cell")
+            .filter(|x| x["current_node"] == c.node_id.as_str())
+            .map(|_| ())
+    });
+    // C → B asked of A, which hosts neither: the hosting node moves it.
+    let back = a.json(&["migrate", "cell", "hello-cell", "--to", &b.node_id]);
+    assert!(back["snapshot_bytes"].as_u64().unwrap_or(0) > 0, "{back}");
+    wait_for("B to host the cell again", || {
+        let cells = b.json(&["get", "cells"]);
+        cell(&cells, "hello-cell")
+            .filter(|x| x["hosted_here"] == true)
+            .map(|_| ())
+    });
+    // ...and back to C, where the rest of the test expects it.
+    let again = b.json(&["migrate", "cell", "hello-cell", "--to", &c.node_id]);
+    assert_eq!(again["to"], c.node_id.as_str());
+    wait_for("C to host the cell again", || {
+        let cells = c.json(&["get", "cells"]);
+        cell(&cells, "hello-cell")
+            .filter(|x| x["hosted_here"] == true)
+            .map(|_| ())
+    });
 
     let out = a.cli(&["delete", "cell", "hello-cell"]);
     assert!(out.status.success(), "delete: {}", stderr(&out));
     wait_for("the cell to be destroyed on C", || {
         let cells = c.json(&["get", "cells"]);
+        cell(&cells, "hello-cell")
+            .filter(|x| x["state"] == "destroyed")
+            .map(|_| ())
+    });
+    wait_for("A to list the cell destroyed", || {
+        let cells = a.json(&["get", "cells"]);
         cell(&cells, "hello-cell")
             .filter(|x| x["state"] == "destroyed")
             .map(|_| ())

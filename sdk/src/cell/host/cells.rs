@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::daemon::CellDaemon;
 use super::node::{CellNode, Notice};
+use super::pointers::Pointers;
 use super::supervisor::{run_cell, Begin, Control, Hosted};
 use crate::cell::backend::{CellBackend, CellError, CellOutput, Containment, ExitReport};
 use crate::cell::log::{CellEventLog, LogError};
@@ -73,10 +74,12 @@ pub(crate) struct CellsInner {
     /// Destroys that arrived for a cell before its task (a migration in
     /// flight).
     pending_destroy: DashMap<String, Option<String>>,
+    /// Cells applied here that run on another node.
+    pub(crate) pointers: Pointers,
     /// The JetStream publisher's progress (a log cursor).
-    published: tokio::sync::watch::Sender<u64>,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
+    pub(crate) published: tokio::sync::watch::Sender<u64>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
 }
 
 /// The cells of one node: apply documents, read projections, destroy and
@@ -162,11 +165,15 @@ impl Cells {
             applying: dashmap::DashSet::new(),
             hosted: DashMap::new(),
             pending_destroy: DashMap::new(),
+            pointers: Pointers::default(),
             published: tokio::sync::watch::channel(0).0,
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
         inner.tasks.spawn(supervise(Arc::clone(&inner), rx));
+        inner
+            .tasks
+            .spawn(super::pointers::refresh(Arc::clone(&inner)));
         Ok(Self { inner })
     }
 
@@ -203,10 +210,9 @@ impl Cells {
         let rt = &self.inner.rt;
         // Federated placement: the cell's one daemon goes where it runs;
         // this node keeps a pointer to it.
-        let placement = match self.inner.backend.place(&doc)? {
-            Some(node) => Placement::Node(node),
-            None => Placement::Local,
-        };
+        let placed_on = self.inner.backend.place(&doc)?;
+        let placement = placed_on.map_or(Placement::Local, Placement::Node);
+        let pointer = placed_on.map(|node| (doc.clone(), node));
         let config = DaemonHostConfig::default();
         let daemon = rt
             .spawn_on(CELL_KIND, Identity::generate(), config, placement)
@@ -226,6 +232,10 @@ impl Cells {
             self.inner.known.remove(&id);
             let _ = rt.stop(origin).await;
             return Err(e);
+        }
+        match pointer {
+            Some((doc, node)) => self.inner.pointers.placed(&doc, generation, node),
+            None => self.inner.pointers.remove(&id),
         }
         self.inner.generations.insert(id, generation);
         Ok(origin)
@@ -292,6 +302,7 @@ impl Cells {
             .await?
         {
             Reply::State { state, exit, .. } => {
+                self.inner.pointers.observe(id, &state);
                 let mut exit = exit.map(|e| *e);
                 if let Some(exit) = exit.as_mut() {
                     if let Ok(out) = self.output(id).await {
@@ -343,15 +354,49 @@ impl Cells {
         }
     }
 
-    /// Every cell this node's log has seen.
+    /// Every cell this node's log has seen, and every cell applied here
+    /// that runs on another node (a pointer: its record lags the cell by
+    /// at most [`POINTER_REFRESH`](crate::cell::POINTER_REFRESH) plus a
+    /// round trip). Where both know an id, the newer generation wins, the
+    /// log on a tie.
     pub fn list(&self) -> Vec<CellRecord> {
-        let view = self
+        let mut cells: std::collections::BTreeMap<String, CellRecord> = {
+            let view = self
+                .inner
+                .node
+                .view
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            view.cells().map(|r| (r.id.clone(), r.clone())).collect()
+        };
+        for pointer in self.inner.pointers.all() {
+            match cells.get(&pointer.id) {
+                Some(logged) if logged.generation >= pointer.generation => {}
+                _ => {
+                    cells.insert(pointer.id.clone(), pointer);
+                }
+            }
+        }
+        cells.into_values().collect()
+    }
+
+    /// The record of cell `id` as [`list`](Self::list) shows it.
+    pub fn record(&self, id: &str) -> Option<CellRecord> {
+        let logged = self
             .inner
             .node
             .view
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        view.cells().cloned().collect()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        match (logged, self.inner.pointers.get(id)) {
+            (Some(logged), Some(pointer)) if pointer.generation > logged.generation => {
+                Some(pointer)
+            }
+            (Some(logged), _) => Some(logged),
+            (None, pointer) => pointer,
+        }
     }
 
     /// The node projection, with its cursor.
@@ -431,89 +476,12 @@ impl Cells {
         Ok(())
     }
 
-    /// Publishes every event of this node's log to `sink`, from where the
-    /// last publisher stopped (a mark kept in the log) and then as events
-    /// are appended, until [`shutdown`](Self::shutdown). A publish that
-    /// fails is retried (with back-off up to 5 s) until it succeeds; events
-    /// are published in log order, at least once.
-    #[cfg(feature = "jetstream")]
-    pub fn publish_to(&self, sink: crate::cell::JetStreamLog) {
-        let inner = Arc::clone(&self.inner);
-        self.inner.tasks.spawn(publish(inner, sink));
-    }
-
-    /// How far the JetStream publisher got (a log cursor).
-    ///
-    /// # Errors
-    /// [`LogError`].
-    pub fn published_cursor(&self) -> Result<u64, LogError> {
-        self.inner.node.log.mark(PUBLISHED_MARK)
-    }
-
-    /// Waits up to `timeout` until the JetStream publisher has published
-    /// the log up to `cursor`. Returns whether it did.
-    pub async fn wait_published(&self, cursor: u64, timeout: Duration) -> bool {
-        let mut rx = self.inner.published.subscribe();
-        let reached = async move { rx.wait_for(|done| *done >= cursor).await.is_ok() };
-        tokio::time::timeout(timeout, reached)
-            .await
-            .unwrap_or(false)
-    }
-
     /// Stops the supervisor. Cells keep running on the backend; their
     /// daemons stay with the runtime.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-    }
-}
-
-/// The log mark of the JetStream publisher.
-const PUBLISHED_MARK: &str = "jetstream-published";
-
-#[cfg(feature = "jetstream")]
-async fn publish(inner: Arc<CellsInner>, sink: crate::cell::JetStreamLog) {
-    let log = &inner.node.log;
-    let mut changes = inner.node.changes.subscribe();
-    let mut done = log.mark(PUBLISHED_MARK).unwrap_or(0);
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let batch = match log.read_after(done, 256) {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the cell log to publish");
-                Vec::new()
-            }
-        };
-        let idle = batch.is_empty();
-        for (cursor, event) in batch {
-            loop {
-                match sink.publish(&event).await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cell event publish failed; retrying");
-                        tokio::select! {
-                            () = inner.cancel.cancelled() => return,
-                            () = tokio::time::sleep(pause) => {}
-                        }
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-            pause = Duration::from_millis(50);
-            done = cursor;
-            if let Err(e) = log.set_mark(PUBLISHED_MARK, done) {
-                tracing::warn!(error = %e, "publish mark not saved");
-            }
-            inner.published.send_replace(done);
-        }
-        if idle {
-            tokio::select! {
-                () = inner.cancel.cancelled() => return,
-                _ = changes.changed() => {}
-            }
-        }
     }
 }
 

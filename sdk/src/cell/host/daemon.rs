@@ -13,7 +13,9 @@ use crate::capabilities::CapabilityFilter;
 use crate::cell::backend::{CellOutput, ExitReport};
 use crate::cell::event::{CellEventKind, CellEvents, EventContext};
 use crate::cell::projection::{CellStateProjection, LifecycleStage};
-use crate::cell::remote::command::{at_millis, decode, encode, Command, RefusalCode, Reply, Step};
+use crate::cell::remote::command::{
+    at_millis, decode, encode, Command, MigrationFigures, RefusalCode, Reply, Step,
+};
 use crate::cell::remote::CELL_KIND;
 use crate::cell::sign::SignedCloudEvent;
 use crate::cell::spec::ExecutionCellDocument;
@@ -38,6 +40,9 @@ struct CellState {
     /// The output that came with a migration, until the node takes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     carried: Option<CellOutput>,
+    /// What the cell's last migration measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_migration: Option<MigrationFigures>,
 }
 
 pub(crate) struct CellDaemon {
@@ -113,6 +118,7 @@ impl CellDaemon {
                 exit: self.state.exit.clone().map(Box::new),
                 running: self.running(),
                 events: self.state.history.len(),
+                migration: self.state.last_migration,
             },
             Command::Output {
                 stdout_from,
@@ -219,7 +225,7 @@ impl CellDaemon {
                 reason,
                 terminal,
             } => events.destroyed(ctx, outcome, reason.as_deref(), *terminal),
-            Step::Migrated { from, to } => events.migrated(ctx, from, to),
+            Step::Migrated { from, to, .. } => events.migrated(ctx, from, to),
             Step::Failed {
                 cause,
                 reason,
@@ -242,7 +248,8 @@ impl CellDaemon {
         self.state.history.push(signed.clone());
         match step {
             Step::Completed { exit } => self.state.exit = Some(exit),
-            Step::Migrated { .. } => {
+            Step::Migrated { figures, .. } => {
+                self.state.last_migration = figures;
                 // Runs on the node the cell moved to: that node's
                 // supervisor takes the cell over.
                 let doc = doc.clone();
@@ -489,6 +496,7 @@ mod tests {
         let moved = Step::Migrated {
             from: "a".into(),
             to: "b".into(),
+            figures: None,
         };
         assert!(matches!(
             send(&mut target, record(moved, "m1")),

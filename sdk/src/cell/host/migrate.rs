@@ -11,7 +11,7 @@ use super::cells::{CellMigrateError, Cells, CellsInner};
 use super::node::Notice;
 use super::supervisor::{record_event, Control};
 use crate::cell::backend::CellError;
-use crate::cell::remote::command::{Command, Step};
+use crate::cell::remote::command::{Command, MigrationFigures, Reply, Step};
 use crate::compute::{MigrationOpts, MigrationReport};
 use crate::NodeId;
 
@@ -28,10 +28,11 @@ impl Cells {
     /// A cell whose command is still running is refused with
     /// [`CellError::CommandRunning`] (see the type docs).
     ///
-    /// The report of a forwarded migration measures only `total` (request
-    /// to the move being recorded); its `migration_id`, `phases`,
-    /// `blackout`, `snapshot_bytes` and `events_forwarded` are zero/empty:
-    /// the hosting node holds the real figures.
+    /// The report of a forwarded migration carries the figures the hosting
+    /// node measured (`migration_id`, `blackout`, `snapshot_bytes`,
+    /// `events_forwarded`), read from the cell after the move; its `total`
+    /// is measured here, from the request to the move being recorded, and
+    /// its `phases` are empty.
     ///
     /// # Errors
     /// [`CellMigrateError`]; on any error the cell stays where it was.
@@ -62,15 +63,27 @@ impl Cells {
             })
             .await?;
         debug_assert!(moved.migrations > before);
-        Ok(MigrationReport {
+        let total = started.elapsed();
+        let figures = match self.inner.client.call(id, origin, &Command::Query).await {
+            Ok(Reply::State { migration, .. }) => migration,
+            _ => None,
+        };
+        let figures = figures.unwrap_or(MigrationFigures {
             migration_id: 0,
-            origin_hash: origin,
-            target,
-            total: started.elapsed(),
-            phases: Vec::new(),
-            blackout: Duration::ZERO,
+            total_us: 0,
+            blackout_us: 0,
             snapshot_bytes: 0,
             events_forwarded: 0,
+        });
+        Ok(MigrationReport {
+            migration_id: figures.migration_id,
+            origin_hash: origin,
+            target,
+            total,
+            phases: Vec::new(),
+            blackout: Duration::from_micros(figures.blackout_us),
+            snapshot_bytes: figures.snapshot_bytes,
+            events_forwarded: figures.events_forwarded,
         })
     }
 }
@@ -127,6 +140,7 @@ async fn migrate_local(
             let step = Step::Migrated {
                 from: inner.node.node_hex.clone(),
                 to: target.to_string(),
+                figures: Some(MigrationFigures::of(&report)),
             };
             let event = record_event(inner, id, origin, step).await?;
             // This node records that the cell left.

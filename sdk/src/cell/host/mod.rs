@@ -7,6 +7,9 @@ mod daemon;
 mod migrate;
 mod node;
 mod output;
+mod pointers;
+mod publish;
 mod supervisor;
 
 pub use cells::{CellMigrateError, Cells, CellsStartError};
+pub use pointers::REFRESH as POINTER_REFRESH;

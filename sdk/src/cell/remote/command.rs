@@ -33,6 +33,9 @@ pub(crate) enum Step {
     Migrated {
         from: String,
         to: String,
+        /// What the migration measured, on the node that ran it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        figures: Option<MigrationFigures>,
     },
     /// The cell failed (it could not start, or the host killed it) and is
     /// torn down: terminal, in place of `Destroyed`.
@@ -41,6 +44,31 @@ pub(crate) enum Step {
         reason: String,
         terminal: TerminalState,
     },
+}
+
+/// What a cell's last migration measured, kept by its daemon so that a
+/// node that asked another to move the cell can report the real figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MigrationFigures {
+    pub(crate) migration_id: u64,
+    pub(crate) total_us: u64,
+    pub(crate) blackout_us: u64,
+    pub(crate) snapshot_bytes: u64,
+    pub(crate) events_forwarded: u64,
+}
+
+impl MigrationFigures {
+    pub(crate) fn of(report: &crate::compute::MigrationReport) -> Self {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Self {
+            migration_id: report.migration_id,
+            total_us: us(report.total),
+            blackout_us: us(report.blackout),
+            snapshot_bytes: report.snapshot_bytes,
+            events_forwarded: report.events_forwarded,
+        }
+    }
 }
 
 /// A command to a cell daemon.
@@ -104,6 +132,9 @@ pub(crate) enum Reply {
         exit: Option<Box<ExitReport>>,
         running: bool,
         events: usize,
+        /// The figures of the cell's last migration.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        migration: Option<MigrationFigures>,
     },
     Refused {
         code: RefusalCode,
