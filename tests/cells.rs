@@ -12,6 +12,7 @@ use cellmesh::cell::{
 use cellmesh::compute::MigrationOpts;
 
 #[path = "cells/support.rs"]
+#[allow(dead_code)]
 mod support;
 use support::{cell_node, connect, destroy_and_wait, doc, process_node, run_script, WAIT};
 

@@ -129,3 +129,42 @@ pub async fn destroy_and_wait(cells: &Cells, id: &str) {
         .await
         .unwrap();
 }
+
+/// Pids of live (non-zombie) processes whose command line, arguments
+/// joined by spaces, contains `marker`.
+pub fn alive_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let mut cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        for b in &mut cmd {
+            if *b == 0 {
+                *b = b' ';
+            }
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmd).contains(marker) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until at least `n` live processes match `marker`.
+pub async fn wait_for_processes(marker: &str, n: usize) {
+    for _ in 0..500 {
+        if alive_with(marker).len() >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the cell's processes never started: {:?}",
+        alive_with(marker)
+    );
+}
