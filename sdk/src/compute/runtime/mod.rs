@@ -14,7 +14,7 @@
 //!   no daemon survives a shutdown.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -35,9 +35,11 @@ use crate::mesh::Mesh;
 mod access;
 mod counters;
 mod list;
+mod slot;
 
 pub use counters::DeliveryCounters;
 pub use list::HostedDaemon;
+pub(crate) use slot::{Expected, Slot};
 
 type Factory = Arc<dyn Fn() -> Box<dyn MeshDaemon> + Send + Sync>;
 pub(crate) type Hasher = foldhash::fast::RandomState;
@@ -47,38 +49,6 @@ const READY: u8 = 1;
 const SHUTTING_DOWN: u8 = 2;
 
 static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A hosted daemon as the registry holds it.
-pub(crate) struct Slot {
-    pub(crate) kind: Arc<str>,
-    host: Mutex<DaemonHost>,
-    /// Set (under the host lock) while a migration holds the daemon's
-    /// events in [`Slot::gate`]; read under the host lock by every delivery.
-    pub(crate) gated: AtomicBool,
-    /// The migration gate; locked only while the host lock is held.
-    pub(crate) gate: Mutex<Gate>,
-}
-
-impl Slot {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, DaemonHost> {
-        // User code never runs unwinding through this guard (panics are
-        // caught inside), so a poisoned lock still guards consistent data.
-        self.host.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn lock_gate(&self) -> MutexGuard<'_, Gate> {
-        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A reservation made by [`DaemonRuntime::expect_migration`].
-#[derive(Debug, Clone)]
-pub(crate) struct Expected {
-    pub(crate) kind: Arc<str>,
-    pub(crate) config: DaemonHostConfig,
-    /// The daemon's identity, for migrations that do not transport it.
-    pub(crate) identity: Option<Identity>,
-}
 
 struct Inner {
     id: u64,
