@@ -158,6 +158,12 @@ pub enum DaemonError {
     /// Another runtime is started on this mesh node (from [`StartError`]).
     #[error("another daemon runtime is already started on mesh node {0}")]
     MeshAlreadyBound(NodeId),
+    /// The runtime is frozen (or retired) for a handoff of the node's
+    /// process to a successor: it admits no new daemon, reservation or
+    /// migration until it thaws (the successor will host its daemons).
+    /// Retry once the handoff has ended.
+    #[error("the daemon runtime is frozen for a handoff of its node; no new daemon is admitted (retry after the handoff)")]
+    Frozen,
 }
 
 /// Why [`register_factory`](super::DaemonRuntime::register_factory) failed.

@@ -12,6 +12,7 @@ mod causal;
 mod daemon;
 mod error;
 mod handle;
+pub mod handoff;
 mod host;
 pub(crate) mod migration;
 pub(crate) mod protocol;
@@ -26,6 +27,9 @@ pub use causal::{CausalEvent, CausalLink};
 pub use daemon::{MeshDaemon, ProcessError};
 pub use error::{DaemonError, RegisterError, RemoteRefusal, StartError};
 pub use handle::{DaemonHandle, DaemonHostConfig};
+pub use handoff::{
+    AdoptError, AdoptReport, DecodeError, FreezeError, Frozen, HandoffPhase, PhaseError,
+};
 pub use migration::{
     DrainOpts, DrainProgress, DrainReport, MigrateError, MigrationHandle, MigrationOpts,
     MigrationPhase, MigrationReport, ProgressFn, MAX_GATE_BYTES, MAX_GATE_EVENTS, MAX_VERDICTS,

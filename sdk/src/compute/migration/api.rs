@@ -182,6 +182,11 @@ pub enum MigrateError {
     /// The daemon is migrating already.
     #[error("daemon {0:016x} is already migrating")]
     AlreadyMigrating(u64),
+    /// The node's runtime is frozen for a handoff of its process
+    /// ([`DaemonRuntime::freeze`](crate::compute::DaemonRuntime::freeze)):
+    /// no migration starts until it thaws (retriable).
+    #[error("daemon {0:016x} cannot migrate: its runtime is frozen for a handoff of the node (retry after it)")]
+    HandingOff(u64),
     /// The target is this node.
     #[error("daemon {0:016x} cannot migrate to the node it runs on")]
     TargetIsSelf(u64),
@@ -290,6 +295,7 @@ impl MigrateError {
                 | Self::TargetUnreachable { .. }
                 | Self::DeadlineExceeded(_)
                 | Self::AlreadyMigrating(_)
+                | Self::HandingOff(_)
         )
     }
 }

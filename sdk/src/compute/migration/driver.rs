@@ -34,7 +34,8 @@ impl DaemonRuntime {
     /// Must be called within a tokio runtime.
     ///
     /// # Errors
-    /// `UnknownDaemon`, `AlreadyMigrating`, `TargetIsSelf`, `TargetUnknown`.
+    /// `UnknownDaemon`, `AlreadyMigrating`, `TargetIsSelf`, `TargetUnknown`,
+    /// `HandingOff` (the runtime is frozen for a handoff).
     pub fn start_migration(
         &self,
         origin_hash: u64,
@@ -53,6 +54,11 @@ impl DaemonRuntime {
         if !self.mesh().knows(target) {
             return Err(MigrateError::TargetUnknown(target));
         }
+        // Registered under the admission guard: a freeze either sees this
+        // migration (and refuses) or this start sees the freeze.
+        let _admitted = self
+            .admit()
+            .map_err(|_| MigrateError::HandingOff(origin_hash))?;
         if !self.migratable(&slot) {
             return Err(MigrateError::AlreadyMigrating(origin_hash));
         }

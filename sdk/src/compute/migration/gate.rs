@@ -236,7 +236,7 @@ impl DaemonRuntime {
 
     /// Source, drain: stops processing the daemon; its events queue. A
     /// daemon still in hand-over keeps its waiting events, in order.
-    pub(crate) fn freeze(&self, origin_hash: u64) -> Result<Arc<Slot>, FreezeError> {
+    pub(crate) fn freeze_daemon(&self, origin_hash: u64) -> Result<Arc<Slot>, FreezeError> {
         let slot = self
             .slot_of(origin_hash)
             .map_err(|_| FreezeError::NotFound)?;
@@ -403,6 +403,35 @@ impl DaemonRuntime {
     /// order and opens the gate.
     pub(crate) fn open_gate(&self, slot: &Slot) -> usize {
         self.reopen(slot, |g| matches!(g, Gate::Handover(_)))
+    }
+
+    /// How many events wait at the slot's gate.
+    pub(crate) fn held(&self, slot: &Slot) -> usize {
+        let host = slot.lock();
+        let held = match &*slot.lock_gate() {
+            Gate::Frozen(w) | Gate::Incoming(w) | Gate::Handover(w) => w.queue.len(),
+            Gate::Open | Gate::Forwarding(_) => 0,
+        };
+        drop(host);
+        held
+    }
+
+    /// Handoff, retire: the daemon is never processed here again; it is
+    /// dropped, and the waiters of its held events get `error` (in
+    /// arrival order). Returns how many were answered.
+    pub(crate) fn refuse_held(&self, slot: &Slot, error: impl Fn() -> DaemonError) -> usize {
+        let mut host = slot.lock();
+        host.retire();
+        let queue = slot.lock_gate().take_queue();
+        slot.gated.store(false, Ordering::Release);
+        drop(host);
+        let n = queue.len();
+        for queued in queue {
+            let outcome = Err(error());
+            self.count().record(&outcome);
+            let _ = queued.reply.send(outcome);
+        }
+        n
     }
 
     /// Target, abort before commit: the restored daemon is dropped and its

@@ -199,6 +199,8 @@ type Built = (Arc<str>, Box<dyn crate::compute::MeshDaemon>);
 /// the check, to be restored if the migration proceeds.
 fn check(rt: &DaemonRuntime, p: &Prepare) -> Result<Built, MigrationRefusal> {
     rt.check_ready().map_err(|_| MigrationRefusal::NotReady)?;
+    // Frozen for a handoff: the source retries `NotReady` with backoff.
+    drop(rt.admit().map_err(|_| MigrationRefusal::NotReady)?);
     let built = match rt.build_kind(&p.kind) {
         Ok(built) => built,
         Err(DaemonError::FactoryNotFound(kind)) => {
@@ -287,7 +289,9 @@ fn restore(
     rt.insert_slot(p.origin_hash, kind, host, Some(Gate::incoming()))
         .map_err(|e| match e {
             DaemonError::AlreadyRegistered(_) => MigrationRefusal::AlreadyHosted,
-            DaemonError::ShuttingDown | DaemonError::NotReady => MigrationRefusal::NotReady,
+            DaemonError::ShuttingDown | DaemonError::NotReady | DaemonError::Frozen => {
+                MigrationRefusal::NotReady
+            }
             other => MigrationRefusal::RestoreFailed(other.to_string()),
         })
 }

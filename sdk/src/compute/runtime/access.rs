@@ -1,13 +1,15 @@
 //! What the migration paths need from the runtime's registry: slots,
 //! reservations, the forwarding table, verdicts and outgoing migrations.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, RwLockReadGuard, RwLockWriteGuard};
 
 use dashmap::DashMap;
 
-use super::{DaemonRuntime, Expected, Hasher, Slot};
+use super::{DaemonRuntime, Expected, Hasher, Slot, SHUTTING_DOWN};
 use crate::compute::daemon::MeshDaemon;
 use crate::compute::error::panic_message;
+use crate::compute::handoff::Handoff;
 use crate::compute::migration::verdicts::Verdicts;
 use crate::compute::DaemonError;
 
@@ -101,5 +103,45 @@ impl DaemonRuntime {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether a factory for `kind` is registered.
+    pub(crate) fn has_factory(&self, kind: &str) -> bool {
+        self.inner.factories.contains_key(kind)
+    }
+
+    /// The hosted daemons' slots, by origin, sorted.
+    pub(crate) fn daemon_slots(&self) -> Vec<(u64, Arc<Slot>)> {
+        let mut slots: Vec<_> = self
+            .inner
+            .daemons
+            .iter()
+            .map(|e| (*e.key(), Arc::clone(e.value())))
+            .collect();
+        slots.sort_unstable_by_key(|(origin, _)| *origin);
+        slots
+    }
+
+    /// The handoff phase, shared.
+    pub(crate) fn handoff_read(&self) -> RwLockReadGuard<'_, Handoff> {
+        self.inner
+            .handoff
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The handoff phase, exclusively: no admission runs meanwhile.
+    pub(crate) fn handoff_write(&self) -> RwLockWriteGuard<'_, Handoff> {
+        self.inner
+            .handoff
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// From now on every request answers `ShuttingDown` (a retired
+    /// runtime); unlike `shutdown`, the daemons' locations stay in the
+    /// directory: the node's successor hosts them.
+    pub(crate) fn refuse_everything(&self) {
+        self.inner.state.store(SHUTTING_DOWN, Ordering::SeqCst);
     }
 }

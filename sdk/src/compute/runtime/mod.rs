@@ -14,7 +14,7 @@
 //!   no daemon survives a shutdown.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -24,6 +24,7 @@ use super::daemon::MeshDaemon;
 use super::error::{panic_message, DaemonError};
 use super::error::{RegisterError, StartError};
 use super::handle::{DaemonHandle, DaemonHostConfig};
+use super::handoff::Handoff;
 use super::host::DaemonHost;
 use super::migration::gate::Gate;
 use super::snapshot::StateSnapshot;
@@ -35,9 +36,11 @@ use crate::mesh::Mesh;
 mod access;
 mod counters;
 mod list;
+mod slot;
 
 pub use counters::DeliveryCounters;
 pub use list::HostedDaemon;
+pub(crate) use slot::{Expected, Slot};
 
 type Factory = Arc<dyn Fn() -> Box<dyn MeshDaemon> + Send + Sync>;
 pub(crate) type Hasher = foldhash::fast::RandomState;
@@ -47,38 +50,6 @@ const READY: u8 = 1;
 const SHUTTING_DOWN: u8 = 2;
 
 static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A hosted daemon as the registry holds it.
-pub(crate) struct Slot {
-    pub(crate) kind: Arc<str>,
-    host: Mutex<DaemonHost>,
-    /// Set (under the host lock) while a migration holds the daemon's
-    /// events in [`Slot::gate`]; read under the host lock by every delivery.
-    pub(crate) gated: AtomicBool,
-    /// The migration gate; locked only while the host lock is held.
-    pub(crate) gate: Mutex<Gate>,
-}
-
-impl Slot {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, DaemonHost> {
-        // User code never runs unwinding through this guard (panics are
-        // caught inside), so a poisoned lock still guards consistent data.
-        self.host.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn lock_gate(&self) -> MutexGuard<'_, Gate> {
-        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A reservation made by [`DaemonRuntime::expect_migration`].
-#[derive(Debug, Clone)]
-pub(crate) struct Expected {
-    pub(crate) kind: Arc<str>,
-    pub(crate) config: DaemonHostConfig,
-    /// The daemon's identity, for migrations that do not transport it.
-    pub(crate) identity: Option<Identity>,
-}
 
 struct Inner {
     id: u64,
@@ -96,6 +67,11 @@ struct Inner {
     /// Verdicts of incoming migrations, by migration id (for `Status`).
     verdicts: Arc<super::migration::verdicts::Verdicts>,
     counters: counters::Counters,
+    /// Where a handoff of the node's process stands. Admissions (spawns,
+    /// incoming and outgoing migrations) hold it shared while they check
+    /// it and register; `freeze` holds it exclusively while it changes it,
+    /// so no admission straddles a freeze.
+    handoff: RwLock<Handoff>,
     #[cfg(feature = "test-utils")]
     stalls: test_hooks::Stalls,
 }
@@ -135,6 +111,7 @@ impl DaemonRuntime {
                 forwarding: DashMap::with_hasher(Hasher::default()),
                 verdicts: Arc::default(),
                 counters: counters::Counters::default(),
+                handoff: RwLock::new(Handoff::Live),
                 #[cfg(feature = "test-utils")]
                 stalls: test_hooks::Stalls::default(),
             }),
@@ -366,6 +343,7 @@ impl DaemonRuntime {
     ) -> Result<(), DaemonError> {
         self.require_ready()?;
         let (kind, _) = self.factory(kind)?;
+        let _admitted = self.admit()?;
         if self.inner.daemons.contains_key(&origin_hash) {
             return Err(DaemonError::AlreadyRegistered(origin_hash));
         }
@@ -485,6 +463,21 @@ impl DaemonRuntime {
         }
     }
 
+    /// Holds the handoff phase shared for an admission: refused with
+    /// `Frozen` while the runtime is frozen or retired by a handoff.
+    pub(crate) fn admit(&self) -> Result<RwLockReadGuard<'_, Handoff>, DaemonError> {
+        let phase = self
+            .inner
+            .handoff
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if phase.admits() {
+            Ok(phase)
+        } else {
+            Err(DaemonError::Frozen)
+        }
+    }
+
     fn slot(&self, origin_hash: u64) -> Result<Arc<Slot>, DaemonError> {
         self.inner
             .daemons
@@ -555,6 +548,7 @@ impl DaemonRuntime {
         gate: Option<Gate>,
     ) -> Result<Arc<Slot>, DaemonError> {
         let gated = gate.is_some();
+        let _admitted = self.admit()?;
         let slot = Arc::new(Slot {
             kind,
             host: Mutex::new(host),

@@ -289,7 +289,19 @@ impl StateSnapshot {
         checksum: u64,
         keypair: Arc<Keypair>,
     ) -> Result<Self, SnapshotError> {
-        Self::decode_with(bytes, Some(bytes), Check::Checksum(checksum, keypair))
+        Self::from_checksummed(bytes, Some(bytes), checksum, keypair)
+    }
+
+    /// As [`from_shared_checksummed`](Self::from_shared_checksummed) for
+    /// `bytes` that are part of a larger input: the state is a slice of
+    /// `shared` when given (`bytes` must lie inside it), else a copy.
+    pub(crate) fn from_checksummed(
+        bytes: &[u8],
+        shared: Option<&Bytes>,
+        checksum: u64,
+        keypair: Arc<Keypair>,
+    ) -> Result<Self, SnapshotError> {
+        Self::decode_with(bytes, shared, Check::Checksum(checksum, keypair))
     }
 
     fn decode(bytes: &[u8], shared: Option<&Bytes>) -> Result<Self, SnapshotError> {

@@ -145,7 +145,7 @@ pub(super) struct OnRuntime<'a> {
 
 impl SourceEffects for OnRuntime<'_> {
     fn freeze(&mut self) -> Result<Sealer, String> {
-        let sealed = match self.rt.freeze(self.run.origin_hash) {
+        let sealed = match self.rt.freeze_daemon(self.run.origin_hash) {
             Ok(slot) => {
                 crate::fault::point("migrate.source.frozen");
                 self.measured.freeze_at = Some(Instant::now());

@@ -1,0 +1,261 @@
+//! The encoding of [`Frozen`] daemons.
+//!
+//! # Version 1 (integers little-endian)
+//!
+//! ```text
+//! magic "CMFROZEN" | version u16 = 1 | daemon_count u32 | total_len u64
+//! record * daemon_count:
+//!   kind_len u8 (1..=255) | kind (UTF-8)
+//!   max_snapshot_bytes u64
+//!   secret_seed [32]
+//!   snapshot_len u64
+//!   header_xxh3 u64            xxh3-64 of the record's fields above
+//!   snapshot [snapshot_len]    a migration's key-handing snapshot:
+//!                              CMSNAP v1 body | xxh3-64 of the body
+//! ```
+//!
+//! `total_len` is the length of the whole encoding; nothing may follow the
+//! last record. Every count and length is checked against its limit and
+//! against the bytes present before anything is allocated for it, so a
+//! decoder's allocations stay proportional to its input. Each record's
+//! fields are covered by its header checksum and each snapshot by its own
+//! trailer (the state is hashed once, as in a migration); a snapshot must
+//! name the entity of the key beside it. The checksums catch corruption,
+//! not forgery: the bytes travel between two processes of one node, over
+//! a Unix socket only that node's user may open, and they hold the
+//! daemons' secret keys anyway.
+
+use std::collections::HashSet;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use xxhash_rust::xxh3::xxh3_64;
+use zeroize::Zeroizing;
+
+use super::error::DecodeError;
+use super::frozen::{Frozen, FrozenDaemon};
+use crate::compute::handle::DaemonHostConfig;
+use crate::compute::snapshot::{Proof, StateSnapshot};
+use crate::compute::MAX_SNAPSHOT_BYTES;
+use crate::identity::Identity;
+
+const MAGIC: &[u8; 8] = b"CMFROZEN";
+/// The version of the frozen-daemons encoding this build writes and reads.
+pub const FROZEN_VERSION: u16 = 1;
+/// The most daemons one encoding may carry.
+pub const MAX_FROZEN_DAEMONS: u32 = 1 << 20;
+
+/// magic, version, daemon_count, total_len.
+pub(super) const HEADER_LEN: u64 = 8 + 2 + 4 + 8;
+/// A record's fixed fields: kind_len, max_snapshot_bytes, seed,
+/// snapshot_len, header checksum.
+const RECORD_FIXED: u64 = 1 + 8 + 32 + 8 + 8;
+/// The smallest record: a one-byte kind and a snapshot of at least its
+/// checksum. A lower bound, to bound a count by the bytes present.
+const MIN_RECORD: u64 = RECORD_FIXED + 1 + 8;
+
+/// The length of `daemon`'s record: its header and its snapshot.
+pub(super) fn record_len(kind: &str, snapshot_len: u64) -> u64 {
+    RECORD_FIXED + kind.len() as u64 + snapshot_len
+}
+
+/// Writes the encoding of `frozen` (`frozen.bytes()` long) to `out`.
+pub(super) fn write(frozen: &Frozen, out: &mut impl Write) -> io::Result<u64> {
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..10].copy_from_slice(&FROZEN_VERSION.to_le_bytes());
+    // At most MAX_FROZEN_DAEMONS: `Frozen` is built from a runtime or a
+    // decoded encoding, both bounded.
+    let count = u32::try_from(frozen.daemons.len()).unwrap_or(u32::MAX);
+    header[10..14].copy_from_slice(&count.to_le_bytes());
+    header[14..22].copy_from_slice(&frozen.bytes.to_le_bytes());
+    out.write_all(&header)?;
+    let mut written = HEADER_LEN;
+    for daemon in &frozen.daemons {
+        let mut sealer = daemon.snapshot.sealer(Proof::Checksummed);
+        let head = record_header(daemon, sealer.total());
+        out.write_all(&head)?;
+        written += head.len() as u64;
+        while let Some(piece) = sealer.next_chunk(usize::MAX) {
+            out.write_all(&piece)?;
+            written += piece.len() as u64;
+        }
+    }
+    Ok(written)
+}
+
+/// A record's header, checksum included. It holds the secret seed: it is
+/// zeroized when dropped.
+fn record_header(daemon: &FrozenDaemon, snapshot_len: u64) -> Zeroizing<Vec<u8>> {
+    let kind = daemon.kind.as_bytes();
+    let mut head = Zeroizing::new(Vec::with_capacity(RECORD_FIXED as usize + kind.len()));
+    // Kinds are 1..=255 bytes: `register_factory` refuses others.
+    head.push(u8::try_from(kind.len()).unwrap_or(u8::MAX));
+    head.extend_from_slice(kind);
+    head.extend_from_slice(&daemon.config.max_snapshot_bytes.to_le_bytes());
+    head.extend_from_slice(daemon.keypair.secret_seed().as_ref());
+    head.extend_from_slice(&snapshot_len.to_le_bytes());
+    let sum = xxh3_64(&head);
+    head.extend_from_slice(&sum.to_le_bytes());
+    head
+}
+
+/// Decodes frozen daemons; states are slices of `shared` when given
+/// (`bytes` is then `shared` itself), copies otherwise.
+pub(super) fn decode(bytes: &[u8], shared: Option<&Bytes>) -> Result<Frozen, DecodeError> {
+    let mut r = Reader {
+        rest: bytes,
+        record: None,
+    };
+    if r.take("magic", 8)? != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = u16::from_le_bytes([r.u8("version")?, r.u8("version")?]);
+    if version != FROZEN_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let count = r.u32("daemon_count")?;
+    if count > MAX_FROZEN_DAEMONS {
+        return Err(DecodeError::Oversized {
+            field: "daemon_count".into(),
+            len: count.into(),
+            max: MAX_FROZEN_DAEMONS.into(),
+        });
+    }
+    let total = r.u64("total_len")?;
+    if total != bytes.len() as u64 {
+        return Err(if total > bytes.len() as u64 {
+            DecodeError::Truncated {
+                field: "total_len".into(),
+                needed: total,
+                available: bytes.len() as u64,
+            }
+        } else {
+            DecodeError::TrailingBytes(bytes.len() as u64 - total)
+        });
+    }
+    r.ensure("records", u64::from(count) * MIN_RECORD)?;
+    let mut daemons = Vec::with_capacity(count as usize);
+    let mut seen =
+        HashSet::with_capacity_and_hasher(count as usize, foldhash::fast::RandomState::default());
+    for index in 0..count {
+        r.record = Some(index);
+        let daemon = decode_record(&mut r, index, shared)?;
+        let origin_hash = daemon.keypair.origin_hash();
+        if !seen.insert(origin_hash) {
+            return Err(DecodeError::DuplicateDaemon(origin_hash));
+        }
+        daemons.push(daemon);
+    }
+    if !r.rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(r.rest.len() as u64));
+    }
+    Ok(Frozen {
+        daemons,
+        bytes: total,
+    })
+}
+
+fn decode_record(
+    r: &mut Reader<'_>,
+    index: u32,
+    shared: Option<&Bytes>,
+) -> Result<FrozenDaemon, DecodeError> {
+    let start = r.rest;
+    let kind_len = r.u8("kind_len")?;
+    if kind_len == 0 {
+        return Err(r.malformed("kind_len", "a kind is 1 to 255 bytes"));
+    }
+    let kind = std::str::from_utf8(r.take("kind", kind_len.into())?)
+        .map_err(|_| r.malformed("kind", "not UTF-8"))?;
+    let max_snapshot_bytes = r.u64("max_snapshot_bytes")?;
+    let mut seed = Zeroizing::new([0u8; 32]);
+    seed.copy_from_slice(r.take("secret_seed", 32)?);
+    let snapshot_len = r.u64("snapshot_len")?;
+    let covered = start.len() - r.rest.len();
+    let sum = r.u64("header_xxh3")?;
+    if xxh3_64(&start[..covered]) != sum {
+        return Err(DecodeError::BadChecksum { index });
+    }
+    if snapshot_len > MAX_SNAPSHOT_BYTES as u64 {
+        return Err(DecodeError::Oversized {
+            field: format!("record {index} snapshot_len"),
+            len: snapshot_len,
+            max: MAX_SNAPSHOT_BYTES as u64,
+        });
+    }
+    if snapshot_len < 8 {
+        return Err(r.malformed("snapshot_len", "shorter than its checksum"));
+    }
+    let snapshot = r.take("snapshot", snapshot_len)?;
+    let body = &snapshot[..snapshot.len() - 8];
+    let keypair = Arc::new(Identity::from_seed(*seed).into_keypair());
+    let snapshot =
+        StateSnapshot::from_checksummed(snapshot, shared, xxh3_64(body), Arc::clone(&keypair))
+            .map_err(|source| DecodeError::Snapshot { index, source })?;
+    Ok(FrozenDaemon {
+        kind: Arc::from(kind),
+        config: DaemonHostConfig::default().max_snapshot_bytes(max_snapshot_bytes),
+        keypair,
+        snapshot,
+        record_len: record_len(kind, snapshot_len),
+    })
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+    /// The record being read, to name fields.
+    record: Option<u32>,
+}
+
+impl<'a> Reader<'a> {
+    fn name(&self, field: &str) -> String {
+        match self.record {
+            Some(i) => format!("record {i} {field}"),
+            None => field.to_owned(),
+        }
+    }
+
+    fn malformed(&self, field: &str, reason: &'static str) -> DecodeError {
+        DecodeError::Malformed {
+            field: self.name(field),
+            reason,
+        }
+    }
+
+    fn ensure(&self, field: &str, needed: u64) -> Result<(), DecodeError> {
+        if needed > self.rest.len() as u64 {
+            return Err(DecodeError::Truncated {
+                field: self.name(field),
+                needed,
+                available: self.rest.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, field: &str, n: u64) -> Result<&'a [u8], DecodeError> {
+        self.ensure(field, n)?;
+        // `ensure` checked `n` against the slice's length.
+        let (head, tail) = self.rest.split_at(n as usize);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self, field: &str) -> Result<u8, DecodeError> {
+        Ok(self.take(field, 1)?[0])
+    }
+
+    fn u32(&mut self, field: &str) -> Result<u32, DecodeError> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(field, 4)?);
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn u64(&mut self, field: &str) -> Result<u64, DecodeError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(field, 8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+}

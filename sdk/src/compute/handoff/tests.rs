@@ -1,0 +1,177 @@
+//! The frozen-daemons encoding: round trips, and untrusted bytes
+//! (truncated, bit-flipped, lying about lengths) refused with a typed
+//! error, never a panic.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::format::{record_len, HEADER_LEN};
+use super::frozen::{Frozen, FrozenDaemon};
+use super::DecodeError;
+use crate::compute::causal::{OriginMarks, OutputChain};
+use crate::compute::handle::DaemonHostConfig;
+use crate::compute::snapshot::{Proof, StateSnapshot};
+use crate::compute::DaemonStats;
+use crate::identity::Identity;
+
+/// A frozen daemon from seed `seed` with `marks` and `state`.
+fn daemon(seed: u8, kind: &str, marks: &[(u64, u64)], state: Option<Vec<u8>>) -> FrozenDaemon {
+    let keypair = Arc::new(Identity::from_seed([seed; 32]).into_keypair());
+    let mut chain = OutputChain::genesis(&keypair.entity_id());
+    chain.last_sequence = u64::from(seed) * 3;
+    let snapshot = StateSnapshot::capture(
+        &keypair,
+        &chain,
+        &OriginMarks::from_pairs(marks.iter().copied()),
+        DaemonStats {
+            events_processed: 7,
+            events_emitted: 5,
+        },
+        state.map(Bytes::from),
+    );
+    FrozenDaemon {
+        record_len: record_len(kind, snapshot.sealer(Proof::Checksummed).total()),
+        kind: Arc::from(kind),
+        config: DaemonHostConfig::default().max_snapshot_bytes(1 << 20),
+        keypair,
+        snapshot,
+    }
+}
+
+fn sample() -> Frozen {
+    Frozen::new(vec![
+        daemon(1, "counter", &[(9, 4), (12, 1)], Some(vec![0xAB; 100])),
+        daemon(2, "echo", &[], None),
+        daemon(3, "k", &[(1, 1)], Some(Vec::new())),
+    ])
+}
+
+#[test]
+fn a_round_trip_keeps_every_field_and_re_encodes_identically() {
+    let frozen = sample();
+    let bytes = frozen.to_vec();
+    assert_eq!(bytes.len() as u64, frozen.bytes());
+    let decoded = Frozen::decode(&bytes).expect("decodes");
+    assert_eq!(decoded.len(), 3);
+    assert_eq!(
+        decoded.origins().collect::<Vec<_>>(),
+        frozen.origins().collect::<Vec<_>>()
+    );
+    for (a, b) in frozen.daemons.iter().zip(&decoded.daemons) {
+        assert_eq!(a.kind, b.kind);
+        assert_eq!(a.config, b.config);
+        assert_eq!(a.keypair.entity_id(), b.keypair.entity_id());
+        assert_eq!(*a.keypair.secret_seed(), *b.keypair.secret_seed());
+        assert_eq!(a.snapshot.marks().sorted(), b.snapshot.marks().sorted());
+        assert_eq!(a.snapshot.chain(), b.snapshot.chain());
+        assert_eq!(a.snapshot.stats(), b.snapshot.stats());
+        assert_eq!(a.snapshot.state(), b.snapshot.state());
+    }
+    assert_eq!(decoded.to_vec(), bytes);
+    let shared = Bytes::from(bytes.clone());
+    let decoded = Frozen::decode_shared(&shared).expect("decodes shared");
+    let state = decoded.daemons[0].snapshot.state().expect("state");
+    assert!(
+        shared.as_ptr_range().contains(&state.as_ptr()),
+        "a shared decode slices the input instead of copying"
+    );
+}
+
+#[test]
+fn an_empty_runtime_freezes_to_a_header() {
+    let frozen = Frozen::new(Vec::new());
+    let bytes = frozen.to_vec();
+    assert_eq!(bytes.len() as u64, HEADER_LEN);
+    assert!(Frozen::decode(&bytes).expect("decodes").is_empty());
+}
+
+#[test]
+fn lies_about_counts_and_lengths_are_refused_before_allocating() {
+    let bytes = sample().to_vec();
+    // A count of a million records in a few hundred bytes.
+    let mut lying = bytes.clone();
+    lying[10..14].copy_from_slice(&1_000_000u32.to_le_bytes());
+    assert!(matches!(
+        Frozen::decode(&lying),
+        Err(DecodeError::Truncated { ref field, .. }) if field == "records"
+    ));
+    let mut lying = bytes.clone();
+    lying[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        Frozen::decode(&lying),
+        Err(DecodeError::Oversized { ref field, .. }) if field == "daemon_count"
+    ));
+    let mut lying = bytes.clone();
+    lying[14..22].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(
+        Frozen::decode(&lying),
+        Err(DecodeError::Truncated { ref field, .. }) if field == "total_len"
+    ));
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(
+        Frozen::decode(&longer),
+        Err(DecodeError::TrailingBytes(1))
+    ));
+    assert!(matches!(
+        Frozen::decode(b"CMSNAP\x01 not frozen daemons"),
+        Err(DecodeError::BadMagic)
+    ));
+}
+
+#[test]
+fn a_duplicate_daemon_is_refused() {
+    let frozen = Frozen::new(vec![daemon(4, "a", &[], None), daemon(4, "a", &[], None)]);
+    assert!(matches!(
+        Frozen::decode(&frozen.to_vec()),
+        Err(DecodeError::DuplicateDaemon(_))
+    ));
+}
+
+#[test]
+fn a_flipped_byte_in_a_snapshot_names_its_record() {
+    let bytes = sample().to_vec();
+    let mut bad = bytes.clone();
+    let last = bad.len() - 20;
+    bad[last] ^= 1;
+    let err = Frozen::decode(&bad).expect_err("corrupted");
+    assert!(
+        matches!(err, DecodeError::Snapshot { index: 2, .. }),
+        "{err}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn every_truncation_is_refused(cut in 0usize..1000) {
+        let bytes = sample().to_vec();
+        let cut = cut % bytes.len();
+        prop_assert!(Frozen::decode(&bytes[..cut]).is_err());
+    }
+
+    #[test]
+    fn every_bit_flip_is_refused(at in 0usize..10_000, bit in 0u8..8) {
+        let mut bytes = sample().to_vec();
+        let at = at % bytes.len();
+        bytes[at] ^= 1 << bit;
+        prop_assert!(Frozen::decode(&bytes).is_err(), "flip at {} bit {}", at, bit);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                                   count in 0u32..5) {
+        // Often past the magic and version, to reach the records.
+        if bytes.len() >= 22 && count > 0 {
+            bytes[..8].copy_from_slice(b"CMFROZEN");
+            bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+            bytes[10..14].copy_from_slice(&count.to_le_bytes());
+            let len = bytes.len() as u64;
+            bytes[14..22].copy_from_slice(&len.to_le_bytes());
+        }
+        let _ = Frozen::decode(&bytes);
+    }
+}
