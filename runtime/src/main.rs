@@ -61,6 +61,8 @@ async fn run_node(flags: cellmesh_runtime::NodeFlags) -> ExitCode {
     };
     match node.run_until_signal(flags.run_for).await {
         RunEnd::Interrupted => ExitCode::FAILURE,
+        // The successor waits for this process to be gone: no teardown.
+        RunEnd::HandedOver => std::process::exit(0),
         _ => ExitCode::SUCCESS,
     }
 }

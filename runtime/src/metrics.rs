@@ -61,6 +61,14 @@ pub(crate) struct Metrics {
     appended_seen: AtomicU64,
     pub(crate) drain_duration: Histogram,
     pub(crate) http_requests: Family<Reason, Counter64>,
+    /// Upgrades this node took part in that committed (counted by both
+    /// processes).
+    pub(crate) upgrades: Counter64,
+    /// Upgrades that ended without a commit (counted by the incumbent).
+    pub(crate) upgrades_failed: Counter64,
+    /// Daemons lost in upgrades (an incumbent that died before handing
+    /// them over), counted by the successor.
+    pub(crate) upgrade_daemons_lost: Counter64,
 }
 
 impl Metrics {
@@ -96,6 +104,9 @@ impl Metrics {
             appended_seen: AtomicU64::new(0),
             drain_duration: Histogram::new(exponential_buckets(0.01, 3.0, 10)),
             http_requests: Family::default(),
+            upgrades: Counter64::default(),
+            upgrades_failed: Counter64::default(),
+            upgrade_daemons_lost: Counter64::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -103,6 +114,21 @@ impl Metrics {
             "daemons_hosted",
             "Daemons hosted on this node",
             m.daemons_hosted.clone(),
+        );
+        r.register(
+            "upgrades",
+            "Binary upgrades of this node that committed",
+            m.upgrades.clone(),
+        );
+        r.register(
+            "upgrades_failed",
+            "Binary upgrades of this node that ended without a commit (the node served on)",
+            m.upgrades_failed.clone(),
+        );
+        r.register(
+            "upgrade_daemons_lost",
+            "Daemons lost because the previous process died before handing them over",
+            m.upgrade_daemons_lost.clone(),
         );
         r.register(
             "migrations_started",

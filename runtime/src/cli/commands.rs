@@ -167,6 +167,7 @@ async fn run(cli: Cli) -> Result<u8, ClientError> {
                 .await?;
             Ok(0)
         }
+        Command::Upgrade { binary } => super::upgrade::run(&client, binary, json_out).await,
         Command::Status => {
             let v = client.call(Method::GET, "/v1/node", None).await?;
             if json_out {

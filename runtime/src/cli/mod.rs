@@ -4,6 +4,7 @@
 mod client;
 mod commands;
 mod table;
+mod upgrade;
 
 use std::path::PathBuf;
 
@@ -124,6 +125,14 @@ pub enum Command {
     },
     /// The node's id, version, uptime and counts.
     Status,
+    /// Replace the node's binary without losing a daemon: start the new
+    /// binary, hand it the node, print what moved.
+    Upgrade {
+        /// The new binary [default: the binary on disk at the node's own
+        /// path].
+        #[arg(long, value_name = "PATH")]
+        binary: Option<String>,
+    },
 }
 
 /// What `get` lists.

@@ -19,6 +19,7 @@ pub(crate) struct FileLayer {
     control: Option<ControlSection>,
     log: Option<LogSection>,
     drain: Option<DrainSection>,
+    upgrade: Option<UpgradeSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +39,12 @@ struct LogSection {
 #[serde(deny_unknown_fields)]
 struct DrainSection {
     deadline: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradeSection {
+    freeze: Option<String>,
 }
 
 impl FileLayer {
@@ -79,6 +86,9 @@ impl FileLayer {
         }
         if let Some(v) = self.drain.and_then(|d| d.deadline) {
             out.drain_deadline = Some(parse::duration("drain.deadline", src, &v)?);
+        }
+        if let Some(v) = self.upgrade.and_then(|u| u.freeze) {
+            out.upgrade_freeze = Some(parse::duration("upgrade.freeze", src, &v)?);
         }
         Ok(())
     }

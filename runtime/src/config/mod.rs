@@ -26,6 +26,9 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7400";
 pub const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:7480";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./cellmesh-data";
+/// Default freeze bound of an upgrade.
+pub const DEFAULT_UPGRADE_FREEZE: Duration = Duration::from_millis(500);
+
 /// Default drain deadline.
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// The environment variable holding the mesh pre-shared key itself.
@@ -131,6 +134,10 @@ pub struct NodeConfig {
     pub log: LogConfig,
     /// How long a drain (API, SIGTERM, Ctrl-C) may take (default 30 s).
     pub drain_deadline: Duration,
+    /// The most a node's daemons stay frozen in an upgrade before the node
+    /// gives up on its successor and serves them again (default 500 ms;
+    /// file key `upgrade.freeze`, `CELLMESH_UPGRADE_FREEZE`).
+    pub upgrade_freeze: Duration,
 }
 
 impl NodeConfig {
@@ -155,6 +162,7 @@ impl NodeConfig {
                 format: LogFormat::Text,
             },
             drain_deadline: DEFAULT_DRAIN_DEADLINE,
+            upgrade_freeze: DEFAULT_UPGRADE_FREEZE,
         }
     }
 
@@ -214,6 +222,9 @@ impl NodeConfig {
         if let Some(v) = layer.drain_deadline {
             config.drain_deadline = v;
         }
+        if let Some(v) = layer.upgrade_freeze {
+            config.upgrade_freeze = v;
+        }
         config.psk = layer.psk;
         Ok(config)
     }
@@ -242,6 +253,7 @@ pub(crate) struct Layered {
     pub(crate) token_file: Option<PathBuf>,
     pub(crate) log_format: Option<LogFormat>,
     pub(crate) drain_deadline: Option<Duration>,
+    pub(crate) upgrade_freeze: Option<Duration>,
 }
 
 fn env_layer(env: &impl Fn(&str) -> Option<String>, out: &mut Layered) -> Result<(), ConfigError> {
@@ -282,6 +294,10 @@ fn env_layer(env: &impl Fn(&str) -> Option<String>, out: &mut Layered) -> Result
     if let Some(v) = get("CELLMESH_DRAIN_DEADLINE") {
         let s = src("CELLMESH_DRAIN_DEADLINE");
         out.drain_deadline = Some(parse::duration("drain.deadline", &s, &v)?);
+    }
+    if let Some(v) = get("CELLMESH_UPGRADE_FREEZE") {
+        let s = src("CELLMESH_UPGRADE_FREEZE");
+        out.upgrade_freeze = Some(parse::duration("upgrade.freeze", &s, &v)?);
     }
     Ok(())
 }

@@ -55,7 +55,23 @@ pub(crate) async fn node(State(node): State<Node>) -> Json<Value> {
         "cells": view.cells().count(),
         "peers": inner.mesh.peers().len(),
         "events_cursor": view.cursor(),
+        "pid": std::process::id(),
+        "upgrade": upgrade_state(&inner.upgrade.borrow()),
+        "took_over": node.took_over(),
     }))
+}
+
+fn upgrade_state(state: &crate::node::UpgradeState) -> Value {
+    use crate::node::UpgradeState;
+    match state {
+        UpgradeState::Idle => json!({"state": "idle"}),
+        UpgradeState::Starting => json!({"state": "starting"}),
+        UpgradeState::Running { successor } => {
+            json!({"state": "running", "successor_pid": successor})
+        }
+        UpgradeState::Ended(reason) => json!({"state": "ended", "reason": reason}),
+        UpgradeState::HandedOver => json!({"state": "handed_over"}),
+    }
 }
 
 /// `{"deadline": "60s"}`.

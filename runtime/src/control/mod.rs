@@ -10,6 +10,7 @@ mod daemons;
 mod error;
 mod events;
 mod info;
+mod upgrade;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -36,6 +37,7 @@ pub(crate) fn router(node: Node) -> Router {
         .route("/v1/peers", get(info::peers))
         .route("/v1/node", get(info::node))
         .route("/v1/node/drain", post(info::drain))
+        .route("/v1/node/upgrade", post(upgrade::start))
         .route("/v1/events", get(events::stream))
         .route("/metrics", get(info::metrics))
         .fallback(not_found)

@@ -208,9 +208,11 @@ pub async fn run_incumbent(
 }
 
 /// Runs the successor's side of one session on `stream`.
+/// `machine` stays the caller's, to read the handoff's id and the
+/// incumbent's pid afterwards.
 pub async fn run_successor(
     stream: UnixStream,
-    mut machine: Successor,
+    machine: &mut Successor,
     node: &mut impl Succession,
 ) -> SuccessorOutcome {
     let mut inbox = Inbox::new();

@@ -98,11 +98,11 @@ async fn a_handoff_moves_the_state_and_the_socket_and_commits_once() {
     let addr = old.socket.local_addr().unwrap();
     let now = Instant::now();
     let inc = Incumbent::new(now, Timing::default(), HandoffId(1), "old".into(), 1);
-    let suc = Successor::new(now, Timing::default(), "new".into(), 2);
+    let mut suc = Successor::new(now, Timing::default(), "new".into(), 2);
     let mut heir = Heir::default();
     let (i, s) = tokio::join!(
         run_incumbent(a, inc, &mut old),
-        run_successor(b, suc, &mut heir)
+        run_successor(b, &mut suc, &mut heir)
     );
     assert!(matches!(i, IncumbentOutcome::Committed), "{i:?}");
     assert!(

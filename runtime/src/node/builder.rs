@@ -16,8 +16,10 @@ use tokio_util::task::TaskTracker;
 use super::backend::PlacingBackend;
 use super::kinds::Factory;
 use super::peers::PeerTracker;
+use super::sockets::Sockets;
 use super::{files, Node, NodeInner, SERVING};
 use crate::config::{ConfigError, NodeConfig};
+use crate::handoff::{DataDirLock, LockError};
 use crate::metrics::Metrics;
 
 /// Why a node could not start. Each variant names the file, address or
@@ -35,6 +37,13 @@ pub enum StartError {
         path: PathBuf,
         /// What failed.
         reason: String,
+    },
+    /// Another process serves from this data directory (it holds its
+    /// lock): two nodes must never share one.
+    #[error("data directory {} is in use by another running node (its lock is held)", path.display())]
+    DataDirInUse {
+        /// The directory.
+        path: PathBuf,
     },
     /// The pre-shared key is unreadable or malformed.
     #[error("pre-shared key: {reason}")]
@@ -66,6 +75,13 @@ pub enum StartError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// Taking the node over from its running process failed; that
+    /// process serves on.
+    #[error("upgrade: {reason}")]
+    Handoff {
+        /// Why.
+        reason: String,
     },
     /// The mesh endpoint cannot start.
     #[error("mesh on {addr}: {source}")]
@@ -162,7 +178,37 @@ impl NodeBuilder {
     ///
     /// # Errors
     /// [`StartError`] naming what could not start.
+    ///
+    /// Started with [`HANDOFF_ENV`](super::upgrade::HANDOFF_ENV) set (by
+    /// [`Node::upgrade`]), it takes the node over from the running process
+    /// instead: see [the upgrade module](super::upgrade).
     pub async fn start(self) -> Result<Node, StartError> {
+        files::prepare_data_dir(&self.config.data_dir)?;
+        if let Some(socket) = std::env::var_os(super::upgrade::HANDOFF_ENV) {
+            let mut kinds: Vec<String> = self.kinds.iter().map(|(k, _)| k.clone()).collect();
+            kinds.push(CELL_KIND.to_string());
+            let (inherited, lock) =
+                super::upgrade::succeed(socket.as_ref(), &self.config.data_dir, kinds).await?;
+            return self.start_on(None, lock, Some(inherited)).await;
+        }
+        let lock = take_lock(&self.config.data_dir)?;
+        let sockets = Sockets::bind(&self.config)?;
+        self.start_on(Some(sockets), lock, None).await
+    }
+
+    /// Starts on sockets already bound (or handed over by an incumbent),
+    /// holding the data directory's lock.
+    async fn start_on(
+        self,
+        sockets: Option<Sockets>,
+        lock: DataDirLock,
+        mut inherited: Option<super::upgrade::Inheritance>,
+    ) -> Result<Node, StartError> {
+        let sockets = match (sockets, inherited.as_mut().and_then(|i| i.sockets.take())) {
+            (_, Some(handed)) => handed,
+            (Some(bound), None) => bound,
+            (None, None) => Sockets::bind(&self.config)?,
+        };
         let config = self.config;
         files::prepare_data_dir(&config.data_dir)?;
         let _ = std::fs::remove_file(config.control_addr_file());
@@ -172,18 +218,15 @@ impl NodeBuilder {
         };
         let token = files::load_or_create_token(&config.control.token_file)?;
         let (identity, fresh_key) = files::load_key(&config.key_file)?;
-        let listener = tokio::net::TcpListener::bind(config.control.listen)
-            .await
-            .map_err(|source| StartError::ControlBind {
-                addr: config.control.listen,
-                source,
-            })?;
-        let control_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::ControlBind {
-                addr: config.control.listen,
-                source,
-            })?;
+        let control_err = |source| StartError::ControlBind {
+            addr: config.control.listen,
+            source,
+        };
+        let control_addr = sockets.control_addr().map_err(control_err)?;
+        let kept = sockets.try_clone().map_err(control_err)?;
+        let Sockets { udp, control } = sockets;
+        control.set_nonblocking(true).map_err(control_err)?;
+        let listener = tokio::net::TcpListener::from_std(control).map_err(control_err)?;
         let capabilities = config
             .tags
             .iter()
@@ -194,6 +237,7 @@ impl NodeBuilder {
         };
         let mesh = MeshBuilder::new(config.listen, psk)
             .map_err(mesh_err)?
+            .socket(udp)
             .identity(identity.clone())
             .capabilities(capabilities)
             // Dialled concurrently in the background, each unreachable one
@@ -220,6 +264,7 @@ impl NodeBuilder {
             kinds.push(kind);
         }
         rt.start().await?;
+        let took_over = inherited.map(|i| super::upgrade::adopt(&rt, &metrics, i));
         let process = self.process.unwrap_or_else(|| ProcessBackendConfig {
             default_dir: config.data_dir.join("work"),
             ..ProcessBackendConfig::default()
@@ -249,11 +294,18 @@ impl NodeBuilder {
             phase: AtomicU8::new(SERVING),
             drain_lock: tokio::sync::Mutex::new(()),
             cell_origins: std::sync::Mutex::default(),
+            sockets: kept,
+            _lock: lock,
+            upgrade: tokio::sync::watch::channel(super::UpgradeState::Idle).0,
+            took_over,
             cancel,
             tasks,
         });
         let node = Node { inner };
         crate::control::serve(&node, listener);
+        if let Err(e) = super::upgrade::listen(&node) {
+            tracing::warn!(error = %e, "no handoff socket: this node cannot be upgraded in place");
+        }
         if let Err(e) =
             files::write_control_addr(&node.inner.config.control_addr_file(), control_addr)
         {
@@ -268,4 +320,15 @@ impl NodeBuilder {
         );
         Ok(node)
     }
+}
+
+/// Takes the data directory's lock, or says another node holds it.
+fn take_lock(dir: &std::path::Path) -> Result<DataDirLock, StartError> {
+    DataDirLock::acquire(dir).map_err(|e| match e {
+        LockError::Held(path) => StartError::DataDirInUse { path },
+        LockError::Io { path, source } => StartError::DataDir {
+            path,
+            reason: format!("cannot lock it: {source}"),
+        },
+    })
 }

@@ -8,6 +8,8 @@ mod files;
 pub(crate) mod kinds;
 mod peers;
 mod signals;
+pub(crate) mod sockets;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +34,7 @@ use crate::metrics::Metrics;
 const SERVING: u8 = 0;
 const DRAINING: u8 = 1;
 const STOPPING: u8 = 2;
+const UPGRADING: u8 = 3;
 
 /// What a node is doing, as `/readyz` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +46,37 @@ pub enum NodePhase {
     Draining,
     /// Leaving the mesh: not ready.
     Stopping,
+    /// Handing its daemons to a successor process: not ready.
+    Upgrading,
+}
+
+/// Where an upgrade of this node stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum UpgradeState {
+    /// None running.
+    #[default]
+    Idle,
+    /// The successor is being started.
+    Starting,
+    /// The successor runs (pid).
+    Running {
+        /// Its pid.
+        successor: u32,
+    },
+    /// The last one ended without a commit (why).
+    Ended(String),
+    /// This process handed the node over and must exit.
+    HandedOver,
+}
+
+impl UpgradeState {
+    pub(crate) fn is_running(&self) -> bool {
+        matches!(self, Self::Starting | Self::Running { .. })
+    }
+
+    pub(crate) fn is_handed_over(&self) -> bool {
+        *self == Self::HandedOver
+    }
 }
 
 pub(crate) struct NodeInner {
@@ -61,6 +95,15 @@ pub(crate) struct NodeInner {
     /// Cell id → its daemon's origin, for cells applied through this
     /// node's control plane (named in drain reports).
     pub(crate) cell_origins: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Duplicates of the node's listening sockets, handed to a successor
+    /// in an upgrade.
+    pub(crate) sockets: sockets::Sockets,
+    /// The data directory's lock, held for as long as the node serves.
+    pub(crate) _lock: crate::handoff::DataDirLock,
+    /// Where an upgrade of this node stands.
+    pub(crate) upgrade: tokio::sync::watch::Sender<UpgradeState>,
+    /// The upgrade this process took the node over in, if it did.
+    pub(crate) took_over: Option<upgrade::UpgradeReport>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
 }
@@ -70,15 +113,17 @@ impl NodeInner {
         match self.phase.load(Ordering::SeqCst) {
             SERVING => NodePhase::Serving,
             DRAINING => NodePhase::Draining,
+            UPGRADING => NodePhase::Upgrading,
             _ => NodePhase::Stopping,
         }
     }
 
-    fn set_phase(&self, phase: NodePhase) {
+    pub(crate) fn set_phase(&self, phase: NodePhase) {
         let v = match phase {
             NodePhase::Serving => SERVING,
             NodePhase::Draining => DRAINING,
             NodePhase::Stopping => STOPPING,
+            NodePhase::Upgrading => UPGRADING,
         };
         self.phase.store(v, Ordering::SeqCst);
     }
@@ -228,6 +273,11 @@ impl Node {
         inner.tasks.wait().await;
         let _ = std::fs::remove_file(inner.config.control_addr_file());
         tracing::info!("node stopped");
+    }
+
+    /// The upgrade this process took the node over in, if it did.
+    pub fn took_over(&self) -> Option<&upgrade::UpgradeReport> {
+        self.inner.took_over.as_ref()
     }
 
     /// The node's data directory.

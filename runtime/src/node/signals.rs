@@ -1,6 +1,7 @@
 //! Running a node until SIGTERM or Ctrl-C: the first signal drains it
 //! (within `drain.deadline`) and leaves the mesh; a second one stops it at
-//! once.
+//! once. SIGUSR2 starts an upgrade to the binary on disk
+//! ([`Node::upgrade`]); once it hands over, the run ends at once.
 
 use std::time::Duration;
 
@@ -14,6 +15,33 @@ pub enum RunEnd {
     Drained,
     /// A second signal stopped the node without finishing the drain.
     Interrupted,
+    /// The node was handed to a successor process (an upgrade): this
+    /// process must exit now, without leaving the mesh (the successor is
+    /// the node and waits for this process to let go of the data
+    /// directory).
+    HandedOver,
+}
+
+/// Starts an upgrade on every SIGUSR2, until the node hands over.
+async fn upgrade_on_sigusr2(node: Node) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
+        tracing::warn!("cannot listen for SIGUSR2: upgrades only through the control plane");
+        return std::future::pending().await;
+    };
+    while usr2.recv().await.is_some() {
+        tracing::info!("SIGUSR2: upgrading to the binary on disk");
+        match node.upgrade(None).await {
+            Ok(pid) => tracing::info!(successor = pid, "upgrade committed"),
+            Err(e) => tracing::warn!(error = %e, "upgrade did not happen; serving on"),
+        }
+    }
+}
+
+/// Resolves once this process handed the node over.
+async fn handed_over(node: &Node) {
+    let mut state = node.inner.upgrade.subscribe();
+    let _ = state.wait_for(super::UpgradeState::is_handed_over).await;
 }
 
 /// Waits for the first of SIGTERM and Ctrl-C (SIGINT).
@@ -43,16 +71,26 @@ impl Node {
     /// Runs until SIGTERM or Ctrl-C (or `run_for`, if given), then drains
     /// within the configured `drain.deadline` and leaves the mesh. A second
     /// signal during the drain stops the node at once.
+    ///
+    /// Returns [`RunEnd::HandedOver`] as soon as an upgrade (SIGUSR2 or
+    /// [`upgrade`](Self::upgrade)) handed the node over: exit then.
     pub async fn run_until_signal(&self, run_for: Option<Duration>) -> RunEnd {
-        let why = match run_for {
-            Some(d) => {
-                tokio::select! {
-                    () = tokio::time::sleep(d) => "the run time elapsed",
-                    s = signal() => s,
-                }
+        let upgrades = tokio::spawn(upgrade_on_sigusr2(self.clone()));
+        let run_for = async {
+            match run_for {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
             }
-            None => signal().await,
         };
+        let why = tokio::select! {
+            () = run_for => "the run time elapsed",
+            s = signal() => s,
+            () = handed_over(self) => {
+                upgrades.abort();
+                return RunEnd::HandedOver;
+            }
+        };
+        upgrades.abort();
         let deadline = self.inner.config.drain_deadline;
         tracing::info!(reason = why, ?deadline, "draining before leaving the mesh");
         let drained = tokio::select! {

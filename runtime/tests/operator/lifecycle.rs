@@ -105,3 +105,26 @@ fn restart_on_the_same_data_dir_keeps_identity_cells_and_cursor() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_second_node_on_a_data_dir_in_use_is_refused() {
+    let dir = scratch("in-use");
+    let a = NodeProc::start(&dir, "a", &[], None);
+    let out = std::process::Command::new(bin())
+        .args(["node", "--data-dir"])
+        .arg(&a.dir)
+        .args(["--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"])
+        .env("CELLMESH_PSK", PSK)
+        .output()
+        .expect("the node binary runs");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("in use by another running node")
+            && message.contains(a.dir.to_str().expect("utf-8 path")),
+        "{message}"
+    );
+    // The first node is untouched.
+    assert_eq!(a.json(&["status"])["node_id"], a.node_id.as_str());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -73,6 +73,14 @@ impl Frozen {
         self.daemons.iter().map(FrozenDaemon::origin_hash)
     }
 
+    /// The kinds of the frozen daemons, each once, sorted: a process that
+    /// will adopt them checks it registers every one before it commits.
+    pub fn kinds(&self) -> Vec<&str> {
+        let kinds: std::collections::BTreeSet<&str> =
+            self.daemons.iter().map(|d| &*d.kind).collect();
+        kinds.into_iter().collect()
+    }
+
     /// The total size of the daemons' states (without bookkeeping).
     pub fn state_bytes(&self) -> u64 {
         self.daemons

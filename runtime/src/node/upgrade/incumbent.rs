@@ -1,0 +1,173 @@
+//! The running node's side: the handoff socket, and what the node does at
+//! each step a successor asks for.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
+use cellmesh::cell::CellRecordState;
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::{build, SOCKET_FILE};
+use crate::handoff::wire::HandoffId;
+use crate::handoff::{run_incumbent, Handed, Incumbency, Incumbent, IncumbentOutcome, Timing};
+use crate::node::{Node, NodePhase, UpgradeState};
+
+/// Listens on `DATA_DIR/handoff.sock` (mode 0600) for successors, one
+/// session at a time, until the node stops.
+pub(crate) fn listen(node: &Node) -> std::io::Result<()> {
+    let path = node.data_dir().join(SOCKET_FILE);
+    // The node holds the data directory's lock: a socket file left here
+    // is a dead node's.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let node = node.clone();
+    let cancel = node.inner.cancel.clone();
+    node.inner.tasks.clone().spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                () = cancel.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "handoff socket accept failed");
+                        continue;
+                    }
+                },
+            };
+            session(&node, stream).await;
+            if node.inner.upgrade.borrow().is_handed_over() {
+                break;
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+    Ok(())
+}
+
+/// Runs one session to its end.
+async fn session(node: &Node, stream: UnixStream) {
+    let Ok(id) = HandoffId::random() else {
+        tracing::error!("no randomness for a handoff id; refusing the successor");
+        return;
+    };
+    let machine = Incumbent::new(
+        Instant::now(),
+        Timing::default().freeze(node.inner.config.upgrade_freeze),
+        id,
+        build(),
+        std::process::id(),
+    );
+    tracing::info!(handoff = %id, "a successor connected");
+    let mut me = NodeIncumbency { node: node.clone() };
+    match run_incumbent(stream, machine, &mut me).await {
+        IncumbentOutcome::Committed => {
+            let retired = node.inner.rt.retire().unwrap_or(0);
+            tracing::info!(handoff = %id, retired, "handed over: this process stops serving");
+            node.inner.metrics.upgrades.inc();
+            // The control plane stops accepting on the shared listener.
+            node.inner.cancel.cancel();
+            node.inner.upgrade.send_replace(UpgradeState::HandedOver);
+        }
+        IncumbentOutcome::Ended(reason) => {
+            tracing::warn!(handoff = %id, %reason, "handoff ended; serving on");
+            node.inner.metrics.upgrades_failed.inc();
+            node.inner
+                .upgrade
+                .send_replace(UpgradeState::Ended(reason.to_string()));
+        }
+    }
+}
+
+struct NodeIncumbency {
+    node: Node,
+}
+
+impl NodeIncumbency {
+    /// Cells whose processes this node runs: they cannot be handed over.
+    fn live_cells(&self) -> Vec<String> {
+        let cells = self.node.cells();
+        cells
+            .list()
+            .into_iter()
+            .filter(|r| {
+                cells.hosts(&r.id)
+                    && !matches!(
+                        r.state,
+                        CellRecordState::Destroyed | CellRecordState::Failed
+                    )
+            })
+            .map(|r| r.id)
+            .collect()
+    }
+
+    fn handed(&self) -> Result<Handed, String> {
+        let live = self.live_cells();
+        if !live.is_empty() {
+            return Err(format!(
+                "cells {live:?} run here; destroy or migrate them before an upgrade"
+            ));
+        }
+        let rt = &self.node.inner.rt;
+        let frozen = rt.freeze().map_err(|e| e.to_string())?;
+        let state = memfd_create(c"cellmesh-handoff", MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| format!("memfd: {e}"))?;
+        let mut file = std::fs::File::from(state);
+        let written = {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+            frozen
+                .write_to(&mut out)
+                .and_then(|n| out.flush().map(|()| n))
+        };
+        let bytes = match written {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = rt.thaw();
+                return Err(format!("writing the daemons' state: {e}"));
+            }
+        };
+        let sockets = self.node.inner.sockets.try_clone().map_err(|e| {
+            let _ = rt.thaw();
+            format!("duplicating the node's sockets: {e}")
+        })?;
+        let fds: Vec<OwnedFd> = vec![
+            OwnedFd::from(sockets.udp),
+            OwnedFd::from(sockets.control),
+            OwnedFd::from(file),
+        ];
+        Ok(Handed {
+            daemons: frozen.len() as u64,
+            bytes,
+            fds,
+        })
+    }
+}
+
+impl Incumbency for NodeIncumbency {
+    async fn stop_admitting(&mut self) -> Vec<u64> {
+        self.node.inner.set_phase(NodePhase::Upgrading);
+        self.node
+            .inner
+            .rt
+            .daemons(false)
+            .into_iter()
+            .map(|d| d.origin_hash)
+            .collect()
+    }
+
+    async fn seal(&mut self) -> Result<Handed, String> {
+        self.handed()
+    }
+
+    async fn resume(&mut self) {
+        let inner = &self.node.inner;
+        if let Err(e) = inner.rt.thaw() {
+            // Not frozen (the session ended before the seal): nothing held.
+            tracing::debug!(error = %e, "nothing to thaw");
+        }
+        inner.set_phase(NodePhase::Serving);
+    }
+}

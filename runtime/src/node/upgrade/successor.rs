@@ -1,0 +1,228 @@
+//! The new process's side: connect to the incumbent, run the session,
+//! take the lock, and hand the node builder what it inherits.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cellmesh::compute::Frozen;
+use tokio::net::UnixStream;
+
+use super::{build, UpgradeReport};
+use crate::handoff::{
+    run_successor, DataDirLock, LockError, Succession, Successor, SuccessorOutcome, Timing,
+};
+use crate::node::sockets::Sockets;
+use crate::node::StartError;
+
+/// How long a successor waits for the committed incumbent to exit and
+/// free the data directory's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// What a successor starts the node with.
+pub(crate) struct Inheritance {
+    /// The incumbent's sockets (absent if it died before sealing: the
+    /// successor binds the configured addresses).
+    pub(crate) sockets: Option<Sockets>,
+    /// The daemons, to adopt once the runtime starts.
+    pub(crate) frozen: Option<Frozen>,
+    /// Daemons lost with a dead incumbent.
+    pub(crate) lost: Vec<u64>,
+    /// What was measured so far.
+    pub(crate) report: UpgradeReport,
+    /// When the incumbent reported its daemons frozen.
+    pub(crate) sealed_at: Option<Instant>,
+    pub(crate) began: Instant,
+}
+
+/// The successor's part: keep what was handed over until the commit.
+struct NodeSuccession {
+    kinds: Vec<String>,
+    sockets: Option<Sockets>,
+    frozen: Option<Frozen>,
+    sealed_at: Option<Instant>,
+}
+
+impl NodeSuccession {
+    fn take(&mut self, fds: Vec<OwnedFd>) -> Result<u64, String> {
+        if fds.len() != 3 {
+            return Err(format!(
+                "the incumbent handed over {} descriptors, not 3 (UDP socket, control listener, state)",
+                fds.len()
+            ));
+        }
+        let mut fds = fds.into_iter();
+        let sockets: Vec<OwnedFd> = fds.by_ref().take(2).collect();
+        let sockets = Sockets::from_fds(sockets)?;
+        let Some(state) = fds.next() else {
+            return Err("no state descriptor".into());
+        };
+        let mut file = std::fs::File::from(state);
+        let mut raw = Vec::new();
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_end(&mut raw))
+            .map_err(|e| format!("reading the handed state: {e}"))?;
+        let frozen = Frozen::decode_shared(&Bytes::from(raw)).map_err(|e| e.to_string())?;
+        for kind in frozen.kinds() {
+            if !self.kinds.iter().any(|k| k == kind) {
+                return Err(format!(
+                    "a handed daemon is of kind {kind:?}, which this build does not register"
+                ));
+            }
+        }
+        let daemons = frozen.len() as u64;
+        self.sockets = Some(sockets);
+        self.frozen = Some(frozen);
+        Ok(daemons)
+    }
+}
+
+impl Succession for NodeSuccession {
+    async fn restore(
+        &mut self,
+        _daemons: u64,
+        _bytes: u64,
+        fds: Vec<OwnedFd>,
+    ) -> Result<u64, String> {
+        self.sealed_at = Some(Instant::now());
+        self.take(fds)
+    }
+}
+
+/// Runs the session with the incumbent listening on `socket`, then takes
+/// the lock of `data_dir`. `kinds` are the daemon kinds this build
+/// registers (a handed daemon of another kind is refused before `Ready`).
+pub(crate) async fn succeed(
+    socket: &Path,
+    data_dir: &Path,
+    kinds: Vec<String>,
+) -> Result<(Inheritance, DataDirLock), StartError> {
+    let began = Instant::now();
+    let fail = |reason: String| StartError::Handoff { reason };
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        fail(format!(
+            "cannot reach the incumbent at {}: {e}",
+            socket.display()
+        ))
+    })?;
+    let mut machine = Successor::new(began, Timing::default(), build(), std::process::id());
+    let mut me = NodeSuccession {
+        kinds,
+        sockets: None,
+        frozen: None,
+        sealed_at: None,
+    };
+    let outcome = run_successor(stream, &mut machine, &mut me).await;
+    let handshake = began.elapsed();
+    let (with_state, lost) = match outcome {
+        SuccessorOutcome::TakeOver { with_state, lost } => (with_state, lost.unwrap_or_default()),
+        SuccessorOutcome::Exit(reason) => return Err(fail(reason.to_string())),
+    };
+    let waited = Instant::now();
+    let lock = DataDirLock::acquire_by(
+        data_dir,
+        Instant::now() + LOCK_WAIT,
+        Duration::from_millis(1),
+    )
+    .await
+    .map_err(|e| match e {
+        LockError::Held(path) => StartError::DataDirInUse { path },
+        LockError::Io { path, source } => StartError::DataDir {
+            path,
+            reason: format!("cannot lock it: {source}"),
+        },
+    })?;
+    let mut report = UpgradeReport {
+        handoff_id: machine.id().map(|id| id.to_string()).unwrap_or_default(),
+        incumbent_pid: machine.incumbent_pid().unwrap_or(0),
+        successor_pid: std::process::id(),
+        lost: lost.iter().map(|o| format!("{o:016x}")).collect(),
+        ..UpgradeReport::default()
+    };
+    report.step("handoff", handshake);
+    report.step("incumbent_exit", waited.elapsed());
+    let frozen = if with_state { me.frozen.take() } else { None };
+    if let Some(frozen) = &frozen {
+        report.daemons = frozen.len() as u64;
+        report.bytes = frozen.bytes();
+    }
+    Ok((
+        Inheritance {
+            // Without the state, sockets handed over are still the
+            // node's: keep serving on them.
+            sockets: me.sockets.take(),
+            frozen,
+            lost,
+            report,
+            sealed_at: me.sealed_at,
+            began,
+        },
+        lock,
+    ))
+}
+
+/// Adopts the inherited daemons into `rt` (started) and opens their
+/// gates; reports lost daemons. Returns the upgrade's report.
+pub(crate) fn adopt(
+    rt: &cellmesh::compute::DaemonRuntime,
+    metrics: &crate::metrics::Metrics,
+    inherited: Inheritance,
+) -> UpgradeReport {
+    let Inheritance {
+        frozen,
+        lost,
+        mut report,
+        sealed_at,
+        began,
+        ..
+    } = inherited;
+    for origin in &lost {
+        tracing::error!(
+            origin = %format!("{origin:016x}"),
+            "daemon lost: the previous process died before handing it over"
+        );
+    }
+    metrics.upgrade_daemons_lost.inc_by(lost.len() as u64);
+    if let Some(frozen) = frozen {
+        let origins: Vec<u64> = frozen.origins().collect();
+        let adopted = Instant::now();
+        match rt.adopt_frozen(frozen) {
+            Ok(adopt) => {
+                report.step("adopt", adopted.elapsed());
+                let opened = Instant::now();
+                if let Err(e) = rt.open_gates() {
+                    tracing::error!(error = %e, "cannot open the adopted daemons' gates");
+                }
+                report.step("open_gates", opened.elapsed());
+                tracing::info!(
+                    daemons = adopt.daemons,
+                    bytes = adopt.bytes,
+                    "daemons adopted"
+                );
+            }
+            Err(e) => {
+                // Committed: the previous process is gone, and so are they.
+                tracing::error!(error = %e, daemons = origins.len(), "handed daemons could not be adopted and are lost");
+                metrics.upgrade_daemons_lost.inc_by(origins.len() as u64);
+                report
+                    .lost
+                    .extend(origins.iter().map(|o| format!("{o:016x}")));
+                report.daemons = 0;
+            }
+        }
+    }
+    report.frozen_seconds = sealed_at.map_or(0.0, |at| at.elapsed().as_secs_f64());
+    report.total_seconds = began.elapsed().as_secs_f64();
+    metrics.upgrades.inc();
+    tracing::info!(
+        daemons = report.daemons,
+        bytes = report.bytes,
+        frozen_ms = report.frozen_seconds * 1e3,
+        total_ms = report.total_seconds * 1e3,
+        lost = report.lost.len(),
+        "took the node over"
+    );
+    report
+}
