@@ -20,3 +20,5 @@ mod lifecycle;
 mod metrics;
 #[path = "operator/sigterm.rs"]
 mod sigterm;
+#[path = "operator/upgrade.rs"]
+mod upgrade;

@@ -37,6 +37,8 @@ pub use migration::{
 };
 pub use remote::{PlacedDaemon, Placement};
 pub use runtime::{DaemonRuntime, DeliveryCounters, HostedDaemon};
-pub use sender::{Delivered, EventSender, PendingEvent, Resent, SendError, SequenceError};
+pub use sender::{
+    Delivered, EventSender, PendingEvent, Resent, SendError, SequenceError, RESTART_WAIT,
+};
 pub use snapshot::{SnapshotError, StateSnapshot, MAX_SNAPSHOT_BYTES};
 pub use stats::DaemonStats;

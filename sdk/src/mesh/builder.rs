@@ -244,6 +244,7 @@ impl MeshBuilder {
                 jitter_seed(),
             )),
             rejoin_wake: Notify::new(),
+            restarting: dashmap::DashMap::new(),
             changes: tokio::sync::watch::channel(0).0,
         });
         shared

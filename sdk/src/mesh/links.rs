@@ -142,6 +142,11 @@ pub(crate) async fn start_ctrl(
             {
                 super::node::LinkEnd::Left
             }
+            Some(quinn::ConnectionError::ApplicationClosed(c))
+                if c.error_code == close::RESTART.into() =>
+            {
+                super::node::LinkEnd::Restarting
+            }
             Some(_) => super::node::LinkEnd::Lost,
             None => {
                 // A half ended on a live connection (a stuck or finished

@@ -36,6 +36,8 @@ pub(crate) mod close {
     pub(crate) const PROTOCOL: u32 = 0x11;
     /// The node leaves the mesh.
     pub(crate) const LEAVE: u32 = 0x12;
+    /// The node's process is replaced; the node comes back at once.
+    pub(crate) const RESTART: u32 = 0x13;
 }
 
 /// An admitted control link to a peer.
@@ -80,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) rejoin: Mutex<Rejoin>,
     /// Wakes the rejoin task after an input.
     pub(crate) rejoin_wake: Notify,
+    /// Nodes that closed their links to restart, and when.
+    pub(crate) restarting: DashMap<NodeId, std::time::Instant>,
     pub(crate) changes: watch::Sender<u64>,
 }
 
@@ -90,6 +94,9 @@ pub(crate) enum LinkEnd {
     Left,
     /// Timed out, reset or broken: the peer may come back.
     Lost,
+    /// Its process is being replaced: it comes back at once, the same
+    /// node with the same daemons.
+    Restarting,
 }
 
 impl Shared {
@@ -111,7 +118,14 @@ impl Shared {
             .peers
             .remove_if(&peer, |_, link| link.conn.stable_id() == stable_id)
             .is_some();
-        if removed && !self.peers.contains_key(&peer) {
+        if removed && end == LinkEnd::Restarting && !self.peers.contains_key(&peer) {
+            // The same node, back in a moment: keep its record and its
+            // daemons' locations, and dial it again at once.
+            self.note_restarting(peer);
+            self.conns.retain(|(node, _), _| *node != peer);
+            tracing::debug!(node = %self.node_id.short(), peer = %peer.short(), "peer restarting");
+            self.with_rejoin(|r, now| r.handle_restarting(now, peer));
+        } else if removed && !self.peers.contains_key(&peer) {
             self.members.remove(&peer);
             self.directory.retain(|_, node| *node != peer);
             // A peer that dropped out is dialled afresh: its other
@@ -120,7 +134,7 @@ impl Shared {
             tracing::debug!(node = %self.node_id.short(), peer = %peer.short(), ?end, "peer gone");
             self.with_rejoin(|r, now| match end {
                 LinkEnd::Left => r.handle_left(now, peer),
-                LinkEnd::Lost => r.handle_lost(now, peer),
+                LinkEnd::Lost | LinkEnd::Restarting => r.handle_lost(now, peer),
             });
         }
         self.bump();
@@ -172,6 +186,7 @@ impl Shared {
 
     /// A control link to `peer` is up.
     pub(crate) fn on_joined(&self, peer: NodeId, addr: SocketAddr) {
+        self.note_back(peer);
         self.with_rejoin(|r, now| r.handle_joined(now, peer, addr));
     }
 

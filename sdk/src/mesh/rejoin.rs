@@ -238,6 +238,19 @@ impl Rejoin {
         }
     }
 
+    /// `node` closed its link to restart: dial it again almost at once.
+    pub(crate) fn handle_restarting(&mut self, now: Instant, node: NodeId) {
+        if let Some(m) = self.members.get_mut(&node) {
+            if m.link == Link::Live {
+                m.link = Link::Down {
+                    due: now + super::restart::RESTART_REDIAL,
+                    failures: 0,
+                    since: now,
+                };
+            }
+        }
+    }
+
     /// `node` left the mesh: forget it, and refuse its current record.
     pub(crate) fn handle_left(&mut self, now: Instant, node: NodeId) {
         let Some(m) = self.members.remove(&node) else {

@@ -65,6 +65,9 @@ async fn session(node: &Node, stream: UnixStream) {
     let mut me = NodeIncumbency { node: node.clone() };
     match run_incumbent(stream, machine, &mut me).await {
         IncumbentOutcome::Committed => {
+            // Peers first: they keep the node and dial it again at once;
+            // the events held here get their answer from the successor.
+            node.inner.mesh.hand_over().await;
             let retired = node.inner.rt.retire().unwrap_or(0);
             tracing::info!(handoff = %id, retired, "handed over: this process stops serving");
             node.inner.metrics.upgrades.inc();

@@ -2,6 +2,7 @@
 //! live, with the sequences allocated and the causal links built.
 
 mod error;
+mod retry;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use dashmap::DashMap;
 use tokio::sync::Mutex;
 
 pub use error::{SendError, SequenceError};
+pub use retry::RESTART_WAIT;
 
 use super::causal::{CausalEvent, CausalLink};
 use super::error::DaemonError;
@@ -60,6 +62,11 @@ use crate::Identity;
 /// supported: share one sender (clones) instead.
 ///
 /// # Failures
+///
+/// A send to a daemon whose node is restarting (its process replaced by
+/// an upgrade: [`Mesh::is_restarting`](crate::mesh::Mesh::is_restarting))
+/// is retried under the same sequence until the node answers again, for
+/// up to [`RESTART_WAIT`]: the caller sees the outcome, not the restart.
 ///
 /// A failed send returns the [`PendingEvent`] inside
 /// [`SendError::Failed`]; [`resend`](Self::resend) sends it again under the
@@ -119,6 +126,10 @@ pub struct Delivered {
     pub sequence: u64,
     /// What the daemon emitted, linked into its output chain.
     pub outputs: Vec<CausalEvent>,
+    /// The event was applied (exactly once) by an attempt whose answer was
+    /// lost with its connection, while the daemon's node restarted: the
+    /// retry was refused as a duplicate, and `outputs` is empty.
+    pub outputs_lost: bool,
 }
 
 /// The outcome of [`EventSender::resend`].
@@ -344,11 +355,12 @@ impl EventSender {
                 last: *last,
             });
         }
-        match self.rt.send(daemon, pending.event.clone()).await {
+        match retry::send(&self.rt, daemon, &pending.event).await.0 {
             Ok(outputs) => Ok(Resent::Applied(Delivered {
                 daemon,
                 sequence,
                 outputs,
+                outputs_lost: false,
             })),
             Err(DaemonError::Duplicate { .. }) => Ok(Resent::AlreadyApplied { daemon, sequence }),
             Err(source) => Err(SendError::Failed {
@@ -389,11 +401,20 @@ impl EventSender {
             payload,
             received_at: 0,
         };
-        match self.rt.send(daemon, event.clone()).await {
+        let (outcome, attempts) = retry::send(&self.rt, daemon, &event).await;
+        match outcome {
             Ok(outputs) => Ok(Delivered {
                 daemon,
                 sequence,
                 outputs,
+                outputs_lost: false,
+            }),
+            // A retry after an attempt whose answer was lost: applied once.
+            Err(DaemonError::Duplicate { .. }) if attempts > 1 => Ok(Delivered {
+                daemon,
+                sequence,
+                outputs: Vec::new(),
+                outputs_lost: true,
             }),
             // The first attempt of a fresh sequence: the mark was past it.
             Err(DaemonError::Duplicate { .. }) => Err(SendError::Stale {

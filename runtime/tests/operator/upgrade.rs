@@ -1,0 +1,179 @@
+//! `cellmesh upgrade`: the node's binary replaced in place, twice, with a
+//! peer sending to its daemons throughout: the node id, the addresses and
+//! every daemon's state stay; no acknowledged event is lost or counted
+//! twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cellmesh::compute::DaemonRuntime;
+use cellmesh::mesh::{MeshBuilder, Psk};
+use cellmesh::Identity;
+use serde_json::Value;
+
+use super::common::*;
+
+const DAEMONS: usize = 100;
+
+/// Sends SIGKILL to `pid` (a node process this test caused to exist).
+fn kill(pid: u64) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) on a node process this test started.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn counts(node: &NodeProc) -> HashMap<u64, u64> {
+    node.daemons("counter")
+        .into_iter()
+        .map(|d| {
+            (
+                u64::from_str_radix(d["origin_hash"].as_str().unwrap(), 16).unwrap(),
+                d["events_processed"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `cellmesh upgrade -o json` against `x`; the successor's report.
+fn upgrade(x: &NodeProc) -> Value {
+    let out = x.cli(&["upgrade", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "upgrade failed ({:?}): {}\n{}",
+        out.status.code(),
+        stderr(&out),
+        x.log()
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
+#[test]
+fn two_upgrades_under_load_keep_every_daemon_and_every_event() {
+    let dir = scratch("upgrade");
+    let mut x = NodeProc::start(&dir, "x", &[], None);
+    let seed = x.mesh_addr.clone();
+    let before = x.json(&["status"]);
+    let spawned = x.json(&["spawn", "counter", "--count", &DAEMONS.to_string()]);
+    let origins: Vec<u64> = spawned["spawned"]
+        .as_array()
+        .expect("spawned")
+        .iter()
+        .map(|d| u64::from_str_radix(d["origin_hash"].as_str().unwrap(), 16).unwrap())
+        .collect();
+    assert_eq!(origins.len(), DAEMONS);
+
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // A peer of the mesh that sends to X's daemons.
+    let rt = tokio.block_on(async {
+        let psk = Psk::from_hex(PSK).expect("psk");
+        let mesh = MeshBuilder::new("127.0.0.1:0", psk)
+            .expect("builder")
+            .seed_peers([seed.parse().expect("addr")])
+            .build()
+            .await
+            .expect("mesh");
+        let rt = DaemonRuntime::new(Arc::new(mesh));
+        rt.start().await.expect("start");
+        rt
+    });
+    wait_for("the sender to locate every daemon", || {
+        origins
+            .iter()
+            .all(|o| rt.mesh().locate(*o).is_some())
+            .then_some(())
+    });
+    let sender = rt.sender(&Identity::generate());
+    let sent: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    tokio.block_on(async {
+        for o in &origins {
+            sender
+                .send(*o, Bytes::from_static(b"tick"))
+                .await
+                .expect("a first send");
+            *sent.lock().unwrap().entry(*o).or_default() += 1;
+        }
+    });
+
+    // Keep sending, paced, through both upgrades.
+    let sending = Arc::new(AtomicBool::new(true));
+    let during = tokio.spawn({
+        let (sender, sent, sending, origins) = (
+            sender.clone(),
+            Arc::clone(&sent),
+            Arc::clone(&sending),
+            origins.clone(),
+        );
+        async move {
+            let mut n = 0usize;
+            let mut failures = Vec::new();
+            while sending.load(Ordering::Relaxed) {
+                let o = origins[n % origins.len()];
+                match sender.send(o, Bytes::from_static(b"tick")).await {
+                    Ok(_) => *sent.lock().unwrap().entry(o).or_default() += 1,
+                    Err(e) => failures.push(format!("{o:016x}: {e}")),
+                }
+                n += 1;
+                if n.is_multiple_of(50) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            (n, failures)
+        }
+    });
+
+    let mut pids = vec![before["pid"].as_u64().expect("pid")];
+    for round in 0..2 {
+        std::thread::sleep(Duration::from_millis(100));
+        let report = upgrade(&x);
+        assert_eq!(report["daemons"], DAEMONS as u64, "round {round}: {report}");
+        assert_eq!(report["lost"].as_array().map_or(0, Vec::len), 0, "{report}");
+        let status = x.json(&["status"]);
+        assert_eq!(status["node_id"], before["node_id"], "same node id");
+        assert_eq!(status["mesh_address"], before["mesh_address"]);
+        let pid = status["pid"].as_u64().expect("pid");
+        assert!(
+            !pids.contains(&pid),
+            "a new process serves: {pid} after {pids:?}"
+        );
+        pids.push(pid);
+    }
+    // The first process exited once it handed over.
+    let first = x.wait_exit();
+    assert!(first.success(), "{first}\n{}", x.log());
+
+    std::thread::sleep(Duration::from_millis(100));
+    sending.store(false, Ordering::Relaxed);
+    let (total, failures) = tokio.block_on(during).expect("sender task");
+    assert!(total > 0, "sends were made during the upgrades");
+    assert!(
+        failures.is_empty(),
+        "sends failed: {failures:?}\n{}",
+        x.log()
+    );
+
+    let hosted = counts(&x);
+    let sent = sent.lock().unwrap().clone();
+    for o in &origins {
+        assert_eq!(
+            hosted.get(o),
+            sent.get(o),
+            "daemon {o:016x}: processed vs acknowledged"
+        );
+    }
+    tokio.block_on(async {
+        let _ = rt.shutdown().await;
+        rt.mesh().leave().await;
+    });
+    kill(*pids.last().expect("a pid"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

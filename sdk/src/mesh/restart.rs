@@ -1,0 +1,72 @@
+//! A node's process being replaced (an upgrade of its binary): the old
+//! process closes every connection with [`close::RESTART`], and its peers
+//! keep what they know of the node (its record, where its daemons live),
+//! dial it again at once, and treat it as *restarting* for up to
+//! [`RESTART_GRACE`] or until it is admitted again. A sender seeing the
+//! node unreachable or refusing meanwhile waits and retries (see
+//! `EventSender`): the new process is the same node, at the same address,
+//! with the same daemons.
+
+use std::time::{Duration, Instant};
+
+use super::node::{close, Shared};
+use super::{Mesh, NodeId};
+
+/// How long a node that said it restarts is waited for.
+pub const RESTART_GRACE: Duration = Duration::from_secs(30);
+
+/// How long after a restart notice the first dial goes out.
+pub(crate) const RESTART_REDIAL: Duration = Duration::from_millis(5);
+
+/// How long [`Mesh::hand_over`] waits for the close frames to leave.
+const FLUSH: Duration = Duration::from_millis(50);
+
+impl Shared {
+    /// `node` closed its link to restart.
+    pub(crate) fn note_restarting(&self, node: NodeId) {
+        self.restarting.insert(node, Instant::now());
+    }
+
+    /// `node` is admitted again.
+    pub(crate) fn note_back(&self, node: NodeId) {
+        self.restarting.remove(&node);
+    }
+}
+
+impl Mesh {
+    /// Whether `node` said it restarts (closed its connections with the
+    /// restart code) less than [`RESTART_GRACE`] ago and has not been
+    /// admitted again since.
+    pub fn is_restarting(&self, node: NodeId) -> bool {
+        let shared = &self.shared;
+        let Some(since) = shared.restarting.get(&node).map(|s| *s) else {
+            return false;
+        };
+        if since.elapsed() < RESTART_GRACE {
+            return true;
+        }
+        shared
+            .restarting
+            .remove_if(&node, |_, at| at.elapsed() >= RESTART_GRACE);
+        false
+    }
+
+    /// Hands this node over to another process (an upgrade of its binary,
+    /// which serves the same node id at the same address): dials no one
+    /// again, closes every connection with the restart code so that peers
+    /// keep the node's record and daemon locations and dial it again at
+    /// once, and waits briefly (at most 50 ms) for the close frames to
+    /// leave. Unlike [`leave`](Self::leave), peers are not told the node
+    /// is gone. The mesh serves nothing afterwards.
+    pub async fn hand_over(&self) {
+        let shared = &self.shared;
+        shared.with_rejoin(|r, _| r.stop());
+        let reason: &[u8] = b"node restarting";
+        for link in shared.peers.iter() {
+            link.conn.close(close::RESTART.into(), reason);
+        }
+        shared.endpoint.close(close::RESTART.into(), reason);
+        let _ = tokio::time::timeout(FLUSH, shared.endpoint.wait_idle()).await;
+        shared.cancel.cancel();
+    }
+}
