@@ -120,8 +120,9 @@ pub struct CellEventLog {
     owner: Option<String>,
     /// Serializes appends so cursors are handed out in commit order.
     append: Mutex<()>,
-    /// Set once redb panicked on the file: its state is suspect from then
-    /// on, so every later operation is refused without touching it.
+    /// Set once redb panicked on the file or found it corrupt: its state is
+    /// suspect from then on, so every later operation is refused without
+    /// touching it.
     broken: AtomicBool,
 }
 
@@ -242,7 +243,7 @@ impl CellEventLog {
     /// Records `signer` as a key whose events this log accepts.
     ///
     /// # Errors
-    /// [`LogError::Store`].
+    /// [`LogError::Store`] or [`LogError::Corrupt`].
     pub fn trust(&self, signer: &EntityId) -> Result<(), LogError> {
         if self.trusts(signer)? {
             return Ok(());
@@ -260,7 +261,7 @@ impl CellEventLog {
     /// key recorded with [`trust`](Self::trust)).
     ///
     /// # Errors
-    /// [`LogError::Store`].
+    /// [`LogError::Store`] or [`LogError::Corrupt`].
     pub fn trusts(&self, signer: &EntityId) -> Result<bool, LogError> {
         let hex = signer.to_string();
         if self.owner.as_deref() == Some(hex.as_str()) {
@@ -285,8 +286,9 @@ impl CellEventLog {
     }
 
     /// Runs one redb operation on this log through `contained`: its
-    /// errors and its panics become typed errors naming the file. After a
-    /// panic the log is broken and refuses every later operation.
+    /// errors and its panics become typed errors naming the file. Once
+    /// redb panicked or found the file corrupt, the log refuses every later
+    /// operation.
     fn guard<T>(&self, op: impl FnOnce() -> Result<T, redb::Error>) -> Result<T, LogError> {
         if self.broken.load(Ordering::Acquire) {
             return Err(LogError::Corrupt {
@@ -368,8 +370,8 @@ impl CellEventLog {
     /// Up to `limit` events after `cursor`, verified, in cursor order.
     ///
     /// # Errors
-    /// [`LogError::Store`], or [`LogError::BadEntry`] for an entry that does
-    /// not verify.
+    /// [`LogError::Store`], [`LogError::Corrupt`], or [`LogError::BadEntry`]
+    /// for an entry that does not verify.
     pub fn read_after(
         &self,
         cursor: u64,
