@@ -12,11 +12,13 @@
 //! trusted ([`trust`](CellEventLog::trust)) when the node accepted the
 //! event. An owner file beside an empty or missing log
 //! ([`LogError::Emptied`]) and a file redb cannot read
-//! ([`LogError::Corrupt`], redb's panics contained) are errors, never an
-//! empty log or a panic.
+//! ([`LogError::Corrupt`], redb's panics contained on every operation)
+//! are errors, never an empty log or a panic.
 
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -112,11 +114,26 @@ pub enum LogError {
 #[derive(Debug)]
 pub struct CellEventLog {
     path: PathBuf,
-    db: Database,
+    /// Dropped by hand, with its panics contained (see `Drop`).
+    db: ManuallyDrop<Database>,
     /// The owner's key (hex), when opened with one.
     owner: Option<String>,
     /// Serializes appends so cursors are handed out in commit order.
     append: Mutex<()>,
+    /// Set once redb panicked on the file or found it corrupt: its state is
+    /// suspect from then on, so every later operation is refused without
+    /// touching it.
+    broken: AtomicBool,
+}
+
+impl Drop for CellEventLog {
+    fn drop(&mut self) {
+        // SAFETY: `db` is taken exactly once, here, and never used after.
+        let db = unsafe { ManuallyDrop::take(&mut self.db) };
+        // Closing a file on which redb panicked before panics again (its
+        // locks are poisoned); the file is closed by the unwinding anyway.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+    }
 }
 
 impl CellEventLog {
@@ -170,17 +187,24 @@ impl CellEventLog {
                 });
             }
         }
-        let db = contained(&path, || {
-            let db = Database::create(&path)?;
+        let db = contained(&path, || Ok(Database::create(&path)?))?;
+        let log = Self {
+            path,
+            db: ManuallyDrop::new(db),
+            owner,
+            append: Mutex::new(()),
+            broken: AtomicBool::new(false),
+        };
+        let foreign = log.guard(|| {
             // Create the tables so readers of an empty log find them.
-            let txn = db.begin_write()?;
+            let txn = log.db.begin_write()?;
             txn.open_table(EVENTS)?;
             txn.open_table(MARKS)?;
             txn.open_table(TRUSTED)?;
             let foreign = {
                 let mut meta = txn.open_table(META)?;
                 let inside = meta.get("owner")?.map(|v| v.value().to_string());
-                match (inside, &owner) {
+                match (inside, &log.owner) {
                     (Some(inside), Some(owner)) if &inside != owner => Some(inside),
                     (None, Some(owner)) => {
                         meta.insert("owner", owner.as_str())?;
@@ -190,34 +214,27 @@ impl CellEventLog {
                 }
             };
             txn.commit()?;
-            Ok((db, foreign))
+            Ok(foreign)
         })?;
-        let (db, foreign) = db;
         if let Some(inside) = foreign {
             return Err(LogError::Foreign {
-                path,
+                path: log.path.clone(),
                 owner: inside,
-                expected: owner.unwrap_or_default(),
+                expected: log.owner.clone().unwrap_or_default(),
             });
         }
-        let write_owner = match (&recorded, &owner) {
+        let write_owner = match (&recorded, &log.owner) {
             (None, _) => true,
             (Some(r), Some(_)) => r.is_empty(),
             (Some(_), None) => false,
         };
         if write_owner {
-            let text = owner.clone().unwrap_or_default();
+            let text = log.owner.clone().unwrap_or_default();
             std::fs::write(&owner_file, text).map_err(|source| LogError::Dir {
                 path: owner_file,
                 source,
             })?;
         }
-        let log = Self {
-            path,
-            db,
-            owner,
-            append: Mutex::new(()),
-        };
         // Every entry is read once: a damaged file fails here, not later.
         log.replay_after(0, |_, _| {})?;
         Ok(log)
@@ -226,13 +243,13 @@ impl CellEventLog {
     /// Records `signer` as a key whose events this log accepts.
     ///
     /// # Errors
-    /// [`LogError::Store`].
+    /// [`LogError::Store`] or [`LogError::Corrupt`].
     pub fn trust(&self, signer: &EntityId) -> Result<(), LogError> {
         if self.trusts(signer)? {
             return Ok(());
         }
         let hex = signer.to_string();
-        contained(&self.path, || {
+        self.guard(|| {
             let txn = self.db.begin_write()?;
             txn.open_table(TRUSTED)?.insert(hex.as_str(), 1)?;
             txn.commit()?;
@@ -244,13 +261,13 @@ impl CellEventLog {
     /// key recorded with [`trust`](Self::trust)).
     ///
     /// # Errors
-    /// [`LogError::Store`].
+    /// [`LogError::Store`] or [`LogError::Corrupt`].
     pub fn trusts(&self, signer: &EntityId) -> Result<bool, LogError> {
         let hex = signer.to_string();
         if self.owner.as_deref() == Some(hex.as_str()) {
             return Ok(true);
         }
-        contained(&self.path, || {
+        self.guard(|| {
             let txn = self.db.begin_read()?;
             let table = txn.open_table(TRUSTED)?;
             let found = table.get(hex.as_str())?.is_some();
@@ -268,84 +285,99 @@ impl CellEventLog {
         &self.path
     }
 
-    fn store(&self, e: impl Into<redb::Error>) -> LogError {
-        LogError::Store {
-            path: self.path.clone(),
-            source: Box::new(e.into()),
+    /// Runs one redb operation on this log through `contained`: its
+    /// errors and its panics become typed errors naming the file. Once
+    /// redb panicked or found the file corrupt, the log refuses every later
+    /// operation.
+    fn guard<T>(&self, op: impl FnOnce() -> Result<T, redb::Error>) -> Result<T, LogError> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(LogError::Corrupt {
+                path: self.path.clone(),
+                detail: "an earlier operation found the file damaged; reopen it".into(),
+            });
         }
+        let out = contained(&self.path, op);
+        if let Err(LogError::Corrupt { .. }) = &out {
+            self.broken.store(true, Ordering::Release);
+        }
+        out
     }
 
     /// Appends `event` durably and returns its cursor (1 for the first
     /// event ever, then one more per event).
     ///
     /// # Errors
-    /// [`LogError::Store`]; nothing was appended.
+    /// [`LogError::Store`] or [`LogError::Corrupt`]; nothing was appended.
     pub fn append(&self, event: &SignedCloudEvent) -> Result<u64, LogError> {
         let _order = self.append.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db.begin_write().map_err(|e| self.store(e))?;
-        let cursor = {
-            let mut table = txn.open_table(EVENTS).map_err(|e| self.store(e))?;
-            let last = table
-                .last()
-                .map_err(|e| self.store(e))?
-                .map_or(0, |(k, _)| k.value());
-            let cursor = last + 1;
-            table
-                .insert(cursor, event.to_json().as_slice())
-                .map_err(|e| self.store(e))?;
-            cursor
-        };
-        txn.commit().map_err(|e| self.store(e))?;
-        Ok(cursor)
+        let json = event.to_json();
+        self.guard(|| {
+            let txn = self.db.begin_write()?;
+            let cursor = {
+                let mut table = txn.open_table(EVENTS)?;
+                let last = table.last()?.map_or(0, |(k, _)| k.value());
+                let cursor = last.checked_add(1).ok_or_else(|| {
+                    redb::Error::Corrupted(format!("cursor {last} is the last there can be"))
+                })?;
+                table.insert(cursor, json.as_slice())?;
+                cursor
+            };
+            txn.commit()?;
+            Ok(cursor)
+        })
     }
 
     /// The cursor of the last event, 0 for an empty log.
     ///
     /// # Errors
-    /// [`LogError::Store`].
+    /// [`LogError::Store`] or [`LogError::Corrupt`].
     pub fn last_cursor(&self) -> Result<u64, LogError> {
-        let txn = self.db.begin_read().map_err(|e| self.store(e))?;
-        let table = txn.open_table(EVENTS).map_err(|e| self.store(e))?;
-        let last = table.last().map_err(|e| self.store(e))?;
-        Ok(last.map_or(0, |(k, _)| k.value()))
+        self.guard(|| {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(EVENTS)?;
+            let last = table.last()?.map(|(k, _)| k.value());
+            Ok(last.unwrap_or(0))
+        })
     }
 
     /// Durably records the cursor `name` (for example how far a sink has
     /// published).
     ///
     /// # Errors
-    /// [`LogError::Store`].
+    /// [`LogError::Store`] or [`LogError::Corrupt`].
     pub fn set_mark(&self, name: &str, cursor: u64) -> Result<(), LogError> {
-        let txn = self.db.begin_write().map_err(|e| self.store(e))?;
-        {
-            let mut table = txn.open_table(MARKS).map_err(|e| self.store(e))?;
-            table.insert(name, cursor).map_err(|e| self.store(e))?;
-        }
-        txn.commit().map_err(|e| self.store(e))
+        self.guard(|| {
+            let txn = self.db.begin_write()?;
+            txn.open_table(MARKS)?.insert(name, cursor)?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// The cursor recorded under `name`, 0 if none.
     ///
     /// # Errors
-    /// [`LogError::Store`].
+    /// [`LogError::Store`] or [`LogError::Corrupt`].
     pub fn mark(&self, name: &str) -> Result<u64, LogError> {
-        let txn = self.db.begin_read().map_err(|e| self.store(e))?;
-        let table = txn.open_table(MARKS).map_err(|e| self.store(e))?;
-        let value = table.get(name).map_err(|e| self.store(e))?;
-        Ok(value.map_or(0, |v| v.value()))
+        self.guard(|| {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(MARKS)?;
+            let value = table.get(name)?.map(|v| v.value());
+            Ok(value.unwrap_or(0))
+        })
     }
 
     /// Up to `limit` events after `cursor`, verified, in cursor order.
     ///
     /// # Errors
-    /// [`LogError::Store`], or [`LogError::BadEntry`] for an entry that does
-    /// not verify.
+    /// [`LogError::Store`], [`LogError::Corrupt`], or [`LogError::BadEntry`]
+    /// for an entry that does not verify.
     pub fn read_after(
         &self,
         cursor: u64,
         limit: usize,
     ) -> Result<Vec<(u64, SignedCloudEvent)>, LogError> {
-        let raw: Vec<(u64, Vec<u8>)> = contained(&self.path, || {
+        let raw: Vec<(u64, Vec<u8>)> = self.guard(|| {
             let txn = self.db.begin_read()?;
             let table = txn.open_table(EVENTS)?;
             let mut out = Vec::new();
@@ -405,34 +437,58 @@ impl CellEventLog {
             for (at, event) in &batch {
                 f(*at, event);
             }
+            if last == u64::MAX {
+                // No cursor comes after this one (only a damaged file
+                // holds it); reading after it again would loop forever.
+                return Ok(last);
+            }
             cursor = last;
         }
     }
 
     /// Writes raw bytes as a new entry, bypassing every check. Only for
     /// tests of what a reader does with a log altered on disk.
+    ///
+    /// # Errors
+    /// [`LogError::Store`] or [`LogError::Corrupt`]; nothing was appended.
     #[cfg(any(test, feature = "test-utils"))]
     pub fn append_raw(&self, bytes: &[u8]) -> Result<u64, LogError> {
-        let last = self.last_cursor()?;
-        self.overwrite_raw(last + 1, bytes)?;
-        Ok(last + 1)
+        let _order = self.append.lock().unwrap_or_else(|e| e.into_inner());
+        self.guard(|| {
+            let txn = self.db.begin_write()?;
+            let cursor = {
+                let mut table = txn.open_table(EVENTS)?;
+                let last = table.last()?.map_or(0, |(k, _)| k.value());
+                let cursor = last.checked_add(1).ok_or_else(|| {
+                    redb::Error::Corrupted(format!("cursor {last} is the last there can be"))
+                })?;
+                table.insert(cursor, bytes)?;
+                cursor
+            };
+            txn.commit()?;
+            Ok(cursor)
+        })
     }
 
     /// Overwrites the raw bytes of an entry. Only for tests of tamper
     /// detection.
+    ///
+    /// # Errors
+    /// [`LogError::Store`] or [`LogError::Corrupt`]; nothing was written.
     #[cfg(any(test, feature = "test-utils"))]
     pub fn overwrite_raw(&self, cursor: u64, bytes: &[u8]) -> Result<(), LogError> {
-        let txn = self.db.begin_write().map_err(|e| self.store(e))?;
-        {
-            let mut table = txn.open_table(EVENTS).map_err(|e| self.store(e))?;
-            table.insert(cursor, bytes).map_err(|e| self.store(e))?;
-        }
-        txn.commit().map_err(|e| self.store(e))
+        self.guard(|| {
+            let txn = self.db.begin_write()?;
+            txn.open_table(EVENTS)?.insert(cursor, bytes)?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 }
 
 /// Runs a redb operation, turning its errors and its panics (on a damaged
-/// file) into typed errors naming `path`.
+/// file) into typed errors naming `path`. Every operation on the store goes
+/// through here, so no redb panic reaches a caller.
 fn contained<T>(path: &Path, op: impl FnOnce() -> Result<T, redb::Error>) -> Result<T, LogError> {
     match catch_unwind(AssertUnwindSafe(op)) {
         Ok(Ok(value)) => Ok(value),
@@ -449,7 +505,7 @@ fn contained<T>(path: &Path, op: impl FnOnce() -> Result<T, redb::Error>) -> Res
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "redb failed while reading the file".into());
+                .unwrap_or_else(|| "redb failed on the file".into());
             Err(LogError::Corrupt {
                 path: path.to_path_buf(),
                 detail,
@@ -457,3 +513,6 @@ fn contained<T>(path: &Path, op: impl FnOnce() -> Result<T, redb::Error>) -> Res
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

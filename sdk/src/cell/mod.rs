@@ -31,8 +31,8 @@ mod spec;
 pub use backend::StubBackend;
 pub use backend::{
     BackendFuture, CellBackend, CellError, CellHandle, CellHost, CellOutput, Containment,
-    ContainmentChoice, ExitReport, ProcessBackend, ProcessBackendConfig, TeardownReport,
-    MAX_OUTPUT_BYTES, OUTPUT_DIR,
+    ContainmentChoice, ExitReport, OutputRange, ProcessBackend, ProcessBackendConfig,
+    TeardownReport, MAX_OUTPUT_BYTES, OUTPUT_DIR,
 };
 pub use event::{
     rfc3339, CellEventKind, CellEvents, CloudEventV1, EventContext, FailureCause, TerminalState,

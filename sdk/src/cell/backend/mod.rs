@@ -20,7 +20,7 @@ use super::spec::{ExecutionCellDocument, SpecError};
 use crate::NodeId;
 
 pub use contain::{Containment, ContainmentChoice};
-pub use output::{CellOutput, MAX_OUTPUT_BYTES, OUTPUT_DIR};
+pub use output::{CellOutput, OutputRange, MAX_OUTPUT_BYTES, OUTPUT_DIR};
 pub use process::{ProcessBackend, ProcessBackendConfig};
 #[cfg(any(test, feature = "test-utils"))]
 pub use stub::StubBackend;
@@ -307,6 +307,25 @@ pub trait CellBackend: Send + Sync + 'static {
     /// `Output` when the files cannot be read.
     fn output(&self, cell_id: &str) -> Result<CellOutput, CellError> {
         Err(CellError::UnknownCell(cell_id.to_string()))
+    }
+
+    /// Up to `max` bytes of each stream of the output of a cell created or
+    /// adopted here, from the given offsets, with the kept length of each
+    /// stream (for a peer reading it in chunks). The default reads the
+    /// whole output and cuts the range out; a backend with output files
+    /// reads only the range.
+    ///
+    /// # Errors
+    /// As [`output`](Self::output).
+    fn output_range(
+        &self,
+        cell_id: &str,
+        stdout_from: u64,
+        stderr_from: u64,
+        max: u64,
+    ) -> Result<OutputRange, CellError> {
+        let full = self.output(cell_id)?;
+        Ok(OutputRange::cut(&full, stdout_from, stderr_from, max))
     }
 
     /// Stores output that came with a cell migrating here.

@@ -36,6 +36,70 @@ pub struct CellOutput {
     pub truncated: bool,
 }
 
+/// A part of a cell's output: up to a given number of bytes of each stream
+/// from given offsets, read for a peer in chunks
+/// ([`CellBackend::output_range`](crate::cell::CellBackend::output_range)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutputRange {
+    /// The bytes asked for in `stdout` and `stderr` (empty from an offset
+    /// at or past the end); the counters and `truncated` are the whole
+    /// output's.
+    pub chunk: CellOutput,
+    /// Bytes of stdout kept (the length of its file).
+    pub stdout_len: u64,
+    /// Bytes of stderr kept (the length of its file).
+    pub stderr_len: u64,
+}
+
+impl OutputRange {
+    /// The range of `full` starting at `stdout_from` and `stderr_from`, at
+    /// most `max` bytes of each stream.
+    pub fn cut(full: &CellOutput, stdout_from: u64, stderr_from: u64, max: u64) -> Self {
+        let cut = |b: &Bytes, from: u64| {
+            let from = usize::try_from(from).unwrap_or(usize::MAX).min(b.len());
+            let to = from
+                .saturating_add(usize::try_from(max).unwrap_or(usize::MAX))
+                .min(b.len());
+            b.slice(from..to)
+        };
+        Self {
+            chunk: CellOutput {
+                stdout: cut(&full.stdout, stdout_from),
+                stderr: cut(&full.stderr, stderr_from),
+                stdout_bytes: full.stdout_bytes,
+                stderr_bytes: full.stderr_bytes,
+                truncated: full.truncated,
+            },
+            stdout_len: full.stdout.len() as u64,
+            stderr_len: full.stderr.len() as u64,
+        }
+    }
+}
+
+/// Up to `max` bytes of the file at `path` from `from`, and the file's
+/// length; a missing file is empty. Only the range is read (a seek, then
+/// a read bounded by `max`), never the whole file.
+fn read_at(path: &Path, from: u64, max: u64) -> std::io::Result<(Bytes, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Bytes::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let want = len.saturating_sub(from).min(max);
+    if want == 0 {
+        return Ok((Bytes::new(), len));
+    }
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::with_capacity(usize::try_from(want).unwrap_or(usize::MAX));
+    // At most `want` bytes; fewer only if the file was cut in between (a
+    // new cell with the same id), which the reader sees as the end.
+    file.take(want).read_to_end(&mut buf)?;
+    Ok((Bytes::from(buf), len))
+}
+
 /// Bytes as a base64 string in JSON (never an array of numbers).
 pub(crate) mod b64 {
     use base64::Engine;
@@ -166,6 +230,29 @@ impl OutputFiles {
         })
     }
 
+    /// Up to `max` bytes of each file from the given offsets, reading only
+    /// those bytes.
+    pub(crate) fn read_range(
+        &self,
+        stdout_from: u64,
+        stderr_from: u64,
+        max: u64,
+    ) -> std::io::Result<OutputRange> {
+        let (stdout, stdout_len) = read_at(&self.stdout.path, stdout_from, max)?;
+        let (stderr, stderr_len) = read_at(&self.stderr.path, stderr_from, max)?;
+        Ok(OutputRange {
+            chunk: CellOutput {
+                stdout,
+                stderr,
+                stdout_bytes: self.stdout.written(),
+                stderr_bytes: self.stderr.written(),
+                truncated: self.stdout.truncated() || self.stderr.truncated(),
+            },
+            stdout_len,
+            stderr_len,
+        })
+    }
+
     /// Deletes both files.
     pub(crate) fn remove(&self) {
         let _ = std::fs::remove_file(&self.stdout.path);
@@ -212,4 +299,69 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
     }
     let _ = file.flush().await;
     stream.closed.store(true, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chunk a peer asks for (`host::output::CHUNK_BYTES`).
+    const CHUNK: u64 = 1 << 20;
+
+    fn pattern(len: u64) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_ranged_read_returns_exactly_the_chunk_asked_for() {
+        let dir =
+            std::env::temp_dir().join(format!("cellmesh-output-range-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (files, [out, err]) = OutputFiles::create(&dir, "c", u64::MAX).unwrap();
+        let stdout_len = 2 * CHUNK + 100;
+        let stdout = pattern(stdout_len);
+        std::fs::write(&files.stdout.path, &stdout).unwrap();
+        std::fs::write(&files.stderr.path, b"oops").unwrap();
+        drop((out, err));
+        let full = files.read().unwrap();
+        let at = |from: u64| usize::try_from(from).unwrap();
+
+        // Offsets: the start, a middle chunk, the last partial chunk, the
+        // very end and past it.
+        for (from, want) in [
+            (0, CHUNK),
+            (CHUNK, CHUNK),
+            (2 * CHUNK, 100),
+            (stdout_len - 1, 1),
+            (stdout_len, 0),
+            (stdout_len + 5, 0),
+            (u64::MAX, 0),
+        ] {
+            let range = files.read_range(from, 0, CHUNK).unwrap();
+            assert_eq!(range.chunk.stdout.len() as u64, want, "from {from}");
+            if want > 0 {
+                assert_eq!(&range.chunk.stdout[..], &stdout[at(from)..at(from + want)]);
+            }
+            assert_eq!(&range.chunk.stderr[..], b"oops");
+            assert_eq!((range.stdout_len, range.stderr_len), (stdout_len, 4));
+            // The same answer as cutting the range out of the whole output.
+            assert_eq!(
+                range,
+                OutputRange::cut(&full, from, 0, CHUNK),
+                "from {from}"
+            );
+        }
+        // A smaller chunk, and none at all.
+        let range = files.read_range(3, 4, 2).unwrap();
+        assert_eq!(&range.chunk.stdout[..], &stdout[3..5]);
+        assert!(range.chunk.stderr.is_empty());
+        assert!(files.read_range(0, 0, 0).unwrap().chunk.stdout.is_empty());
+
+        // Files not there (yet, or removed) read as empty.
+        files.remove();
+        let range = files.read_range(0, 0, CHUNK).unwrap();
+        assert!(range.chunk.stdout.is_empty() && range.chunk.stderr.is_empty());
+        assert_eq!((range.stdout_len, range.stderr_len), (0, 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

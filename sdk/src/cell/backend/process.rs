@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::contain::{self, CellJail, Containment, ContainmentChoice, GroupLimits};
-use super::output::{pump, CellOutput, OutputFiles, OUTPUT_DIR};
+use super::output::{pump, CellOutput, OutputFiles, OutputRange, OUTPUT_DIR};
 use super::{
     check_doc, vacant, wrong_host, BackendFuture, CellBackend, CellError, CellHandle, CellHost,
     ExitReport, FailureCause, TeardownReport,
@@ -549,6 +549,26 @@ impl CellBackend for ProcessBackend {
             id: cell_id.to_string(),
             source,
         })
+    }
+
+    fn output_range(
+        &self,
+        cell_id: &str,
+        stdout_from: u64,
+        stderr_from: u64,
+        max: u64,
+    ) -> Result<OutputRange, CellError> {
+        let files = self
+            .outputs()
+            .get(cell_id)
+            .cloned()
+            .ok_or_else(|| CellError::UnknownCell(cell_id.to_string()))?;
+        files
+            .read_range(stdout_from, stderr_from, max)
+            .map_err(|source| CellError::Output {
+                id: cell_id.to_string(),
+                source,
+            })
     }
 
     fn adopt_output(&self, cell_id: &str, output: &CellOutput) -> Result<(), CellError> {

@@ -128,12 +128,15 @@ impl CellDaemon {
                 let Some(doc) = &self.state.doc else {
                     return Self::refuse(RefusalCode::NotApplied, "no cell is applied");
                 };
-                let full = self.node.output_of(doc.id()).unwrap_or_default();
                 let max = max.min(super::output::CHUNK_BYTES);
+                let range = self
+                    .node
+                    .output_range_of(doc.id(), stdout_from, stderr_from, max)
+                    .unwrap_or_default();
                 Reply::Output {
-                    chunk: Box::new(super::output::slice(&full, stdout_from, stderr_from, max)),
-                    stdout_len: full.stdout.len() as u64,
-                    stderr_len: full.stderr.len() as u64,
+                    chunk: Box::new(range.chunk),
+                    stdout_len: range.stdout_len,
+                    stderr_len: range.stderr_len,
                 }
             }
             Command::Leave => {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::cell::backend::{CellBackend, CellOutput, ExitReport};
+use crate::cell::backend::{CellBackend, CellOutput, ExitReport, OutputRange};
 use crate::cell::log::{CellEventLog, LogError};
 use crate::cell::node_view::NodeCellProjection;
 use crate::cell::sign::SignedCloudEvent;
@@ -124,6 +124,22 @@ impl CellNode {
     /// The output of cell `id` on this node's backend, if it has any.
     pub(crate) fn output_of(&self, id: &str) -> Option<CellOutput> {
         self.backend.as_ref()?.output(id).ok()
+    }
+
+    /// Up to `max` bytes of each output stream of cell `id` on this node's
+    /// backend from the given offsets (only that range is read), if it has
+    /// any output.
+    pub(crate) fn output_range_of(
+        &self,
+        id: &str,
+        stdout_from: u64,
+        stderr_from: u64,
+        max: u64,
+    ) -> Option<OutputRange> {
+        self.backend
+            .as_ref()?
+            .output_range(id, stdout_from, stderr_from, max)
+            .ok()
     }
 
     /// Checks an event signed elsewhere: it verifies, its signer is this

@@ -55,21 +55,3 @@ pub(super) async fn fetch(
         }
     }
 }
-
-/// The part of `full` a chunked read asks for.
-pub(crate) fn slice(full: &CellOutput, stdout_from: u64, stderr_from: u64, max: u64) -> CellOutput {
-    let cut = |b: &bytes::Bytes, from: u64| {
-        let from = usize::try_from(from).unwrap_or(usize::MAX).min(b.len());
-        let to = from
-            .saturating_add(usize::try_from(max).unwrap_or(usize::MAX))
-            .min(b.len());
-        b.slice(from..to)
-    };
-    CellOutput {
-        stdout: cut(&full.stdout, stdout_from),
-        stderr: cut(&full.stderr, stderr_from),
-        stdout_bytes: full.stdout_bytes,
-        stderr_bytes: full.stderr_bytes,
-        truncated: full.truncated,
-    }
-}

@@ -1,12 +1,15 @@
 //! Control groups, v2 and v1, written by hand: a handful of file writes
 //! under `/sys/fs/cgroup` (the cgroup crates model whole hierarchies and
-//! pull in far more than these few writes need).
+//! pull in far more than these few writes need). The node's parent groups
+//! come and go with its cells (see [`parents`](super::parents)).
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::parents::{parent_name, sweep, Lease, Parents, LEAF_PREFIX};
 use super::{sigkill, Containment, GroupLimits, JailError};
 
 /// Period of the CPU bandwidth limit, in microseconds.
@@ -16,9 +19,17 @@ const KILL_ROUNDS: usize = 200;
 /// Pause between two rounds.
 const ROUND_PAUSE: Duration = Duration::from_millis(10);
 
-/// The node's own groups, under which each cell gets one.
+/// The hierarchies the node puts its cells' groups in, and its parent
+/// groups there.
 #[derive(Debug)]
-pub(crate) enum Hierarchies {
+pub(crate) struct Hierarchies {
+    layout: Layout,
+    parents: Arc<Parents>,
+}
+
+/// The node's parent group in each hierarchy it uses.
+#[derive(Debug)]
+enum Layout {
     V2 {
         base: PathBuf,
         /// Controllers enabled for the cells' groups.
@@ -73,9 +84,13 @@ fn join(mount: &Path, group: &str) -> PathBuf {
     mount.join(group.trim_start_matches('/'))
 }
 
-/// `<mount>/<own group>/cellmesh-<pid>`, created; `None` if not writable.
+/// `<mount>/<own group>/cellmesh-<pid>`, created to probe that it can be
+/// (the caller removes it again); `None` if not writable. The groups of
+/// nodes that are gone are swept from `<own group>` first.
 fn node_dir(mount: &Path, controller: &str) -> Option<PathBuf> {
-    let dir = join(mount, &own_group(controller)?).join(format!("cellmesh-{}", std::process::id()));
+    let own = join(mount, &own_group(controller)?);
+    sweep(&own);
+    let dir = own.join(parent_name());
     match std::fs::create_dir(&dir) {
         Ok(()) => Some(dir),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
@@ -103,20 +118,42 @@ impl Hierarchies {
             v1_mount(&mounts, "freezer").and_then(|m| node_dir(&m.point, "freezer"))
         {
             let dir = |c: &str| v1_mount(&mounts, c).and_then(|m| node_dir(&m.point, c));
-            return Some(Self::V1 {
+            let layout = Layout::V1 {
                 freezer,
                 memory: dir("memory"),
                 pids: dir("pids"),
                 cpu: dir("cpu"),
-            });
+            };
+            return Some(Self::with(layout, None));
         }
         v2.and_then(|m| Self::v2(&m.point, false))
+    }
+
+    /// `layout`, whose parents were created to probe them: they are removed
+    /// until a cell group needs them.
+    fn with(layout: Layout, enable: Option<String>) -> Self {
+        let dirs = match &layout {
+            Layout::V2 { base, .. } => vec![base.clone()],
+            Layout::V1 {
+                freezer,
+                memory,
+                pids,
+                cpu,
+            } => std::iter::once(freezer)
+                .chain([memory, pids, cpu].into_iter().flatten())
+                .cloned()
+                .collect(),
+        };
+        let parents = Parents::new(dirs, enable);
+        parents.remove_all();
+        Self { layout, parents }
     }
 
     fn v2(mount: &Path, delegate: bool) -> Option<Self> {
         let own = join(mount, &own_group("")?);
         let base = node_dir(mount, "")?;
         let mut controllers = Vec::new();
+        let mut line_enabled = None;
         if delegate {
             let offered =
                 std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
@@ -131,20 +168,28 @@ impl Hierarchies {
                 .join(" ");
             if !wanted.is_empty() && enable(&own, &base, &line) {
                 controllers = wanted.into_iter().map(str::to_string).collect();
+                line_enabled = Some(line);
             }
         }
-        Some(Self::V2 { base, controllers })
+        Some(Self::with(Layout::V2 { base, controllers }, line_enabled))
     }
 
     pub(crate) fn kind(&self) -> Containment {
-        match self {
-            Self::V2 { .. } => Containment::CgroupV2,
-            Self::V1 { .. } => Containment::CgroupV1Freezer,
+        match self.layout {
+            Layout::V2 { .. } => Containment::CgroupV2,
+            Layout::V1 { .. } => Containment::CgroupV1Freezer,
         }
+    }
+
+    /// The node's parent groups (the freezer's first under v1).
+    #[cfg(test)]
+    pub(crate) fn parent_dirs(&self) -> Vec<PathBuf> {
+        self.parents.dirs().to_vec()
     }
 
     /// A group for one cell, with `limits` written.
     pub(crate) fn create(&self, name: &str, limits: GroupLimits) -> Result<CgroupSet, JailError> {
+        let lease = self.parents.lease()?;
         let make = |parent: &Path| -> Result<PathBuf, JailError> {
             let dir = parent.join(name);
             let _ = std::fs::remove_dir(&dir);
@@ -155,10 +200,11 @@ impl Hierarchies {
             })?;
             Ok(dir)
         };
-        match self {
-            Self::V2 { base, controllers } => {
+        match &self.layout {
+            Layout::V2 { base, controllers } => {
                 let dir = make(base)?;
                 let set = CgroupSet {
+                    _lease: lease,
                     v2: true,
                     memory: controllers
                         .iter()
@@ -182,13 +228,14 @@ impl Hierarchies {
                 }
                 Ok(set)
             }
-            Self::V1 {
+            Layout::V1 {
                 freezer,
                 memory,
                 pids,
                 cpu,
             } => {
                 let mut set = CgroupSet {
+                    _lease: lease,
                     v2: false,
                     memory: None,
                     dirs: vec![make(freezer)?],
@@ -240,7 +287,7 @@ impl Hierarchies {
 fn enable(own: &Path, base: &Path, line: &str) -> bool {
     let control = |dir: &Path| std::fs::write(dir.join("cgroup.subtree_control"), line).is_ok();
     if !control(own) {
-        let leaf = own.join(format!("cellmesh-node-{}", std::process::id()));
+        let leaf = own.join(format!("{LEAF_PREFIX}{}", std::process::id()));
         let _ = std::fs::create_dir(&leaf);
         if std::fs::write(leaf.join("cgroup.procs"), "0").is_err() || !control(own) {
             return false;
@@ -254,7 +301,7 @@ fn write(dir: &Path, file: &str, value: &str, what: &'static str) -> Result<(), 
     std::fs::write(&path, value).map_err(|source| JailError { what, path, source })
 }
 
-/// One cell's groups (one per hierarchy under v1).
+/// One cell's groups (one per hierarchy under v1), removed when dropped.
 #[derive(Debug)]
 pub(crate) struct CgroupSet {
     v2: bool,
@@ -262,6 +309,15 @@ pub(crate) struct CgroupSet {
     memory: Option<PathBuf>,
     /// The freezer (v1) or the only (v2) group first.
     dirs: Vec<PathBuf>,
+    /// Keeps the node's parent groups while this one lives; dropped after
+    /// `dirs` are removed, so the last cell's parents go with it.
+    _lease: Lease,
+}
+
+impl Drop for CgroupSet {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 impl CgroupSet {
@@ -362,11 +418,77 @@ impl CgroupSet {
         }
     }
 
+    /// Removes the groups (a no-op for those already gone).
     pub(crate) fn remove(&self) {
         for dir in self.dirs.iter().rev() {
-            if let Err(e) = std::fs::remove_dir(dir) {
-                tracing::debug!(group = %dir.display(), error = %e, "cell group not removed");
+            match std::fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::debug!(group = %dir.display(), error = %e, "cell group not removed");
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exists(dirs: &[PathBuf]) -> Vec<bool> {
+        dirs.iter().map(|d| d.exists()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_node_group_goes_with_the_last_cell_group() {
+        let Some(hierarchies) = Hierarchies::find() else {
+            eprintln!("no writable cgroup on this host: nothing to check");
+            return;
+        };
+        let parents = hierarchies.parent_dirs();
+        assert!(!parents.is_empty());
+        assert!(
+            parents.iter().all(|d| d.ends_with(parent_name())),
+            "{parents:?}"
+        );
+        assert_eq!(
+            exists(&parents),
+            vec![false; parents.len()],
+            "none before a cell"
+        );
+
+        let a = hierarchies
+            .create("cell-test-a", GroupLimits::default())
+            .unwrap();
+        let b = hierarchies
+            .create("cell-test-b", GroupLimits::default())
+            .unwrap();
+        assert_eq!(exists(&parents), vec![true; parents.len()]);
+        // A process inside the first cell's groups, killed as on destroy.
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        for dir in &a.dirs {
+            std::fs::write(dir.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+        }
+        assert_eq!(a.kill_all().await, 0);
+        sleeper.wait().unwrap();
+        let a_dirs = a.dirs.clone();
+        drop(a);
+        assert_eq!(exists(&a_dirs), vec![false; a_dirs.len()]);
+        assert_eq!(exists(&parents), vec![true; parents.len()], "b holds them");
+        drop(b);
+        assert_eq!(exists(&parents), vec![false; parents.len()], "gone with b");
+
+        // Taken again by a later cell, and gone with the hierarchies.
+        let c = hierarchies
+            .create("cell-test-c", GroupLimits::default())
+            .unwrap();
+        assert_eq!(exists(&parents), vec![true; parents.len()]);
+        drop(c);
+        drop(hierarchies);
+        assert_eq!(exists(&parents), vec![false; parents.len()]);
     }
 }

@@ -23,8 +23,14 @@
 //!
 //! The kill of the command's process group stays as a first step under
 //! every mechanism.
+//!
+//! Under cgroups the node's parent group (`cellmesh-<pid>`) exists only
+//! while one of its cells has a group: the last cell group removed takes
+//! the parent with it, and the parents of nodes that are gone are swept
+//! when a node detects its containment.
 
 mod cgroup;
+mod parents;
 mod reaper;
 
 use std::os::fd::OwnedFd;
