@@ -28,6 +28,16 @@ pub const POINTS: &[&str] = &[
     "migrate.target.restored_sent",
     "migrate.target.commit_settled",
     "migrate.target.committed_sent",
+    // A node's binary handed to its successor (the node runtime).
+    "handoff.incumbent.drained_sent",
+    "handoff.incumbent.frozen",
+    "handoff.incumbent.sealed_sent",
+    "handoff.incumbent.committed_sent",
+    "handoff.successor.hello_sent",
+    "handoff.successor.sealed_heard",
+    "handoff.successor.ready_sent",
+    "handoff.successor.commit_sent",
+    "handoff.successor.took_over",
 ];
 
 #[cfg(feature = "test-utils")]
@@ -86,4 +96,13 @@ pub(crate) fn point(name: &'static str) {
     debug_assert!(POINTS.contains(&name), "unlisted fault point {name}");
     #[cfg(feature = "test-utils")]
     imp::point(name);
+}
+
+/// Marks the fault point `name` (one of [`POINTS`]) from a crate built on
+/// this one (the node runtime's handoff). Compiles to nothing without the
+/// `test-utils` feature.
+#[doc(hidden)]
+#[inline]
+pub fn reached(name: &'static str) {
+    point(name);
 }

@@ -13,6 +13,8 @@ use std::time::Instant;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
+use cellmesh::fault::reached;
+
 use super::fds::{recv_raw, send_raw};
 use super::wire::{decode, encode, Message};
 use super::{EndReason, Incumbent, IncumbentEffect, Successor, SuccessorEffect};
@@ -177,8 +179,15 @@ pub async fn run_incumbent(
                         }
                         _ => Vec::new(),
                     };
-                    if write(&stream, &message, &fds).await.is_err() {
-                        machine.on_eof();
+                    // A failed write means the successor closed its end: the
+                    // read side reports that once every frame it sent
+                    // before closing was read.
+                    let _ = write(&stream, &message, &fds).await;
+                    match message {
+                        Message::Drained { .. } => reached("handoff.incumbent.drained_sent"),
+                        Message::Sealed { .. } => reached("handoff.incumbent.sealed_sent"),
+                        Message::Committed { .. } => reached("handoff.incumbent.committed_sent"),
+                        _ => {}
                     }
                 }
                 IncumbentEffect::StopAdmitting => {
@@ -187,6 +196,7 @@ pub async fn run_incumbent(
                 }
                 IncumbentEffect::Freeze => match node.seal().await {
                     Ok(h) => {
+                        reached("handoff.incumbent.frozen");
                         machine.on_sealed(Instant::now(), h.daemons, h.bytes);
                         handed = Some(h);
                     }
@@ -220,11 +230,19 @@ pub async fn run_successor(
         while let Some(effect) = machine.poll_effect() {
             match effect {
                 SuccessorEffect::Send(message) => {
-                    if write(&stream, &message, &[]).await.is_err() {
-                        machine.on_eof();
+                    // A failed write means the incumbent closed its end: the
+                    // read side reports that once every frame it sent before
+                    // closing (an `Abort`, say) was read.
+                    let _ = write(&stream, &message, &[]).await;
+                    match message {
+                        Message::Hello { .. } => reached("handoff.successor.hello_sent"),
+                        Message::Ready { .. } => reached("handoff.successor.ready_sent"),
+                        Message::Commit { .. } => reached("handoff.successor.commit_sent"),
+                        _ => {}
                     }
                 }
                 SuccessorEffect::Restore { daemons, bytes } => {
+                    reached("handoff.successor.sealed_heard");
                     let fds = std::mem::take(&mut inbox.fds);
                     match node.restore(daemons, bytes, fds).await {
                         Ok(restored) => machine.on_restored(Instant::now(), restored),

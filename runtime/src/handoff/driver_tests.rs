@@ -191,3 +191,32 @@ async fn a_wrong_direction_frame_ends_the_session_with_a_typed_reason() {
     );
     assert!(!old.stopped && !old.resumed, "nothing had stopped");
 }
+
+#[tokio::test]
+async fn an_abort_read_after_the_socket_closed_still_ends_the_successor() {
+    // The incumbent answered, gave up (silence), wrote `Abort` and closed,
+    // all while the successor was not running: the successor's next write
+    // fails, and it must still read the `Abort` and exit, not mistake the
+    // closed socket for a dead incumbent and take over.
+    let (a, b) = UnixStream::pair().unwrap();
+    let id = HandoffId(9);
+    b.writable().await.unwrap();
+    let mut frames = encode(&Message::HelloAck {
+        proto: 1,
+        id,
+        build: "old".into(),
+        pid: 1,
+    });
+    frames.extend(encode(&Message::Abort {
+        reason: "the peer fell silent".into(),
+    }));
+    b.try_write(&frames).unwrap();
+    drop(b);
+    let mut heir = Heir::default();
+    let mut suc = Successor::new(Instant::now(), Timing::default(), "new".into(), 2);
+    let outcome = run_successor(a, &mut suc, &mut heir).await;
+    assert!(
+        matches!(&outcome, SuccessorOutcome::Exit(EndReason::PeerAborted(_))),
+        "{outcome:?}"
+    );
+}

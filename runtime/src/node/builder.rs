@@ -207,7 +207,8 @@ impl NodeBuilder {
         let sockets = match (sockets, inherited.as_mut().and_then(|i| i.sockets.take())) {
             (_, Some(handed)) => handed,
             (Some(bound), None) => bound,
-            (None, None) => Sockets::bind(&self.config)?,
+            // A successor whose incumbent died before handing them over.
+            (None, None) => Sockets::rebind(&self.config)?,
         };
         let config = self.config;
         files::prepare_data_dir(&config.data_dir)?;
@@ -264,7 +265,17 @@ impl NodeBuilder {
             kinds.push(kind);
         }
         rt.start().await?;
-        let took_over = inherited.map(|i| super::upgrade::adopt(&rt, &metrics, i));
+        let took_over = match inherited {
+            Some(i) => Some(super::upgrade::adopt(&rt, &metrics, &config.data_dir, i)),
+            None => {
+                let lost = super::upgrade::report_interrupted(&config.data_dir, &metrics);
+                (!lost.is_empty()).then(|| super::upgrade::UpgradeReport {
+                    successor_pid: std::process::id(),
+                    lost,
+                    ..Default::default()
+                })
+            }
+        };
         let process = self.process.unwrap_or_else(|| ProcessBackendConfig {
             default_dir: config.data_dir.join("work"),
             ..ProcessBackendConfig::default()
@@ -306,10 +317,12 @@ impl NodeBuilder {
         if let Err(e) = super::upgrade::listen(&node) {
             tracing::warn!(error = %e, "no handoff socket: this node cannot be upgraded in place");
         }
-        if let Err(e) =
-            files::write_control_addr(&node.inner.config.control_addr_file(), control_addr)
-        {
+        if let Err(e) = files::write_addr(&node.inner.config.control_addr_file(), control_addr) {
             tracing::warn!(error = %e, "cannot write the control address file");
+        }
+        let mesh_addr_file = node.data_dir().join(super::sockets::MESH_ADDR_FILE);
+        if let Err(e) = files::write_addr(&mesh_addr_file, node.mesh_addr()) {
+            tracing::warn!(error = %e, "cannot write the mesh address file");
         }
         tracing::info!(
             node = %node.node_id(),

@@ -103,9 +103,9 @@ pub(crate) fn load_or_create_token(path: &Path) -> Result<String, StartError> {
     }
 }
 
-/// Writes the bound control address into the data directory (atomically:
-/// a reader sees the whole address or no file).
-pub(crate) fn write_control_addr(path: &Path, addr: SocketAddr) -> std::io::Result<()> {
+/// Writes a bound address (control or mesh) into the data directory
+/// (atomically: a reader sees the whole address or no file).
+pub(crate) fn write_addr(path: &Path, addr: SocketAddr) -> std::io::Result<()> {
     let tmp: PathBuf = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, format!("{addr}\n"))?;
     std::fs::rename(&tmp, path)

@@ -10,6 +10,9 @@ use std::os::fd::OwnedFd;
 use super::StartError;
 use crate::config::NodeConfig;
 
+/// Where a running node writes its bound mesh address.
+pub(crate) const MESH_ADDR_FILE: &str = "mesh.addr";
+
 /// The node's sockets, bound or inherited.
 #[derive(Debug)]
 pub(crate) struct Sockets {
@@ -33,6 +36,32 @@ impl Sockets {
             },
         })?;
         Ok(Self { udp, control })
+    }
+
+    /// Binds where the node's previous process served, for a successor
+    /// whose incumbent died before handing its sockets over: a configured
+    /// port 0 means the port that process had bound (read from the data
+    /// directory), so peers find the node where it was.
+    pub(crate) fn rebind(config: &NodeConfig) -> Result<Self, StartError> {
+        let mut config = config.clone();
+        let previous = |file: &str| -> Option<SocketAddr> {
+            std::fs::read_to_string(config.data_dir.join(file))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        if config.listen.port() == 0 {
+            if let Some(addr) = previous(MESH_ADDR_FILE) {
+                config.listen = addr;
+            }
+        }
+        if config.control.listen.port() == 0 {
+            if let Some(addr) = previous(crate::config::CONTROL_ADDR_FILE_NAME) {
+                config.control.listen = addr;
+            }
+        }
+        Self::bind(&config)
     }
 
     /// The sockets an incumbent handed over, in [`fds`](Self::fds) order.

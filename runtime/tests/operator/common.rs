@@ -50,6 +50,17 @@ impl NodeProc {
     /// Starts a node in `root/name` with `extra` flags (and, if given, a
     /// config file with `config` as its body).
     pub fn start(root: &Path, name: &str, extra: &[&str], config: Option<&str>) -> Self {
+        Self::start_with_env(root, name, extra, config, &[])
+    }
+
+    /// As [`start`](Self::start), with `env` set for the node process.
+    pub fn start_with_env(
+        root: &Path,
+        name: &str,
+        extra: &[&str],
+        config: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = root.join(name);
         let _ = std::fs::remove_file(dir.join("control.addr"));
         let mut cmd = Command::new(bin());
@@ -69,6 +80,7 @@ impl NodeProc {
             .args(extra)
             .env("CELLMESH_PSK", PSK)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -65,6 +65,17 @@ async fn session(node: &Node, stream: UnixStream) {
     let mut me = NodeIncumbency { node: node.clone() };
     match run_incumbent(stream, machine, &mut me).await {
         IncumbentOutcome::Committed => {
+            // Should the successor die before it serves, the next process
+            // on this data directory reports these daemons lost.
+            let origins = node.inner.rt.daemons(false);
+            let listed: String = origins
+                .iter()
+                .map(|d| format!("{:016x}\n", d.origin_hash))
+                .collect();
+            let pending = node.data_dir().join(super::PENDING_FILE);
+            if let Err(e) = std::fs::write(&pending, listed) {
+                tracing::warn!(error = %e, "cannot record the daemons handed over");
+            }
             // Peers first: they keep the node and dial it again at once;
             // the events held here get their answer from the successor.
             node.inner.mesh.hand_over().await;

@@ -41,6 +41,35 @@ pub const HANDOFF_ENV: &str = "CELLMESH_HANDOFF";
 /// The handoff socket's name in the data directory.
 pub const SOCKET_FILE: &str = "handoff.sock";
 
+/// The daemons an incumbent handed over, one origin (hex) per line, until
+/// the successor serves them: a process that starts and finds it reports
+/// them lost (the successor died between the commit and serving).
+pub const PENDING_FILE: &str = "handoff.pending";
+
+/// Reports the daemons of an upgrade that never completed (the successor
+/// died after the commit, before serving) as lost, and forgets them.
+pub(crate) fn report_interrupted(
+    data_dir: &std::path::Path,
+    metrics: &crate::metrics::Metrics,
+) -> Vec<String> {
+    let path = data_dir.join(PENDING_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    let lost: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    for origin in &lost {
+        tracing::error!(%origin, "daemon lost: an upgrade was interrupted after its commit, before the new process served it");
+    }
+    metrics.upgrade_daemons_lost.inc_by(lost.len() as u64);
+    let _ = std::fs::remove_file(&path);
+    lost
+}
+
 /// This build, as the handoff names it.
 pub(crate) fn build() -> String {
     format!("cellmesh {}", env!("CARGO_PKG_VERSION"))

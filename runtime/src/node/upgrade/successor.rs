@@ -134,6 +134,7 @@ pub(crate) async fn succeed(
             reason: format!("cannot lock it: {source}"),
         },
     })?;
+    cellmesh::fault::reached("handoff.successor.took_over");
     let mut report = UpgradeReport {
         handoff_id: machine.id().map(|id| id.to_string()).unwrap_or_default(),
         incumbent_pid: machine.incumbent_pid().unwrap_or(0),
@@ -168,6 +169,7 @@ pub(crate) async fn succeed(
 pub(crate) fn adopt(
     rt: &cellmesh::compute::DaemonRuntime,
     metrics: &crate::metrics::Metrics,
+    data_dir: &Path,
     inherited: Inheritance,
 ) -> UpgradeReport {
     let Inheritance {
@@ -212,6 +214,8 @@ pub(crate) fn adopt(
                 report.daemons = 0;
             }
         }
+        // Served or reported: nothing of the handoff is pending any more.
+        let _ = std::fs::remove_file(data_dir.join(super::PENDING_FILE));
     }
     report.frozen_seconds = sealed_at.map_or(0.0, |at| at.elapsed().as_secs_f64());
     report.total_seconds = began.elapsed().as_secs_f64();
