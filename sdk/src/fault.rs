@@ -98,6 +98,11 @@ pub(crate) fn point(name: &'static str) {
     imp::point(name);
 }
 
+/// Whether fault injection is compiled in (feature `test-utils`): crates
+/// built on this one enable their own test hooks only then.
+#[doc(hidden)]
+pub const ENABLED: bool = cfg!(feature = "test-utils");
+
 /// Marks the fault point `name` (one of [`POINTS`]) from a crate built on
 /// this one (the node runtime's handoff). Compiles to nothing without the
 /// `test-utils` feature.

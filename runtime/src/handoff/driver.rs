@@ -162,9 +162,11 @@ impl Inbox {
 }
 
 /// Runs the incumbent's side of one session on `stream`.
+/// `machine` stays the caller's, to read the handoff's id and the
+/// successor's pid afterwards.
 pub async fn run_incumbent(
     stream: UnixStream,
-    mut machine: Incumbent,
+    machine: &mut Incumbent,
     node: &mut impl Incumbency,
 ) -> IncumbentOutcome {
     let mut inbox = Inbox::new();

@@ -97,11 +97,11 @@ async fn a_handoff_moves_the_state_and_the_socket_and_commits_once() {
     let mut old = node();
     let addr = old.socket.local_addr().unwrap();
     let now = Instant::now();
-    let inc = Incumbent::new(now, Timing::default(), HandoffId(1), "old".into(), 1);
+    let mut inc = Incumbent::new(now, Timing::default(), HandoffId(1), "old".into(), 1);
     let mut suc = Successor::new(now, Timing::default(), "new".into(), 2);
     let mut heir = Heir::default();
     let (i, s) = tokio::join!(
-        run_incumbent(a, inc, &mut old),
+        run_incumbent(a, &mut inc, &mut old),
         run_successor(b, &mut suc, &mut heir)
     );
     assert!(matches!(i, IncumbentOutcome::Committed), "{i:?}");
@@ -124,7 +124,7 @@ async fn a_handoff_moves_the_state_and_the_socket_and_commits_once() {
 async fn a_successor_that_vanishes_after_drained_leaves_the_incumbent_serving() {
     let (a, b) = UnixStream::pair().unwrap();
     let mut old = node();
-    let inc = Incumbent::new(
+    let mut inc = Incumbent::new(
         Instant::now(),
         Timing::default(),
         HandoffId(2),
@@ -156,7 +156,7 @@ async fn a_successor_that_vanishes_after_drained_leaves_the_incumbent_serving() 
         }
         drop(b);
     });
-    let outcome = run_incumbent(a, inc, &mut old).await;
+    let outcome = run_incumbent(a, &mut inc, &mut old).await;
     hostile.await.unwrap();
     assert!(
         matches!(outcome, IncumbentOutcome::Ended(EndReason::PeerGone)),
@@ -169,7 +169,7 @@ async fn a_successor_that_vanishes_after_drained_leaves_the_incumbent_serving() 
 async fn a_wrong_direction_frame_ends_the_session_with_a_typed_reason() {
     let (a, b) = UnixStream::pair().unwrap();
     let mut old = node();
-    let inc = Incumbent::new(
+    let mut inc = Incumbent::new(
         Instant::now(),
         Timing::default(),
         HandoffId(3),
@@ -179,7 +179,7 @@ async fn a_wrong_direction_frame_ends_the_session_with_a_typed_reason() {
     b.writable().await.unwrap();
     b.try_write(&encode(&Message::Committed { id: HandoffId(3) }))
         .unwrap();
-    let outcome = run_incumbent(a, inc, &mut old).await;
+    let outcome = run_incumbent(a, &mut inc, &mut old).await;
     assert!(
         matches!(
             outcome,

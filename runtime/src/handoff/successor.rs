@@ -82,6 +82,18 @@ pub struct Successor {
 impl Successor {
     /// A session that has just connected to the incumbent; says hello.
     pub fn new(now: Instant, timing: Timing, build: String, pid: u32) -> Self {
+        Self::speaking(now, timing, build, pid, PROTO_MIN..=PROTO_MAX)
+    }
+
+    /// As [`new`](Self::new), offering the protocol versions `versions`
+    /// (another build's range).
+    pub fn speaking(
+        now: Instant,
+        timing: Timing,
+        build: String,
+        pid: u32,
+        versions: std::ops::RangeInclusive<u16>,
+    ) -> Self {
         let mut machine = Self {
             state: State::AwaitAck,
             deadline: (now + timing.step, "hello_ack"),
@@ -95,8 +107,8 @@ impl Successor {
         };
         machine.send(Message::Hello {
             build,
-            proto_min: PROTO_MIN,
-            proto_max: PROTO_MAX,
+            proto_min: *versions.start(),
+            proto_max: *versions.end(),
             pid,
         });
         machine

@@ -320,6 +320,7 @@ impl NodeBuilder {
         if let Err(e) = files::write_addr(&node.inner.config.control_addr_file(), control_addr) {
             tracing::warn!(error = %e, "cannot write the control address file");
         }
+        super::upgrade::notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
         let mesh_addr_file = node.data_dir().join(super::sockets::MESH_ADDR_FILE);
         if let Err(e) = files::write_addr(&mesh_addr_file, node.mesh_addr()) {
             tracing::warn!(error = %e, "cannot write the mesh address file");

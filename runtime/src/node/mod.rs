@@ -264,6 +264,7 @@ impl Node {
     pub(crate) async fn stop_now(&self) {
         let inner = &self.inner;
         inner.set_phase(NodePhase::Stopping);
+        upgrade::notify::notify("STOPPING=1");
         tracing::info!(daemons = inner.rt.daemon_count(), "leaving the mesh");
         inner.cells.shutdown().await;
         let _ = inner.rt.shutdown().await;

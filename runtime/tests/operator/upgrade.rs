@@ -56,7 +56,14 @@ fn upgrade(x: &NodeProc) -> Value {
 #[test]
 fn two_upgrades_under_load_keep_every_daemon_and_every_event() {
     let dir = scratch("upgrade");
-    let mut x = NodeProc::start(&dir, "x", &[], None);
+    // systemd's side of the notify protocol.
+    let notify_path = dir.join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let notify_env = notify_path.to_str().expect("utf-8 path").to_string();
+    let mut x = NodeProc::start_with_env(&dir, "x", &[], None, &[("NOTIFY_SOCKET", &notify_env)]);
     let seed = x.mesh_addr.clone();
     let before = x.json(&["status"]);
     let spawned = x.json(&["spawn", "counter", "--count", &DAEMONS.to_string()]);
@@ -147,6 +154,24 @@ fn two_upgrades_under_load_keep_every_daemon_and_every_event() {
         );
         pids.push(pid);
     }
+    // systemd was told each new main process before the old one left,
+    // and each said it was ready.
+    let mut told = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = systemd.recv(&mut buf) {
+        told.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        if told.len() == 5 {
+            break;
+        }
+    }
+    let expected: Vec<String> = vec![
+        format!("READY=1\nMAINPID={}", pids[0]),
+        format!("MAINPID={}", pids[1]),
+        format!("READY=1\nMAINPID={}", pids[1]),
+        format!("MAINPID={}", pids[2]),
+        format!("READY=1\nMAINPID={}", pids[2]),
+    ];
+    assert_eq!(told, expected);
     // The first process exited once it handed over.
     let first = x.wait_exit();
     assert!(first.success(), "{first}\n{}", x.log());
@@ -175,5 +200,27 @@ fn two_upgrades_under_load_keep_every_daemon_and_every_event() {
         rt.mesh().leave().await;
     });
     kill(*pids.last().expect("a pid"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_successor_speaking_another_protocol_is_refused_and_the_node_serves_on() {
+    let dir = scratch("upgrade-refused");
+    // The successor this node starts inherits its environment: it offers
+    // handoff protocol 7..=9 only (a test build's pretence).
+    let x = NodeProc::start_with_env(&dir, "x", &[], None, &[("CELLMESH_HANDOFF_PROTO", "7..=9")]);
+    let before = x.json(&["status"]);
+    x.json(&["spawn", "counter", "--count", "3"]);
+    let out = x.cli(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("incompatible") && message.contains("1..=1") && message.contains("7..=9"),
+        "names both versions: {message}"
+    );
+    let after = x.json(&["status"]);
+    assert_eq!(after["pid"], before["pid"], "the same process serves on");
+    assert_eq!(after["phase"], "serving");
+    assert_eq!(x.daemons("counter").len(), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -54,7 +54,7 @@ async fn session(node: &Node, stream: UnixStream) {
         tracing::error!("no randomness for a handoff id; refusing the successor");
         return;
     };
-    let machine = Incumbent::new(
+    let mut machine = Incumbent::new(
         Instant::now(),
         Timing::default().freeze(node.inner.config.upgrade_freeze),
         id,
@@ -63,8 +63,12 @@ async fn session(node: &Node, stream: UnixStream) {
     );
     tracing::info!(handoff = %id, "a successor connected");
     let mut me = NodeIncumbency { node: node.clone() };
-    match run_incumbent(stream, machine, &mut me).await {
+    match run_incumbent(stream, &mut machine, &mut me).await {
         IncumbentOutcome::Committed => {
+            // systemd follows the node into its new process.
+            if let Some(pid) = machine.successor_pid() {
+                super::notify::notify(&format!("MAINPID={pid}"));
+            }
             // Should the successor die before it serves, the next process
             // on this data directory reports these daemons lost.
             let origins = node.inner.rt.daemons(false);

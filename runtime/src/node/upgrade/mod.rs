@@ -24,6 +24,7 @@
 //! incumbent serves on.
 
 mod incumbent;
+pub(crate) mod notify;
 mod spawn;
 mod successor;
 

@@ -111,8 +111,16 @@ impl Node {
                 "no end within {UPGRADE_WAIT:?}"
             ))),
         };
-        if result.is_err() && !inner.upgrade.borrow().is_handed_over() {
-            inner.upgrade.send_replace(UpgradeState::Idle);
+        if let Err(e) = &result {
+            // Said where the operator looks (`status`): the last upgrade
+            // ended, and why.
+            inner.upgrade.send_if_modified(|s| match s {
+                UpgradeState::HandedOver | UpgradeState::Ended(_) => false,
+                _ => {
+                    *s = UpgradeState::Ended(e.to_string());
+                    true
+                }
+            });
         }
         result
     }

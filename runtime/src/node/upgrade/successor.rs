@@ -91,6 +91,27 @@ impl Succession for NodeSuccession {
     }
 }
 
+/// The handoff protocol versions this build speaks. Test builds (fault
+/// injection compiled in) may pretend to be another build with
+/// `CELLMESH_HANDOFF_PROTO=MIN..=MAX`.
+fn versions() -> std::ops::RangeInclusive<u16> {
+    use crate::handoff::wire::{PROTO_MAX, PROTO_MIN};
+    let ours = PROTO_MIN..=PROTO_MAX;
+    if !cellmesh::fault::ENABLED {
+        return ours;
+    }
+    let Ok(text) = std::env::var("CELLMESH_HANDOFF_PROTO") else {
+        return ours;
+    };
+    let parsed = text
+        .split_once("..=")
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    match parsed {
+        Some((min, max)) => min..=max,
+        None => ours,
+    }
+}
+
 /// Runs the session with the incumbent listening on `socket`, then takes
 /// the lock of `data_dir`. `kinds` are the daemon kinds this build
 /// registers (a handed daemon of another kind is refused before `Ready`).
@@ -107,7 +128,13 @@ pub(crate) async fn succeed(
             socket.display()
         ))
     })?;
-    let mut machine = Successor::new(began, Timing::default(), build(), std::process::id());
+    let mut machine = Successor::speaking(
+        began,
+        Timing::default(),
+        build(),
+        std::process::id(),
+        versions(),
+    );
     let mut me = NodeSuccession {
         kinds,
         sockets: None,
