@@ -37,7 +37,7 @@ use super::error::DecodeError;
 use super::frozen::{Frozen, FrozenDaemon};
 use crate::compute::handle::DaemonHostConfig;
 use crate::compute::snapshot::{Proof, StateSnapshot};
-use crate::compute::MAX_SNAPSHOT_BYTES;
+use crate::compute::{StateBuf, MAX_SNAPSHOT_BYTES};
 use crate::identity::Identity;
 
 const MAGIC: &[u8; 8] = b"CMFROZEN";
@@ -189,6 +189,18 @@ fn decode_record(
         return Err(r.malformed("snapshot_len", "shorter than its checksum"));
     }
     let snapshot = r.take("snapshot", snapshot_len)?;
+    // Unless the input is shared, the state is copied (once) into a
+    // buffer of the state pool, which recycles mapped pages.
+    let owned;
+    let (snapshot, shared) = match shared {
+        Some(whole) => (snapshot, Some(whole)),
+        None => {
+            let mut buf = StateBuf::with_capacity(snapshot.len());
+            buf.extend_from_slice(snapshot);
+            owned = buf.freeze();
+            (&owned[..], Some(&owned))
+        }
+    };
     let body = &snapshot[..snapshot.len() - 8];
     let keypair = Arc::new(Identity::from_seed(*seed).into_keypair());
     let snapshot =
