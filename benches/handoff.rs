@@ -11,7 +11,9 @@
 //! - freeze: every gate closed and every daemon snapshotted;
 //! - encode: `Frozen::write_to` into a memfd (as the node does);
 //! - adopt: `DaemonRuntime::adopt` on a second runtime (the successor,
-//!   on a mesh of its own) from the memfd mapped read-only;
+//!   on a mesh of its own) from the memfd mapped read-only, its pages
+//!   faulted in as they are read (in brackets the decoding part of it,
+//!   timed on a second decode of the same mapping, pages already in);
 //! - open: `open_gates`.
 //!
 //! Their sum is the blackout of a handoff without the Unix-socket
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cellmesh::compute::{DaemonHostConfig, DaemonRuntime};
+use cellmesh::compute::{DaemonHostConfig, DaemonRuntime, Frozen};
 use cellmesh::mesh::MeshBuilder;
 use cellmesh::Identity;
 use cellmesh_suite::{count_of, event, CounterDaemon};
@@ -110,6 +112,8 @@ struct Round {
     freeze: Duration,
     encode: Duration,
     adopt: Duration,
+    /// Decoding alone (part of adopt), measured on a separate decode.
+    decode: Duration,
     open: Duration,
     bytes: u64,
 }
@@ -152,6 +156,9 @@ async fn round(daemons: usize, state: usize) -> Round {
     let report = new.adopt(map.bytes()).expect("adopt");
     r.adopt = t.elapsed();
     assert_eq!(report.daemons, daemons);
+    let t = Instant::now();
+    drop(Frozen::decode(map.bytes()).expect("decode"));
+    r.decode = t.elapsed();
 
     let t = Instant::now();
     new.open_gates().expect("open");
@@ -187,11 +194,12 @@ async fn case(daemons: usize, state: usize, rounds: usize) {
         format!("{} KiB", state >> 10)
     };
     println!(
-        "{daemons:>6} x {label:>6}  {:>9.2} MiB  freeze {:>9.2?}  encode {:>9.2?}  adopt {:>9.2?}  open {:>9.2?}  total {:>9.2?}  {:>7.0} MB/s  {:>6.2} us/daemon",
+        "{daemons:>6} x {label:>6}  {:>9.2} MiB  freeze {:>9.2?}  encode {:>9.2?}  adopt {:>9.2?} (decode {:>9.2?})  open {:>9.2?}  total {:>9.2?}  {:>7.0} MB/s  {:>6.2} us/daemon",
         bytes as f64 / f64::from(1 << 20),
         pick(|r| r.freeze),
         pick(|r| r.encode),
         pick(|r| r.adopt),
+        pick(|r| r.decode),
         pick(|r| r.open),
         total,
         bytes as f64 / total.as_secs_f64() / 1e6,
