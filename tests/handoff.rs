@@ -345,3 +345,29 @@ async fn a_thousand_daemons_round_trip() {
         assert_eq!(count_of(&out[0]), Some(2));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_snapshot_fails_the_freeze_and_leaves_everything_serving() {
+    let rt = standalone(true, false).await;
+    let (fine, _) = spawn_counter(&rt).await;
+    let too_big = rt
+        .spawn(
+            "counter",
+            Identity::generate(),
+            DaemonHostConfig::default().max_snapshot_bytes(16),
+        )
+        .await
+        .unwrap()
+        .origin_hash;
+    let err = rt.freeze().expect_err("the state is above its limit");
+    assert!(
+        matches!(&err, FreezeError::Snapshot { origin_hash, kind, .. } if *origin_hash == too_big && kind == "counter"),
+        "{err}"
+    );
+    assert_eq!(rt.handoff_phase(), HandoffPhase::Live);
+    for d in [fine, too_big] {
+        let out = rt.send(d, ev(1, 1)).await.expect("serves on");
+        assert_eq!(count_of(&out[0]), Some(1));
+    }
+    spawn_counter(&rt).await;
+}

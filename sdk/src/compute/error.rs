@@ -66,9 +66,10 @@ pub enum DaemonError {
         /// Why it refused.
         refusal: RemoteRefusal,
     },
-    /// The daemon is being migrated: the synchronous `deliver` cannot wait
-    /// for the hand-over, so the event was not accepted. Retry, or use the
-    /// async `send`, which queues the event and waits.
+    /// The daemon is being migrated (or its runtime is frozen for a
+    /// handoff of the node's process): the synchronous `deliver` cannot
+    /// wait for the hand-over, so the event was not accepted. Retry, or use
+    /// the async `send`, which queues the event and waits.
     #[error("daemon {0:016x} is migrating; the event was not accepted (retry, or use send)")]
     Migrating(u64),
     /// The daemon is migrating and as many events as its gate holds

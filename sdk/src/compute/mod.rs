@@ -5,7 +5,9 @@
 //! registered by kind, gives each an ed25519 [`Identity`](crate::Identity),
 //! delivers [`CausalEvent`]s exactly once per origin and in order, links
 //! every output into the daemon's chain, and snapshots and restores daemons
-//! with their causal bookkeeping ([`StateSnapshot`]).
+//! with their causal bookkeeping ([`StateSnapshot`]). A runtime's daemons
+//! move to another node one by one by live migration, or all at once to
+//! the node's next process by a [`handoff`] (freeze, adopt, open).
 
 mod buffer;
 mod causal;

@@ -37,7 +37,7 @@ use super::error::DecodeError;
 use super::frozen::{Frozen, FrozenDaemon};
 use crate::compute::handle::DaemonHostConfig;
 use crate::compute::snapshot::{Proof, StateSnapshot};
-use crate::compute::MAX_SNAPSHOT_BYTES;
+use crate::compute::{StateBuf, MAX_SNAPSHOT_BYTES};
 use crate::identity::Identity;
 
 const MAGIC: &[u8; 8] = b"CMFROZEN";
@@ -136,20 +136,21 @@ pub(super) fn decode(bytes: &[u8], shared: Option<&Bytes>) -> Result<Frozen, Dec
         });
     }
     r.ensure("records", u64::from(count) * MIN_RECORD)?;
-    let mut daemons = Vec::with_capacity(count as usize);
-    let mut seen =
-        HashSet::with_capacity_and_hasher(count as usize, foldhash::fast::RandomState::default());
+    let mut parsed = Vec::with_capacity(count as usize);
     for index in 0..count {
         r.record = Some(index);
-        let daemon = decode_record(&mut r, index, shared)?;
-        let origin_hash = daemon.keypair.origin_hash();
-        if !seen.insert(origin_hash) {
-            return Err(DecodeError::DuplicateDaemon(origin_hash));
-        }
-        daemons.push(daemon);
+        parsed.push(parse_record(&mut r, index)?);
     }
     if !r.rest.is_empty() {
         return Err(DecodeError::TrailingBytes(r.rest.len() as u64));
+    }
+    let daemons = materialize(&parsed, shared)?;
+    let mut seen =
+        HashSet::with_capacity_and_hasher(daemons.len(), foldhash::fast::RandomState::default());
+    for daemon in &daemons {
+        if !seen.insert(daemon.origin_hash()) {
+            return Err(DecodeError::DuplicateDaemon(daemon.origin_hash()));
+        }
     }
     Ok(Frozen {
         daemons,
@@ -157,11 +158,16 @@ pub(super) fn decode(bytes: &[u8], shared: Option<&Bytes>) -> Result<Frozen, Dec
     })
 }
 
-fn decode_record(
-    r: &mut Reader<'_>,
+/// A record whose header checked out, its snapshot not yet decoded.
+struct Parsed<'a> {
     index: u32,
-    shared: Option<&Bytes>,
-) -> Result<FrozenDaemon, DecodeError> {
+    kind: &'a str,
+    max_snapshot_bytes: u64,
+    seed: Zeroizing<[u8; 32]>,
+    snapshot: &'a [u8],
+}
+
+fn parse_record<'a>(r: &mut Reader<'a>, index: u32) -> Result<Parsed<'a>, DecodeError> {
     let start = r.rest;
     let kind_len = r.u8("kind_len")?;
     if kind_len == 0 {
@@ -188,18 +194,82 @@ fn decode_record(
     if snapshot_len < 8 {
         return Err(r.malformed("snapshot_len", "shorter than its checksum"));
     }
-    let snapshot = r.take("snapshot", snapshot_len)?;
+    Ok(Parsed {
+        index,
+        kind,
+        max_snapshot_bytes,
+        seed,
+        snapshot: r.take("snapshot", snapshot_len)?,
+    })
+}
+
+/// Records from which on the daemons are decoded on several threads:
+/// deriving each daemon's key from its seed is a curve operation, the
+/// bulk of a small daemon's decoding.
+const PARALLEL_FROM: usize = 128;
+
+/// Decodes the records' keys and snapshots, on as many threads as the
+/// machine has cores (at most 8) for many records. The first failing
+/// record (lowest index) names the error.
+fn materialize(
+    parsed: &[Parsed<'_>],
+    shared: Option<&Bytes>,
+) -> Result<Vec<FrozenDaemon>, DecodeError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if parsed.len() < PARALLEL_FROM || threads < 2 {
+        return parsed.iter().map(|p| finish(p, shared)).collect();
+    }
+    let chunk = parsed.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<FrozenDaemon>, DecodeError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = parsed
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|p| finish(p, shared)).collect()))
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                // Decoding does not panic; if it did, the panic goes on.
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut daemons = Vec::with_capacity(parsed.len());
+    for part in parts {
+        daemons.extend(part?);
+    }
+    Ok(daemons)
+}
+
+/// Derives a record's key and decodes its snapshot.
+fn finish(p: &Parsed<'_>, shared: Option<&Bytes>) -> Result<FrozenDaemon, DecodeError> {
+    // Unless the input is shared, the state is copied (once) into a
+    // buffer of the state pool, which recycles mapped pages.
+    let owned;
+    let (snapshot, shared) = match shared {
+        Some(whole) => (p.snapshot, Some(whole)),
+        None => {
+            let mut buf = StateBuf::with_capacity(p.snapshot.len());
+            buf.extend_from_slice(p.snapshot);
+            owned = buf.freeze();
+            (&owned[..], Some(&owned))
+        }
+    };
     let body = &snapshot[..snapshot.len() - 8];
-    let keypair = Arc::new(Identity::from_seed(*seed).into_keypair());
+    let keypair = Arc::new(Identity::from_seed(*p.seed).into_keypair());
     let snapshot =
         StateSnapshot::from_checksummed(snapshot, shared, xxh3_64(body), Arc::clone(&keypair))
-            .map_err(|source| DecodeError::Snapshot { index, source })?;
+            .map_err(|source| DecodeError::Snapshot {
+                index: p.index,
+                source,
+            })?;
     Ok(FrozenDaemon {
-        kind: Arc::from(kind),
-        config: DaemonHostConfig::default().max_snapshot_bytes(max_snapshot_bytes),
+        kind: Arc::from(p.kind),
+        config: DaemonHostConfig::default().max_snapshot_bytes(p.max_snapshot_bytes),
         keypair,
         snapshot,
-        record_len: record_len(kind, snapshot_len),
+        record_len: record_len(p.kind, p.snapshot.len() as u64),
     })
 }
 

@@ -15,7 +15,7 @@
 //!
 //! A handoff is a migration of every daemon at once, to a runtime that
 //! shares this node's identity, so it reuses the migration's parts: each
-//! daemon's migration gate (the migration module's) holds its
+//! daemon's migration gate (`compute/migration/gate.rs`) holds its
 //! events while it is frozen (source side) and while it is adopted but not
 //! yet open (target side); each daemon travels as a snapshot in the
 //! migration's key-handing format (`CMSNAP` body with an xxh3-64 trailer,

@@ -143,6 +143,48 @@ fn a_flipped_byte_in_a_snapshot_names_its_record() {
     );
 }
 
+#[test]
+fn many_records_decode_in_parallel_and_the_first_bad_one_is_named() {
+    let frozen = Frozen::new(
+        (1..=200u8)
+            .map(|seed| {
+                daemon(
+                    seed,
+                    "counter",
+                    &[(u64::from(seed), 1)],
+                    Some(vec![seed; 64]),
+                )
+            })
+            .collect(),
+    );
+    let bytes = frozen.to_vec();
+    let decoded = Frozen::decode(&bytes).expect("decodes");
+    assert_eq!(
+        decoded.origins().collect::<Vec<_>>(),
+        frozen.origins().collect::<Vec<_>>(),
+        "in encoding order"
+    );
+    assert_eq!(decoded.to_vec(), bytes);
+    // Corrupt the states of records 150 and 180: 150 is named.
+    let record = |i: usize| {
+        (HEADER_LEN
+            + frozen.daemons[..i]
+                .iter()
+                .map(|d| d.record_len)
+                .sum::<u64>()) as usize
+    };
+    let mut bad = bytes.clone();
+    for i in [150, 180] {
+        let state_at = record(i + 1) - 8 - 1;
+        bad[state_at] ^= 0xFF;
+    }
+    let err = Frozen::decode(&bad).expect_err("corrupted");
+    assert!(
+        matches!(err, DecodeError::Snapshot { index: 150, .. }),
+        "{err}"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

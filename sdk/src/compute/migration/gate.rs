@@ -186,7 +186,7 @@ impl DaemonRuntime {
         let mut host = slot.lock();
         if !slot.gated.load(Ordering::Acquire) {
             if host.is_retired() {
-                return Delivery::Done(Err(DaemonError::NotFound(origin_hash)));
+                return Delivery::Done(Err(self.gone(origin_hash)));
             }
             return Delivery::Done(host.deliver(event));
         }
@@ -215,10 +215,19 @@ impl DaemonRuntime {
                     Delivery::Done(Err(DaemonError::NotFound(origin_hash)))
                 }
             },
-            Gate::Open if host.is_retired() => {
-                Delivery::Done(Err(DaemonError::NotFound(origin_hash)))
-            }
+            Gate::Open if host.is_retired() => Delivery::Done(Err(self.gone(origin_hash))),
             Gate::Open => Delivery::Done(host.deliver(event)),
+        }
+    }
+
+    /// What a delivery to a daemon retired while it waited learns: the
+    /// runtime is going away (shutdown, or retired after a handoff: the
+    /// sender retries, and reaches the node's successor), or the daemon
+    /// is not here (stopped, or moved: the caller routes again).
+    fn gone(&self, origin_hash: u64) -> DaemonError {
+        match self.check_ready() {
+            Err(DaemonError::ShuttingDown) => DaemonError::ShuttingDown,
+            _ => DaemonError::NotFound(origin_hash),
         }
     }
 

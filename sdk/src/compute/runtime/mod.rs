@@ -238,7 +238,8 @@ impl DaemonRuntime {
     /// `requirements()`), `AlreadyRegistered` (the identity runs here
     /// already or is reserved by `expect_migration`; the incumbent is left
     /// untouched), `HostedElsewhere` (the mesh's directory places the
-    /// identity on another node: one identity runs in one place).
+    /// identity on another node: one identity runs in one place), `Frozen`
+    /// (the runtime is frozen for a handoff of the node's process).
     pub async fn spawn(
         &self,
         kind: &str,
@@ -307,7 +308,8 @@ impl DaemonRuntime {
     ///
     /// # Errors
     /// `NotReady`, `ShuttingDown`, `FactoryNotFound`, `AlreadyRegistered`
-    /// (a daemon or a reservation holds the origin already).
+    /// (a daemon or a reservation holds the origin already), `Frozen`
+    /// (the runtime is frozen for a handoff).
     pub fn expect_migration(
         &self,
         kind: &str,

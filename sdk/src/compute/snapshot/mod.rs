@@ -329,7 +329,14 @@ impl StateSnapshot {
         }
         let mut entity = [0u8; 32];
         entity.copy_from_slice(r.take("entity_id", 32)?);
-        let entity = EntityId::from_bytes(entity).map_err(|_| SnapshotError::InvalidEntity)?;
+        let entity = match &check {
+            // The key's own public half is valid: no need to decompress it
+            // again (a curve operation per daemon adopted or migrated).
+            Check::Checksum(_, keypair) if keypair.entity_id().as_bytes() == &entity => {
+                keypair.entity_id()
+            }
+            _ => EntityId::from_bytes(entity).map_err(|_| SnapshotError::InvalidEntity)?,
+        };
         let through_seq = r.u64("through_seq")?;
         let next_parent = r.u64("next_parent")?;
         let horizon = r.u64("horizon")?;
