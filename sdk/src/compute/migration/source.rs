@@ -197,6 +197,14 @@ impl Source {
         }
         match (self.phase, msg.body) {
             (_, Body::Heartbeat) => {}
+            // Past the deadline nothing new starts, and no commit is sent,
+            // however quickly the answers came (the timer may not have
+            // fired yet).
+            (Phase::Prepare | Phase::Restore, Body::Ready { .. } | Body::Restored)
+                if now >= self.timing.deadline =>
+            {
+                self.fail(Failure::Deadline);
+            }
             (Phase::Prepare, Body::Ready { version }) => {
                 if version < VERSIONS.0 || version > VERSIONS.1 {
                     return self.fail(Failure::Protocol(format!(
@@ -553,5 +561,28 @@ mod tests {
         assert_eq!(s.poll(), Some(Step::Release(outcomes)));
         assert_eq!(s.poll(), Some(Step::Finish(Ok(()))));
         assert_eq!(s.phase(), Phase::Committed);
+    }
+
+    #[test]
+    fn no_commit_is_sent_past_the_deadline_however_fast_the_target_was() {
+        // The target's answers beat the deadline's timer: the deadline
+        // still holds at the step that would commit.
+        let (base, timing, prepare) = fixture(Duration::from_millis(5), 4);
+        let mut s = super::super::violations::transferring(7, prepare, base, timing, 16);
+        let _: Vec<_> = std::iter::from_fn(|| s.poll()).collect();
+        s.handle(
+            base + Duration::from_millis(6),
+            Msg {
+                id: 7,
+                body: Body::Restored,
+            },
+        );
+        let steps: Vec<_> = std::iter::from_fn(|| s.poll()).collect();
+        assert!(!steps.contains(&Step::Commit), "{steps:?}");
+        assert!(
+            steps.contains(&Step::Finish(Err(Failure::Deadline))),
+            "{steps:?}"
+        );
+        assert_eq!(s.phase(), Phase::Failed);
     }
 }
