@@ -248,6 +248,16 @@ async fn case(root: &std::path::Path, daemons: usize, tasks: usize) {
         report["bytes"],
         acked.len(),
     );
+    let steps: Vec<String> = report["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let name = s[0].as_str().unwrap_or("?");
+            format!("{name} {:.2} ms", s[1].as_f64().unwrap_or(0.0) * 1e3)
+        })
+        .collect();
+    println!("    steps: {}", steps.join(", "));
     assert_eq!(
         (lost, duplicated),
         (0, 0),

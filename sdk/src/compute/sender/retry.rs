@@ -17,8 +17,10 @@ pub const RESTART_WAIT: Duration = Duration::from_secs(10);
 /// failure can reach the sender before the node's restart notice).
 const NOTICE_WAIT: Duration = Duration::from_millis(200);
 
-const FIRST_PAUSE: Duration = Duration::from_millis(2);
-const MAX_PAUSE: Duration = Duration::from_millis(100);
+const FIRST_PAUSE: Duration = Duration::from_millis(1);
+/// Short: a restart takes milliseconds, and a retry that waits longer than
+/// it adds to the blackout the sender sees.
+const MAX_PAUSE: Duration = Duration::from_millis(10);
 
 /// The node a failure would be retried for, if it could be a restart.
 fn restart_candidate(e: &DaemonError) -> Option<NodeId> {
