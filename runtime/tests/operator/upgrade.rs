@@ -1,5 +1,5 @@
-//! `cellmesh upgrade`: the node's binary replaced in place, twice, with a
-//! peer sending to its daemons throughout: the node id, the addresses and
+//! `cellmesh upgrade`: the node's binary replaced in place, twice, with
+//! two peers sending to its 500 daemons throughout: the node id, the addresses and
 //! every daemon's state stay; no acknowledged event is lost or counted
 //! twice.
 
@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::common::*;
 
-const DAEMONS: usize = 100;
+const DAEMONS: usize = 500;
 
 /// Sends SIGKILL to `pid` (a node process this test caused to exist).
 fn kill(pid: u64) {
@@ -80,63 +80,62 @@ fn two_upgrades_under_load_keep_every_daemon_and_every_event() {
         .enable_all()
         .build()
         .expect("runtime");
-    // A peer of the mesh that sends to X's daemons.
-    let rt = tokio.block_on(async {
-        let psk = Psk::from_hex(PSK).expect("psk");
-        let mesh = MeshBuilder::new("127.0.0.1:0", psk)
-            .expect("builder")
-            .seed_peers([seed.parse().expect("addr")])
-            .build()
-            .await
-            .expect("mesh");
-        let rt = DaemonRuntime::new(Arc::new(mesh));
-        rt.start().await.expect("start");
-        rt
-    });
-    wait_for("the sender to locate every daemon", || {
-        origins
-            .iter()
-            .all(|o| rt.mesh().locate(*o).is_some())
-            .then_some(())
-    });
-    let sender = rt.sender(&Identity::generate());
+    // Two peers of the mesh that send to X's daemons.
+    let peers: Vec<DaemonRuntime> = (0..2)
+        .map(|_| {
+            tokio.block_on(async {
+                let psk = Psk::from_hex(PSK).expect("psk");
+                let mesh = MeshBuilder::new("127.0.0.1:0", psk)
+                    .expect("builder")
+                    .seed_peers([seed.parse().expect("addr")])
+                    .build()
+                    .await
+                    .expect("mesh");
+                let rt = DaemonRuntime::new(Arc::new(mesh));
+                rt.start().await.expect("start");
+                rt
+            })
+        })
+        .collect();
+    for rt in &peers {
+        wait_for("the peers to locate every daemon", || {
+            origins
+                .iter()
+                .all(|o| rt.mesh().locate(*o).is_some())
+                .then_some(())
+        });
+    }
     let sent: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
-    tokio.block_on(async {
-        for o in &origins {
-            sender
-                .send(*o, Bytes::from_static(b"tick"))
-                .await
-                .expect("a first send");
-            *sent.lock().unwrap().entry(*o).or_default() += 1;
-        }
-    });
 
-    // Keep sending, paced, through both upgrades.
+    // Each keeps sending, paced, through both upgrades.
     let sending = Arc::new(AtomicBool::new(true));
-    let during = tokio.spawn({
-        let (sender, sent, sending, origins) = (
-            sender.clone(),
-            Arc::clone(&sent),
-            Arc::clone(&sending),
-            origins.clone(),
-        );
-        async move {
-            let mut n = 0usize;
-            let mut failures = Vec::new();
-            while sending.load(Ordering::Relaxed) {
-                let o = origins[n % origins.len()];
-                match sender.send(o, Bytes::from_static(b"tick")).await {
-                    Ok(_) => *sent.lock().unwrap().entry(o).or_default() += 1,
-                    Err(e) => failures.push(format!("{o:016x}: {e}")),
+    let during: Vec<_> = peers
+        .iter()
+        .map(|rt| {
+            let (sender, sent, sending, origins) = (
+                rt.sender(&Identity::generate()),
+                Arc::clone(&sent),
+                Arc::clone(&sending),
+                origins.clone(),
+            );
+            tokio.spawn(async move {
+                let mut n = 0usize;
+                let mut failures = Vec::new();
+                while sending.load(Ordering::Relaxed) {
+                    let o = origins[n % origins.len()];
+                    match sender.send(o, Bytes::from_static(b"tick")).await {
+                        Ok(_) => *sent.lock().unwrap().entry(o).or_default() += 1,
+                        Err(e) => failures.push(format!("{o:016x}: {e}")),
+                    }
+                    n += 1;
+                    if n.is_multiple_of(50) {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                 }
-                n += 1;
-                if n.is_multiple_of(50) {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-            (n, failures)
-        }
-    });
+                (n, failures)
+            })
+        })
+        .collect();
 
     let mut pids = vec![before["pid"].as_u64().expect("pid")];
     for round in 0..2 {
@@ -178,27 +177,31 @@ fn two_upgrades_under_load_keep_every_daemon_and_every_event() {
 
     std::thread::sleep(Duration::from_millis(100));
     sending.store(false, Ordering::Relaxed);
-    let (total, failures) = tokio.block_on(during).expect("sender task");
-    assert!(total > 0, "sends were made during the upgrades");
-    assert!(
-        failures.is_empty(),
-        "sends failed: {failures:?}\n{}",
-        x.log()
-    );
+    for task in during {
+        let (total, failures) = tokio.block_on(task).expect("sender task");
+        assert!(total > 0, "sends were made during the upgrades");
+        assert!(
+            failures.is_empty(),
+            "sends failed: {failures:?}\n{}",
+            x.log()
+        );
+    }
 
     let hosted = counts(&x);
     let sent = sent.lock().unwrap().clone();
     for o in &origins {
         assert_eq!(
-            hosted.get(o),
-            sent.get(o),
+            hosted.get(o).copied().unwrap_or(0),
+            sent.get(o).copied().unwrap_or(0),
             "daemon {o:016x}: processed vs acknowledged"
         );
     }
-    tokio.block_on(async {
-        let _ = rt.shutdown().await;
-        rt.mesh().leave().await;
-    });
+    for rt in peers {
+        tokio.block_on(async {
+            let _ = rt.shutdown().await;
+            rt.mesh().leave().await;
+        });
+    }
     kill(*pids.last().expect("a pid"));
     let _ = std::fs::remove_dir_all(&dir);
 }
