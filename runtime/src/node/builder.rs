@@ -264,18 +264,17 @@ impl NodeBuilder {
             rt.register_factory(&kind, move || factory())?;
             kinds.push(kind);
         }
+        if inherited.as_ref().is_some_and(|i| i.frozen.is_some()) {
+            // Until the handed daemons are in, a peer's event for one of
+            // them is "not ready" (retried), never "not hosted".
+            let _ = rt.expect_adoption();
+        }
         rt.start().await?;
-        let took_over = match inherited {
-            Some(i) => Some(super::upgrade::adopt(&rt, &metrics, &config.data_dir, i)),
-            None => {
-                let lost = super::upgrade::report_interrupted(&config.data_dir, &metrics);
-                (!lost.is_empty()).then(|| super::upgrade::UpgradeReport {
-                    successor_pid: std::process::id(),
-                    lost,
-                    ..Default::default()
-                })
-            }
-        };
+        if let Some(inherited) = inherited.as_mut() {
+            // Every daemon but the cells' at once: the cells' kind is
+            // registered once their log is open.
+            inherited.adopt(&rt, &metrics, |kind| kind != CELL_KIND, "adopt");
+        }
         let process = self.process.unwrap_or_else(|| ProcessBackendConfig {
             default_dir: config.data_dir.join("work"),
             ..ProcessBackendConfig::default()
@@ -288,6 +287,21 @@ impl NodeBuilder {
                 source,
             })?;
         kinds.push(CELL_KIND.to_string());
+        // After the cells: their daemon kind is registered by now.
+        let took_over = match inherited {
+            Some(mut i) => {
+                i.adopt(&rt, &metrics, |kind| kind == CELL_KIND, "adopt_cells");
+                Some(i.finish(&rt, &metrics, &config.data_dir))
+            }
+            None => {
+                let lost = super::upgrade::report_interrupted(&config.data_dir, &metrics);
+                (!lost.is_empty()).then(|| super::upgrade::UpgradeReport {
+                    successor_pid: std::process::id(),
+                    lost,
+                    ..Default::default()
+                })
+            }
+        };
 
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();

@@ -29,6 +29,9 @@ pub enum DrainError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The node is handing itself over to a new process (an upgrade).
+    #[error("the node is being upgraded")]
+    Upgrading,
 }
 
 /// A daemon or cell that stayed on this node.
@@ -91,8 +94,10 @@ impl Node {
             .drain_lock
             .try_lock()
             .map_err(|_| DrainError::AlreadyDraining)?;
-        if inner.phase() == NodePhase::Stopping {
-            return Err(DrainError::ShuttingDown);
+        match inner.phase() {
+            NodePhase::Stopping => return Err(DrainError::ShuttingDown),
+            NodePhase::Upgrading => return Err(DrainError::Upgrading),
+            _ => {}
         }
         inner.set_phase(NodePhase::Draining);
         let span = tracing::info_span!("drain", node = %self.node_id().short());

@@ -227,3 +227,49 @@ fn a_successor_speaking_another_protocol_is_refused_and_the_node_serves_on() {
     assert_eq!(x.daemons("counter").len(), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_upgrade_is_refused_while_cells_run_on_the_node_and_the_node_serves_on() {
+    let dir = scratch("upgrade-cell");
+    let x = NodeProc::start(&dir, "x", &[], None);
+    let before = x.json(&["status"]);
+    let local = super::cells::DOC.replace(
+        ", \"requires\": { \"requirements\": [{ \"tag\": \"runner\" }] }",
+        "",
+    );
+    let out = x.cli_stdin(&["apply", "-f", "-"], Some(local.as_bytes()));
+    assert!(out.status.success(), "apply: {}", stderr(&out));
+    wait_for("the cell to complete", || {
+        let cells = x.json(&["get", "cells"]);
+        (cells[0]["exit_code"] == 0).then_some(())
+    });
+    let out = x.cli(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("hello-cell") && message.contains("destroy or migrate"),
+        "names the cell: {message}"
+    );
+    let after = x.json(&["status"]);
+    assert_eq!(after["pid"], before["pid"], "the same process serves on");
+    assert_eq!(after["phase"], "serving");
+    // Once the cell is gone, the upgrade goes through.
+    let out = x.cli(&["delete", "cell", "hello-cell"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("the cell to be destroyed", || {
+        let cells = x.json(&["get", "cells"]);
+        (cells[0]["state"] == "destroyed").then_some(())
+    });
+    let report = upgrade(&x);
+    assert_eq!(report["lost"].as_array().map_or(0, Vec::len), 0, "{report}");
+    let now = x.json(&["status"]);
+    assert_ne!(now["pid"], before["pid"]);
+    assert_eq!(now["node_id"], before["node_id"]);
+    assert_eq!(
+        x.json(&["get", "cells"])[0]["state"],
+        "destroyed",
+        "the log came along"
+    );
+    kill(now["pid"].as_u64().expect("pid"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -82,8 +82,9 @@ pub(crate) struct Shared {
     pub(crate) rejoin: Mutex<Rejoin>,
     /// Wakes the rejoin task after an input.
     pub(crate) rejoin_wake: Notify,
-    /// Nodes that closed their links to restart, and when.
-    pub(crate) restarting: DashMap<NodeId, std::time::Instant>,
+    /// Nodes that closed their links to restart: when, and when they were
+    /// admitted again.
+    pub(crate) restarting: DashMap<NodeId, (std::time::Instant, Option<std::time::Instant>)>,
     pub(crate) changes: watch::Sender<u64>,
 }
 

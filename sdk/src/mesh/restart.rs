@@ -15,6 +15,11 @@ use super::{Mesh, NodeId};
 /// How long a node that said it restarts is waited for.
 pub const RESTART_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a restarted node still counts as restarting once it is
+/// admitted again: its new process may answer "not ready" for a moment
+/// while it starts its runtime and adopts its daemons.
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
+
 /// How long after a restart notice the first dial goes out.
 pub(crate) const RESTART_REDIAL: Duration = Duration::from_millis(5);
 
@@ -26,30 +31,36 @@ const FLUSH: Duration = Duration::from_millis(3);
 impl Shared {
     /// `node` closed its link to restart.
     pub(crate) fn note_restarting(&self, node: NodeId) {
-        self.restarting.insert(node, Instant::now());
+        self.restarting.insert(node, (Instant::now(), None));
     }
 
-    /// `node` is admitted again.
+    /// `node` is admitted again: it settles for [`SETTLE`].
     pub(crate) fn note_back(&self, node: NodeId) {
-        self.restarting.remove(&node);
+        if let Some(mut entry) = self.restarting.get_mut(&node) {
+            entry.1.get_or_insert_with(Instant::now);
+        }
     }
 }
 
 impl Mesh {
     /// Whether `node` said it restarts (closed its connections with the
     /// restart code) less than [`RESTART_GRACE`] ago and has not been
-    /// admitted again since.
+    /// admitted again, or was admitted again less than 2 s ago (its new
+    /// process may still be starting its runtime).
     pub fn is_restarting(&self, node: NodeId) -> bool {
         let shared = &self.shared;
-        let Some(since) = shared.restarting.get(&node).map(|s| *s) else {
+        let Some((since, back)) = shared.restarting.get(&node).map(|s| *s) else {
             return false;
         };
-        if since.elapsed() < RESTART_GRACE {
+        let over = |since: Instant, back: Option<Instant>| {
+            since.elapsed() >= RESTART_GRACE || back.is_some_and(|b| b.elapsed() >= SETTLE)
+        };
+        if !over(since, back) {
             return true;
         }
         shared
             .restarting
-            .remove_if(&node, |_, at| at.elapsed() >= RESTART_GRACE);
+            .remove_if(&node, |_, (since, back)| over(*since, *back));
         false
     }
 

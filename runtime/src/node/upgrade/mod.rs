@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub(crate) use incumbent::listen;
-pub(crate) use successor::{adopt, succeed, Inheritance};
+pub(crate) use successor::{succeed, Inheritance};
 
 /// The environment variable a successor finds the incumbent's handoff
 /// socket in.
@@ -115,6 +115,9 @@ pub enum UpgradeError {
     /// Another upgrade is running.
     #[error("an upgrade of this node is already running")]
     InProgress,
+    /// The node is draining or stopping.
+    #[error("the node is {0}, not serving: no upgrade now")]
+    NotServing(&'static str),
     /// The successor binary could not be started.
     #[error("cannot start the successor {binary}: {source}")]
     Spawn {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{UpgradeError, HANDOFF_ENV, SOCKET_FILE};
-use crate::node::{Node, UpgradeState};
+use crate::node::{Node, NodePhase, UpgradeState};
 
 /// How long an upgrade may take from spawning the successor to the end of
 /// the session (each step has its own, shorter, deadline).
@@ -38,6 +38,11 @@ impl Node {
     /// [`UpgradeError`]; the node serves on in every case.
     pub async fn upgrade(&self, binary: Option<PathBuf>) -> Result<u32, UpgradeError> {
         let inner = &self.inner;
+        match inner.phase() {
+            NodePhase::Draining => return Err(UpgradeError::NotServing("draining")),
+            NodePhase::Stopping => return Err(UpgradeError::NotServing("stopping")),
+            _ => {}
+        }
         let mut state = inner.upgrade.subscribe();
         if !inner.upgrade.send_if_modified(|s| {
             if s.is_running() || s.is_handed_over() {

@@ -191,69 +191,85 @@ pub(crate) async fn succeed(
     ))
 }
 
-/// Adopts the inherited daemons into `rt` (started) and opens their
-/// gates; reports lost daemons. Returns the upgrade's report.
-pub(crate) fn adopt(
-    rt: &cellmesh::compute::DaemonRuntime,
-    metrics: &crate::metrics::Metrics,
-    data_dir: &Path,
-    inherited: Inheritance,
-) -> UpgradeReport {
-    let Inheritance {
-        frozen,
-        lost,
-        mut report,
-        sealed_at,
-        began,
-        ..
-    } = inherited;
-    for origin in &lost {
-        tracing::error!(
-            origin = %format!("{origin:016x}"),
-            "daemon lost: the previous process died before handing it over"
-        );
-    }
-    metrics.upgrade_daemons_lost.inc_by(lost.len() as u64);
-    if let Some(frozen) = frozen {
-        let origins: Vec<u64> = frozen.origins().collect();
-        let adopted = Instant::now();
-        match rt.adopt_frozen(frozen) {
-            Ok(adopt) => {
-                report.step("adopt", adopted.elapsed());
-                let opened = Instant::now();
-                if let Err(e) = rt.open_gates() {
-                    tracing::error!(error = %e, "cannot open the adopted daemons' gates");
-                }
-                report.step("open_gates", opened.elapsed());
-                tracing::info!(
-                    daemons = adopt.daemons,
-                    bytes = adopt.bytes,
-                    "daemons adopted"
-                );
-            }
-            Err(e) => {
-                // Committed: the previous process is gone, and so are they.
-                tracing::error!(error = %e, daemons = origins.len(), "handed daemons could not be adopted and are lost");
-                metrics.upgrade_daemons_lost.inc_by(origins.len() as u64);
-                report
-                    .lost
-                    .extend(origins.iter().map(|o| format!("{o:016x}")));
-                report.daemons = 0;
-            }
+impl Inheritance {
+    /// Adopts the handed daemons whose kind `now` accepts into `rt`
+    /// (started) and opens their gates; the rest wait for a later call
+    /// (the cells' kind is registered only once the cells' log is open).
+    /// Returns whether daemons are still to adopt.
+    pub(crate) fn adopt(
+        &mut self,
+        rt: &cellmesh::compute::DaemonRuntime,
+        metrics: &crate::metrics::Metrics,
+        now: impl Fn(&str) -> bool,
+        step: &str,
+    ) -> bool {
+        let Some(frozen) = self.frozen.take() else {
+            return false;
+        };
+        let (batch, later) = frozen.partition(now);
+        if !later.is_empty() {
+            self.frozen = Some(later);
         }
+        let origins: Vec<u64> = batch.origins().collect();
+        let adopted = Instant::now();
+        let outcome = if batch.is_empty() {
+            Ok(())
+        } else {
+            rt.adopt_frozen(batch).map(|_| ())
+        };
+        self.report.step(step, adopted.elapsed());
+        let opened = Instant::now();
+        // Also after a failure: events for them are no longer held.
+        let _ = rt.open_gates();
+        self.report
+            .step(&format!("{step}_open_gates"), opened.elapsed());
+        if let Err(e) = outcome {
+            // Committed: the previous process is gone, and so are they.
+            tracing::error!(error = %e, daemons = origins.len(), "handed daemons could not be adopted and are lost");
+            metrics.upgrade_daemons_lost.inc_by(origins.len() as u64);
+            self.report
+                .lost
+                .extend(origins.iter().map(|o| format!("{o:016x}")));
+            self.report.daemons = self.report.daemons.saturating_sub(origins.len() as u64);
+        }
+        let more = self.frozen.is_some();
+        if more {
+            // The rest are not here yet: not ready, never "not hosted".
+            let _ = rt.expect_adoption();
+        }
+        more
+    }
+
+    /// Ends the takeover: reports lost daemons and what was measured.
+    pub(crate) fn finish(
+        mut self,
+        rt: &cellmesh::compute::DaemonRuntime,
+        metrics: &crate::metrics::Metrics,
+        data_dir: &Path,
+    ) -> UpgradeReport {
+        // Whatever is left has a kind nothing registered.
+        self.adopt(rt, metrics, |_| true, "adopt_rest");
+        for origin in &self.lost {
+            tracing::error!(
+                origin = %format!("{origin:016x}"),
+                "daemon lost: the previous process died before handing it over"
+            );
+        }
+        metrics.upgrade_daemons_lost.inc_by(self.lost.len() as u64);
         // Served or reported: nothing of the handoff is pending any more.
         let _ = std::fs::remove_file(data_dir.join(super::PENDING_FILE));
+        let mut report = self.report;
+        report.frozen_seconds = self.sealed_at.map_or(0.0, |at| at.elapsed().as_secs_f64());
+        report.total_seconds = self.began.elapsed().as_secs_f64();
+        metrics.upgrades.inc();
+        tracing::info!(
+            daemons = report.daemons,
+            bytes = report.bytes,
+            frozen_ms = report.frozen_seconds * 1e3,
+            total_ms = report.total_seconds * 1e3,
+            lost = report.lost.len(),
+            "took the node over"
+        );
+        report
     }
-    report.frozen_seconds = sealed_at.map_or(0.0, |at| at.elapsed().as_secs_f64());
-    report.total_seconds = began.elapsed().as_secs_f64();
-    metrics.upgrades.inc();
-    tracing::info!(
-        daemons = report.daemons,
-        bytes = report.bytes,
-        frozen_ms = report.frozen_seconds * 1e3,
-        total_ms = report.total_seconds * 1e3,
-        lost = report.lost.len(),
-        "took the node over"
-    );
-    report
 }

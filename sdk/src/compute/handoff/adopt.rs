@@ -66,6 +66,29 @@ impl DaemonRuntime {
         self.adopt_from(frozen, Instant::now())
     }
 
+    /// Announces that this runtime will adopt a handoff's daemons: from
+    /// now until [`open_gates`](Self::open_gates), an event from a peer
+    /// for a daemon not (yet) here is answered "not ready" (a sender
+    /// retries) instead of "not hosted" (which would make it forget where
+    /// the daemon lives). A node taking over from its previous process
+    /// calls it before its runtime starts serving; `adopt` then adds the
+    /// daemons and `open_gates` lets them run.
+    ///
+    /// # Errors
+    /// `NotLive`: the runtime is frozen or retired (adopted daemons may
+    /// already wait: then it is a no-op).
+    pub fn expect_adoption(&self) -> Result<(), PhaseError> {
+        let mut phase = self.handoff_write();
+        match &*phase {
+            Handoff::Live => {
+                *phase = Handoff::Adopted(Vec::new());
+                Ok(())
+            }
+            Handoff::Adopted(_) => Ok(()),
+            other => Err(PhaseError::NotLive(other.phase())),
+        }
+    }
+
     /// Lets the adopted daemons run: each one's held events are processed
     /// in arrival order, its location is announced, and it serves as
     /// usual. Returns how many held events were processed.

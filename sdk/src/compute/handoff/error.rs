@@ -162,4 +162,7 @@ pub enum PhaseError {
     /// `open_gates` of a runtime that adopted nothing.
     #[error("the daemon runtime is {0}: it holds no adopted daemons to open")]
     NotAdopted(HandoffPhase),
+    /// `expect_adoption` of a runtime that is frozen or retired.
+    #[error("the daemon runtime is {0}: it cannot adopt daemons now")]
+    NotLive(HandoffPhase),
 }

@@ -52,6 +52,14 @@ impl Frozen {
         Self { daemons, bytes }
     }
 
+    /// Splits the daemons by kind: those `of_kind` says yes to, then the
+    /// rest (each as encoded on its own). A node adopts daemons whose kind
+    /// it registers late (its cells) after the others.
+    pub fn partition(self, of_kind: impl Fn(&str) -> bool) -> (Self, Self) {
+        let (yes, no): (Vec<_>, Vec<_>) = self.daemons.into_iter().partition(|d| of_kind(&d.kind));
+        (Self::new(yes), Self::new(no))
+    }
+
     /// How many daemons are frozen.
     pub fn len(&self) -> usize {
         self.daemons.len()

@@ -186,6 +186,13 @@ fn answer(server: &Server, request: &EventRequest) -> Answer {
         return Answer::Now(EventReply::Refused(EventRefusal::NotReady));
     };
     match runtime.deliver_or_queue(request.target, &request.event, request.forwarded) {
+        // Daemons handed over from this node's previous process are being
+        // adopted: one not here yet is not "not hosted", only not ready.
+        Delivery::Done(Err(DaemonError::NotFound(_)))
+            if runtime.handoff_phase() == crate::compute::HandoffPhase::Adopted =>
+        {
+            Answer::Now(EventReply::Refused(EventRefusal::NotReady))
+        }
         Delivery::Done(outcome) => {
             let reply = reply_for(server, request, outcome);
             if let EventReply::Refused(EventRefusal::NotFound(origin)) = reply {
