@@ -9,20 +9,15 @@ use std::sync::Arc;
 
 use cellmesh::capabilities::CapabilitySet;
 use cellmesh::cell::{
-    CellBackend, Containment, ContainmentChoice, LifecycleStage, ProcessBackend,
-    ProcessBackendConfig,
+    CellBackend, Containment, ContainmentChoice, ProcessBackend, ProcessBackendConfig,
 };
 
+#[path = "cells/contain.rs"]
+mod contain;
 #[path = "cells/support.rs"]
 #[allow(dead_code)]
 mod support;
-use support::{alive_with, cell_node, destroy_and_wait, doc, wait_for_processes, WAIT};
-
-/// A script starting a `setsid` grandchild and a double-forked daemon,
-/// then sleeping itself.
-fn escaping(n: u32) -> String {
-    format!("setsid sleep {n} & (sleep {} &) ; sleep {}", n + 1, n + 2)
-}
+use support::cell_node;
 
 #[tokio::test]
 async fn the_subreaper_kills_every_descendant_on_destroy_timeout_and_ttl() {
@@ -33,56 +28,7 @@ async fn the_subreaper_kills_every_descendant_on_destroy_timeout_and_ttl() {
     let (_rt, cells) = cell_node("subreaper", CapabilitySet::new(), backend).await;
     assert_eq!(cells.containment(), Some(Containment::Subreaper));
 
-    // Destroy.
-    cells
-        .apply(doc("escape", 60, Some(&["/bin/sh", "-c", &escaping(4101)])))
-        .await
-        .unwrap();
-    wait_for_processes("sleep 410", 4).await;
-    destroy_and_wait(&cells, "escape").await;
-    assert_eq!(alive_with("sleep 410"), Vec::<u32>::new());
-
-    // Timeout and TTL.
-    let mut d = doc("t-out", 60, Some(&["/bin/sh", "-c", &escaping(4201)]));
-    d.spec.run.as_mut().unwrap().timeout_ms = Some(500);
-    cells.apply(d).await.unwrap();
-    cells
-        .apply(doc("t-ttl", 1, Some(&["/bin/sh", "-c", &escaping(4301)])))
-        .await
-        .unwrap();
-    let snap = cells
-        .wait_until("t-out", WAIT, |s| s.command_exit_code.is_some())
-        .await
-        .unwrap();
-    assert_eq!(
-        snap.command_exit_code,
-        Some(cellmesh::cell::FORCED_EXIT_CODE)
-    );
-    assert_eq!(alive_with("sleep 420"), Vec::<u32>::new());
-    cells
-        .wait_until("t-ttl", WAIT, |s| {
-            s.lifecycle_stage == LifecycleStage::Destroyed
-        })
-        .await
-        .unwrap();
-    assert_eq!(alive_with("sleep 430"), Vec::<u32>::new());
-
-    // A background child outlives its parent, keeps the output, and dies
-    // on destroy.
-    let script = "echo before; (sleep 4401; echo never) & echo after >&2; exit 0";
-    cells
-        .apply(doc("bg", 60, Some(&["/bin/sh", "-c", script])))
-        .await
-        .unwrap();
-    let snap = cells
-        .wait_until("bg", WAIT, |s| s.command_exit_code.is_some())
-        .await
-        .unwrap();
-    assert_eq!(snap.command_exit_code, Some(0));
-    assert!(!alive_with("sleep 4401").is_empty());
-    let out = cells.output("bg").await.unwrap();
-    assert_eq!(&out.stdout[..], b"before\n");
-    assert_eq!(&out.stderr[..], b"after\n");
-    destroy_and_wait(&cells, "bg").await;
-    assert_eq!(alive_with("sleep 4401"), Vec::<u32>::new());
+    contain::destroy_kills_every_descendant(&cells, "escape", 4101).await;
+    contain::timeout_and_ttl_kill_every_descendant(&cells, 4201, 4301).await;
+    contain::a_background_child_keeps_the_output_and_dies(&cells, "bg", 4401).await;
 }

@@ -12,84 +12,31 @@ use cellmesh::cell::{
     SignedCloudEvent, LOG_FILE,
 };
 
+#[path = "cells/contain.rs"]
+mod contain;
 #[path = "cells/support.rs"]
 #[allow(dead_code)]
 mod support;
-use support::{alive_with, destroy_and_wait, doc, process_node, wait_for_processes, WAIT};
-
-/// A script starting a `setsid` grandchild and a double-forked daemon,
-/// both sleeping `n` and `n + 1` seconds, then sleeping itself.
-fn escaping(n: u32) -> String {
-    format!("setsid sleep {n} & (sleep {} &) ; sleep {}", n + 1, n + 2)
-}
+use support::{destroy_and_wait, doc, process_node, WAIT};
 
 #[tokio::test]
 async fn destroy_kills_setsid_and_double_forked_descendants() {
     let (_rt, cells) = process_node("contain-destroy").await;
     println!("containment: {:?}", cells.containment());
     assert!(cells.containment().is_some());
-    cells
-        .apply(doc("escape", 60, Some(&["/bin/sh", "-c", &escaping(3101)])))
-        .await
-        .unwrap();
-    wait_for_processes("sleep 310", 4).await;
-    destroy_and_wait(&cells, "escape").await;
-    assert_eq!(alive_with("sleep 310"), Vec::<u32>::new());
+    contain::destroy_kills_every_descendant(&cells, "escape", 3101).await;
 }
 
 #[tokio::test]
 async fn timeout_and_ttl_kill_every_descendant() {
     let (_rt, cells) = process_node("contain-timeout").await;
-    let mut d = doc("t-out", 60, Some(&["/bin/sh", "-c", &escaping(3201)]));
-    d.spec.run.as_mut().unwrap().timeout_ms = Some(500);
-    cells.apply(d).await.unwrap();
-    cells
-        .apply(doc("t-ttl", 1, Some(&["/bin/sh", "-c", &escaping(3301)])))
-        .await
-        .unwrap();
-    let snap = cells
-        .wait_until("t-out", WAIT, |s| s.command_exit_code.is_some())
-        .await
-        .unwrap();
-    assert_eq!(
-        snap.command_exit_code,
-        Some(cellmesh::cell::FORCED_EXIT_CODE)
-    );
-    // The timeout killed the whole tree, not only the shell.
-    assert_eq!(alive_with("sleep 320"), Vec::<u32>::new());
-    cells
-        .wait_until("t-ttl", WAIT, |s| {
-            s.lifecycle_stage == LifecycleStage::Destroyed
-        })
-        .await
-        .unwrap();
-    assert_eq!(alive_with("sleep 330"), Vec::<u32>::new());
+    contain::timeout_and_ttl_kill_every_descendant(&cells, 3201, 3301).await;
 }
 
 #[tokio::test]
 async fn a_background_child_keeps_the_output_and_dies_on_destroy() {
     let (_rt, cells) = process_node("background").await;
-    let script = "echo before; (sleep 3401; echo never) & echo after >&2; exit 0";
-    cells
-        .apply(doc("bg", 60, Some(&["/bin/sh", "-c", script])))
-        .await
-        .unwrap();
-    let snap = cells
-        .wait_until("bg", WAIT, |s| s.command_exit_code.is_some())
-        .await
-        .unwrap();
-    assert_eq!(snap.command_exit_code, Some(0));
-    assert!(
-        !alive_with("sleep 3401").is_empty(),
-        "the child outlives its parent"
-    );
-    let out = cells.output("bg").await.unwrap();
-    assert_eq!(&out.stdout[..], b"before\n");
-    assert_eq!(&out.stderr[..], b"after\n");
-    destroy_and_wait(&cells, "bg").await;
-    assert_eq!(alive_with("sleep 3401"), Vec::<u32>::new());
-    // The output is still readable after destroy.
-    assert_eq!(&cells.output("bg").await.unwrap().stdout[..], b"before\n");
+    contain::a_background_child_keeps_the_output_and_dies(&cells, "bg", 3401).await;
 }
 
 fn with_output_limit(id: &str, script: &str, bytes: u64) -> cellmesh::cell::ExecutionCellDocument {

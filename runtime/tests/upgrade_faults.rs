@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cellmesh::compute::{DaemonRuntime, EventSender, SendError};
-use cellmesh::mesh::{MeshBuilder, Psk};
 use cellmesh::Identity;
 use common::*;
 use serde_json::Value;
@@ -47,15 +46,6 @@ enum Serves {
     Successor { with_state: bool },
     /// Either (a race the protocol settles one way or the other).
     Either,
-}
-
-fn signal(pid: u32, sig: i32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: kill(2) on a node process this test started.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -86,24 +76,8 @@ impl Peer {
             .enable_all()
             .build()
             .expect("runtime");
-        let rt = tokio.block_on(async {
-            let psk = Psk::from_hex(PSK).expect("psk");
-            let mesh = MeshBuilder::new("127.0.0.1:0", psk)
-                .expect("builder")
-                .seed_peers([seed.parse().expect("addr")])
-                .build()
-                .await
-                .expect("mesh");
-            let rt = DaemonRuntime::new(Arc::new(mesh));
-            rt.start().await.expect("start");
-            rt
-        });
-        wait_for("the peer to locate every daemon", || {
-            origins
-                .iter()
-                .all(|o| rt.mesh().locate(*o).is_some())
-                .then_some(())
-        });
+        let rt = peer(&tokio, seed);
+        wait_located(&rt, origins);
         let sender = rt.sender(&Identity::generate());
         let mut peer = Self {
             tokio,
@@ -202,18 +176,6 @@ fn status(x: &NodeProc) -> Option<Value> {
         .flatten()
 }
 
-fn counts(x: &NodeProc) -> HashMap<u64, u64> {
-    x.daemons("counter")
-        .into_iter()
-        .map(|d| {
-            (
-                u64::from_str_radix(d["origin_hash"].as_str().unwrap(), 16).unwrap(),
-                d["events_processed"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 fn run(point: &str, who: Who, action: Action, expect: Serves) {
     let tag = format!("{}-{:?}", point.replace('.', "-"), action).to_lowercase();
     let root = scratch(&tag);
@@ -231,13 +193,7 @@ fn run(point: &str, who: Who, action: Action, expect: Serves) {
     let mut x = NodeProc::start_with_env(&root, "x", &[], None, &env);
     let before = status(&x).expect("status");
     let old_pid = before["pid"].as_u64().expect("pid") as u32;
-    let spawned = x.json(&["spawn", "counter", "--count", &DAEMONS.to_string()]);
-    let origins: Vec<u64> = spawned["spawned"]
-        .as_array()
-        .expect("spawned")
-        .iter()
-        .map(|d| u64::from_str_radix(d["origin_hash"].as_str().unwrap(), 16).unwrap())
-        .collect();
+    let origins = x.spawn_counters(DAEMONS);
     let mut peer = Peer::start(&x.mesh_addr, &origins);
     std::thread::sleep(Duration::from_millis(100));
 
@@ -257,7 +213,7 @@ fn run(point: &str, who: Who, action: Action, expect: Serves) {
         // Longer than the freeze bound and the silence: the other side
         // gives up (or waits, where only the stopped one can decide).
         std::thread::sleep(Duration::from_millis(2500));
-        signal(stopped, libc::SIGCONT);
+        signal(u64::from(stopped), libc::SIGCONT);
     }
 
     // Exactly one process serves the node, with its id.
@@ -289,11 +245,11 @@ fn run(point: &str, who: Who, action: Action, expect: Serves) {
     };
     if restarted {
         // The daemons died with the incumbent: nothing to count.
-        assert!(counts(&x).is_empty());
+        assert!(x.counts().is_empty());
     } else {
         peer.settle();
         let sent = peer.sent.lock().unwrap().clone();
-        let hosted = counts(&x);
+        let hosted = x.counts();
         for o in &origins {
             assert_eq!(
                 hosted.get(o),
@@ -303,9 +259,9 @@ fn run(point: &str, who: Who, action: Action, expect: Serves) {
         }
     }
     drop(peer);
-    signal(pid, libc::SIGKILL);
-    signal(old_pid, libc::SIGKILL);
-    signal(new_pid, libc::SIGKILL);
+    for pid in [pid, old_pid, new_pid] {
+        signal(u64::from(pid), libc::SIGKILL);
+    }
     let _ = heir.wait();
     let _ = x.child.wait();
     let _ = std::fs::remove_dir_all(&root);

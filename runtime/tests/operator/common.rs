@@ -294,3 +294,68 @@ impl NodeProc {
         }
     }
 }
+
+/// A peer of the mesh in this process, joined through the node at `seed`,
+/// with a started runtime and no daemon kinds (it only sends).
+pub fn peer(tokio: &tokio::runtime::Runtime, seed: &str) -> cellmesh::compute::DaemonRuntime {
+    tokio.block_on(async {
+        let psk = cellmesh::mesh::Psk::from_hex(PSK).expect("psk");
+        let mesh = cellmesh::mesh::MeshBuilder::new("127.0.0.1:0", psk)
+            .expect("builder")
+            .seed_peers([seed.parse().expect("addr")])
+            .build()
+            .await
+            .expect("mesh");
+        let rt = cellmesh::compute::DaemonRuntime::new(std::sync::Arc::new(mesh));
+        rt.start().await.expect("start");
+        rt
+    })
+}
+
+/// Waits until `rt` knows where every daemon of `origins` lives.
+pub fn wait_located(rt: &cellmesh::compute::DaemonRuntime, origins: &[u64]) {
+    wait_for("the peer to locate every daemon", || {
+        origins
+            .iter()
+            .all(|o| rt.mesh().locate(*o).is_some())
+            .then_some(())
+    });
+}
+
+/// Sends `signal` to process `pid` (one this test caused to exist).
+pub fn signal(pid: u64, signal: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) on a node process this test started.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+impl NodeProc {
+    /// Each counter daemon's events processed, by origin.
+    pub fn counts(&self) -> std::collections::HashMap<u64, u64> {
+        self.daemons("counter")
+            .into_iter()
+            .map(|d| {
+                (
+                    u64::from_str_radix(d["origin_hash"].as_str().unwrap(), 16).unwrap(),
+                    d["events_processed"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// The origins of the daemons `spawn ... -o json` answered.
+    pub fn spawn_counters(&self, n: usize) -> Vec<u64> {
+        let spawned = self.json(&["spawn", "counter", "--count", &n.to_string()]);
+        let origins: Vec<u64> = spawned["spawned"]
+            .as_array()
+            .expect("spawned")
+            .iter()
+            .map(|d| u64::from_str_radix(d["origin_hash"].as_str().unwrap(), 16).unwrap())
+            .collect();
+        assert_eq!(origins.len(), n);
+        origins
+    }
+}

@@ -10,35 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cellmesh::compute::DaemonRuntime;
-use cellmesh::mesh::{MeshBuilder, Psk};
 use cellmesh::Identity;
 use serde_json::Value;
 
 use super::common::*;
 
 const DAEMONS: usize = 500;
-
-/// Sends SIGKILL to `pid` (a node process this test caused to exist).
-fn kill(pid: u64) {
-    if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: kill(2) on a node process this test started.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-    }
-}
-
-fn counts(node: &NodeProc) -> HashMap<u64, u64> {
-    node.daemons("counter")
-        .into_iter()
-        .map(|d| {
-            (
-                u64::from_str_radix(d["origin_hash"].as_str().unwrap(), 16).unwrap(),
-                d["events_processed"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
 
 /// Runs `cellmesh upgrade -o json` against `x`; the successor's report.
 fn upgrade(x: &NodeProc) -> Value {
@@ -66,14 +43,7 @@ fn two_upgrades_under_load_keep_every_daemon_and_every_event() {
     let mut x = NodeProc::start_with_env(&dir, "x", &[], None, &[("NOTIFY_SOCKET", &notify_env)]);
     let seed = x.mesh_addr.clone();
     let before = x.json(&["status"]);
-    let spawned = x.json(&["spawn", "counter", "--count", &DAEMONS.to_string()]);
-    let origins: Vec<u64> = spawned["spawned"]
-        .as_array()
-        .expect("spawned")
-        .iter()
-        .map(|d| u64::from_str_radix(d["origin_hash"].as_str().unwrap(), 16).unwrap())
-        .collect();
-    assert_eq!(origins.len(), DAEMONS);
+    let origins = x.spawn_counters(DAEMONS);
 
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -81,29 +51,9 @@ fn two_upgrades_under_load_keep_every_daemon_and_every_event() {
         .build()
         .expect("runtime");
     // Two peers of the mesh that send to X's daemons.
-    let peers: Vec<DaemonRuntime> = (0..2)
-        .map(|_| {
-            tokio.block_on(async {
-                let psk = Psk::from_hex(PSK).expect("psk");
-                let mesh = MeshBuilder::new("127.0.0.1:0", psk)
-                    .expect("builder")
-                    .seed_peers([seed.parse().expect("addr")])
-                    .build()
-                    .await
-                    .expect("mesh");
-                let rt = DaemonRuntime::new(Arc::new(mesh));
-                rt.start().await.expect("start");
-                rt
-            })
-        })
-        .collect();
+    let peers: Vec<DaemonRuntime> = (0..2).map(|_| peer(&tokio, &seed)).collect();
     for rt in &peers {
-        wait_for("the peers to locate every daemon", || {
-            origins
-                .iter()
-                .all(|o| rt.mesh().locate(*o).is_some())
-                .then_some(())
-        });
+        wait_located(rt, &origins);
     }
     let sent: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
 
@@ -187,7 +137,7 @@ fn two_upgrades_under_load_keep_every_daemon_and_every_event() {
         );
     }
 
-    let hosted = counts(&x);
+    let hosted = x.counts();
     let sent = sent.lock().unwrap().clone();
     for o in &origins {
         assert_eq!(
@@ -202,7 +152,7 @@ fn two_upgrades_under_load_keep_every_daemon_and_every_event() {
             rt.mesh().leave().await;
         });
     }
-    kill(*pids.last().expect("a pid"));
+    signal(*pids.last().expect("a pid"), libc::SIGKILL);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -270,6 +220,6 @@ fn an_upgrade_is_refused_while_cells_run_on_the_node_and_the_node_serves_on() {
         "destroyed",
         "the log came along"
     );
-    kill(now["pid"].as_u64().expect("pid"));
+    signal(now["pid"].as_u64().expect("pid"), libc::SIGKILL);
     let _ = std::fs::remove_dir_all(&dir);
 }
