@@ -35,6 +35,12 @@ pub struct Handed {
 pub trait Incumbency: Send {
     /// Stop admitting new work; returns the daemons hosted.
     fn stop_admitting(&mut self) -> impl Future<Output = Vec<u64>> + Send;
+    /// Descriptors sent with `Drained`, before the freeze (the daemons'
+    /// identities, so that the successor derives their keys while this
+    /// node still serves). None by default.
+    fn ahead(&mut self) -> impl Future<Output = Vec<OwnedFd>> + Send {
+        async { Vec::new() }
+    }
     /// Freeze every daemon and gather what the successor needs.
     fn seal(&mut self) -> impl Future<Output = Result<Handed, String>> + Send;
     /// Serve again as if no handoff had begun.
@@ -43,6 +49,11 @@ pub trait Incumbency: Send {
 
 /// The successor's part in a handoff.
 pub trait Succession: Send {
+    /// Take what came with `Drained` (before the incumbent freezes).
+    fn prepare(&mut self, fds: Vec<OwnedFd>) -> impl Future<Output = ()> + Send {
+        drop(fds);
+        async {}
+    }
     /// Restore, gated, what was handed over; returns the daemons restored.
     fn restore(
         &mut self,
@@ -171,6 +182,7 @@ pub async fn run_incumbent(
 ) -> IncumbentOutcome {
     let mut inbox = Inbox::new();
     let mut handed: Option<Handed> = None;
+    let mut ahead: Vec<OwnedFd> = Vec::new();
     loop {
         while let Some(effect) = machine.poll_effect() {
             match effect {
@@ -179,6 +191,7 @@ pub async fn run_incumbent(
                         (Message::Sealed { .. }, Some(h)) => {
                             h.fds.iter().map(AsFd::as_fd).collect()
                         }
+                        (Message::Drained { .. }, _) => ahead.iter().map(AsFd::as_fd).collect(),
                         _ => Vec::new(),
                     };
                     // A failed write means the successor closed its end: the
@@ -194,6 +207,7 @@ pub async fn run_incumbent(
                 }
                 IncumbentEffect::StopAdmitting => {
                     let daemons = node.stop_admitting().await;
+                    ahead = node.ahead().await;
                     machine.on_admission_stopped(Instant::now(), daemons);
                 }
                 IncumbentEffect::Freeze => match node.seal().await {
@@ -259,7 +273,12 @@ pub async fn run_successor(
         }
         let wake = machine.poll_timeout();
         match inbox.next(&stream, wake).await {
-            Input::Frame(message) => machine.on_frame(Instant::now(), message),
+            Input::Frame(message) => {
+                if matches!(message, Message::Drained { .. }) {
+                    node.prepare(std::mem::take(&mut inbox.fds)).await;
+                }
+                machine.on_frame(Instant::now(), message);
+            }
             Input::Eof => machine.on_eof(),
             Input::Malformed(what) => machine.on_malformed(what),
             Input::Tick => machine.on_tick(Instant::now()),

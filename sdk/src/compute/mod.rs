@@ -30,7 +30,7 @@ pub use daemon::{MeshDaemon, ProcessError};
 pub use error::{DaemonError, RegisterError, RemoteRefusal, StartError};
 pub use handle::{DaemonHandle, DaemonHostConfig};
 pub use handoff::{
-    AdoptError, AdoptReport, DecodeError, FreezeError, Frozen, HandoffPhase, PhaseError,
+    AdoptError, AdoptReport, DecodeError, FreezeError, Frozen, HandoffPhase, KeyCache, PhaseError,
 };
 pub use migration::{
     DrainOpts, DrainProgress, DrainReport, MigrateError, MigrationHandle, MigrationOpts,

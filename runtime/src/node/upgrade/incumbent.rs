@@ -176,6 +176,26 @@ impl Incumbency for NodeIncumbency {
             .collect()
     }
 
+    async fn ahead(&mut self) -> Vec<OwnedFd> {
+        // The daemons' seeds, so that the successor derives their keys
+        // before the freeze. Best effort: without them it derives later.
+        let seeds = self.node.inner.rt.identities();
+        let written = memfd_create(c"cellmesh-identities", MFdFlags::MFD_CLOEXEC)
+            .map_err(std::io::Error::from)
+            .and_then(|fd| {
+                let mut file = std::fs::File::from(fd);
+                file.write_all(&seeds)?;
+                Ok(OwnedFd::from(file))
+            });
+        match written {
+            Ok(fd) => vec![fd],
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the daemons' identities ahead");
+                Vec::new()
+            }
+        }
+    }
+
     async fn seal(&mut self) -> Result<Handed, String> {
         self.handed()
     }

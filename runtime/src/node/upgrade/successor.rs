@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cellmesh::compute::Frozen;
+use cellmesh::compute::{Frozen, KeyCache};
 use tokio::net::UnixStream;
 
 use super::{build, UpgradeReport};
@@ -40,6 +40,8 @@ pub(crate) struct Inheritance {
 /// The successor's part: keep what was handed over until the commit.
 struct NodeSuccession {
     kinds: Vec<String>,
+    /// The daemons' keys, derived from the identities sent with `Drained`.
+    keys: Option<KeyCache>,
     sockets: Option<Sockets>,
     frozen: Option<Frozen>,
     sealed_at: Option<Instant>,
@@ -64,7 +66,12 @@ impl NodeSuccession {
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.read_to_end(&mut raw))
             .map_err(|e| format!("reading the handed state: {e}"))?;
-        let frozen = Frozen::decode_shared(&Bytes::from(raw)).map_err(|e| e.to_string())?;
+        let raw = Bytes::from(raw);
+        let frozen = match &self.keys {
+            Some(keys) => Frozen::decode_shared_with(&raw, keys),
+            None => Frozen::decode_shared(&raw),
+        }
+        .map_err(|e| e.to_string())?;
         for kind in frozen.kinds() {
             if !self.kinds.iter().any(|k| k == kind) {
                 return Err(format!(
@@ -80,6 +87,27 @@ impl NodeSuccession {
 }
 
 impl Succession for NodeSuccession {
+    async fn prepare(&mut self, fds: Vec<OwnedFd>) {
+        let Some(fd) = fds.into_iter().next() else {
+            return;
+        };
+        // Deriving thousands of keys is CPU work: off the async threads.
+        let derived = tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::File::from(fd);
+            let mut raw = zeroize::Zeroizing::new(Vec::new());
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_end(&mut raw))
+                .map_err(|e| e.to_string())?;
+            KeyCache::derive(&raw).map_err(|e| e.to_string())
+        })
+        .await;
+        match derived {
+            Ok(Ok(keys)) => self.keys = Some(keys),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the identities sent ahead are unusable"),
+            Err(e) => tracing::warn!(error = %e, "deriving the keys ahead failed"),
+        }
+    }
+
     async fn restore(
         &mut self,
         _daemons: u64,
@@ -137,6 +165,7 @@ pub(crate) async fn succeed(
     );
     let mut me = NodeSuccession {
         kinds,
+        keys: None,
         sockets: None,
         frozen: None,
         sealed_at: None,

@@ -35,6 +35,7 @@ use zeroize::Zeroizing;
 
 use super::error::DecodeError;
 use super::frozen::{Frozen, FrozenDaemon};
+use super::keys::KeyCache;
 use crate::compute::handle::DaemonHostConfig;
 use crate::compute::snapshot::{Proof, StateSnapshot};
 use crate::compute::{StateBuf, MAX_SNAPSHOT_BYTES};
@@ -103,7 +104,11 @@ fn record_header(daemon: &FrozenDaemon, snapshot_len: u64) -> Zeroizing<Vec<u8>>
 
 /// Decodes frozen daemons; states are slices of `shared` when given
 /// (`bytes` is then `shared` itself), copies otherwise.
-pub(super) fn decode(bytes: &[u8], shared: Option<&Bytes>) -> Result<Frozen, DecodeError> {
+pub(super) fn decode(
+    bytes: &[u8],
+    shared: Option<&Bytes>,
+    keys: Option<&KeyCache>,
+) -> Result<Frozen, DecodeError> {
     let mut r = Reader {
         rest: bytes,
         record: None,
@@ -144,7 +149,7 @@ pub(super) fn decode(bytes: &[u8], shared: Option<&Bytes>) -> Result<Frozen, Dec
     if !r.rest.is_empty() {
         return Err(DecodeError::TrailingBytes(r.rest.len() as u64));
     }
-    let daemons = materialize(&parsed, shared)?;
+    let daemons = materialize(&parsed, shared, keys)?;
     let mut seen =
         HashSet::with_capacity_and_hasher(daemons.len(), foldhash::fast::RandomState::default());
     for daemon in &daemons {
@@ -214,16 +219,18 @@ const PARALLEL_FROM: usize = 128;
 fn materialize(
     parsed: &[Parsed<'_>],
     shared: Option<&Bytes>,
+    keys: Option<&KeyCache>,
 ) -> Result<Vec<FrozenDaemon>, DecodeError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if parsed.len() < PARALLEL_FROM || threads < 2 {
-        return parsed.iter().map(|p| finish(p, shared)).collect();
+    // With the keys derived ahead, a record is a checksum and a copy.
+    if parsed.len() < PARALLEL_FROM || threads < 2 || keys.is_some() {
+        return parsed.iter().map(|p| finish(p, shared, keys)).collect();
     }
     let chunk = parsed.len().div_ceil(threads);
     let parts: Vec<Result<Vec<FrozenDaemon>, DecodeError>> = std::thread::scope(|scope| {
         let workers: Vec<_> = parsed
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(|p| finish(p, shared)).collect()))
+            .map(|part| scope.spawn(move || part.iter().map(|p| finish(p, shared, None)).collect()))
             .collect();
         workers
             .into_iter()
@@ -243,7 +250,11 @@ fn materialize(
 }
 
 /// Derives a record's key and decodes its snapshot.
-fn finish(p: &Parsed<'_>, shared: Option<&Bytes>) -> Result<FrozenDaemon, DecodeError> {
+fn finish(
+    p: &Parsed<'_>,
+    shared: Option<&Bytes>,
+    keys: Option<&KeyCache>,
+) -> Result<FrozenDaemon, DecodeError> {
     // Unless the input is shared, the state is copied (once) into a
     // buffer of the state pool, which recycles mapped pages.
     let owned;
@@ -257,7 +268,10 @@ fn finish(p: &Parsed<'_>, shared: Option<&Bytes>) -> Result<FrozenDaemon, Decode
         }
     };
     let body = &snapshot[..snapshot.len() - 8];
-    let keypair = Arc::new(Identity::from_seed(*p.seed).into_keypair());
+    let keypair = match keys {
+        Some(cache) => cache.key_of(&p.seed),
+        None => Arc::new(Identity::from_seed(*p.seed).into_keypair()),
+    };
     let snapshot =
         StateSnapshot::from_checksummed(snapshot, shared, xxh3_64(body), Arc::clone(&keypair))
             .map_err(|source| DecodeError::Snapshot {

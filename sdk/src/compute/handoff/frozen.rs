@@ -127,7 +127,7 @@ impl Frozen {
     /// # Errors
     /// [`DecodeError`], naming the field (and the record) at fault.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        format::decode(bytes, None)
+        format::decode(bytes, None, None)
     }
 
     /// As [`decode`](Self::decode), the states being slices of `bytes`
@@ -137,7 +137,17 @@ impl Frozen {
     /// # Errors
     /// As `decode`.
     pub fn decode_shared(bytes: &Bytes) -> Result<Self, DecodeError> {
-        format::decode(bytes, Some(bytes))
+        format::decode(bytes, Some(bytes), None)
+    }
+
+    /// As [`decode_shared`](Self::decode_shared), each daemon's key taken
+    /// from `keys` (derived ahead, see [`KeyCache`](super::KeyCache)) when
+    /// it holds it: decoding is then a checksum and a slice per daemon.
+    ///
+    /// # Errors
+    /// As `decode`.
+    pub fn decode_shared_with(bytes: &Bytes, keys: &super::KeyCache) -> Result<Self, DecodeError> {
+        format::decode(bytes, Some(bytes), Some(keys))
     }
 }
 

@@ -65,6 +65,7 @@ mod error;
 mod format;
 mod freeze;
 mod frozen;
+mod keys;
 
 #[cfg(test)]
 mod tests;
@@ -73,6 +74,7 @@ pub use adopt::AdoptReport;
 pub use error::{AdoptError, DecodeError, FreezeError, PhaseError};
 pub use format::{FROZEN_VERSION, MAX_FROZEN_DAEMONS};
 pub use frozen::Frozen;
+pub use keys::KeyCache;
 
 /// Where a runtime stands in a handoff of its node's process
 /// ([`DaemonRuntime::handoff_phase`](super::DaemonRuntime::handoff_phase)).

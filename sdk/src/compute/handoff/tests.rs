@@ -217,3 +217,55 @@ proptest! {
         let _ = Frozen::decode(&bytes);
     }
 }
+
+/// The identities encoding of `seeds`, as `DaemonRuntime::identities`
+/// writes it.
+fn identities(seeds: &[u8]) -> Vec<u8> {
+    let mut out = b"CMKEYS01".to_vec();
+    out.extend_from_slice(&(seeds.len() as u32).to_le_bytes());
+    for s in seeds {
+        out.extend_from_slice(&[*s; 32]);
+    }
+    out
+}
+
+#[test]
+fn keys_derived_ahead_decode_the_same_daemons_and_missing_ones_are_derived() {
+    let frozen = sample();
+    let bytes = Bytes::from(frozen.to_vec());
+    // Keys for two of the three daemons, and one for a daemon not there.
+    let cache = super::KeyCache::derive(&identities(&[1, 3, 9])).expect("derives");
+    assert_eq!(cache.len(), 3);
+    let with = Frozen::decode_shared_with(&bytes, &cache).expect("decodes");
+    let without = Frozen::decode_shared(&bytes).expect("decodes");
+    assert_eq!(with.to_vec(), without.to_vec(), "the same daemons");
+    assert_eq!(
+        with.origins().collect::<Vec<_>>(),
+        frozen.origins().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn bad_identities_are_typed_errors() {
+    let good = identities(&[1, 2]);
+    assert!(matches!(
+        super::KeyCache::derive(b"nonsense"),
+        Err(DecodeError::BadMagic)
+    ));
+    assert!(matches!(
+        super::KeyCache::derive(&good[..good.len() - 1]),
+        Err(DecodeError::Truncated { .. })
+    ));
+    let mut long = good.clone();
+    long.push(0);
+    assert!(matches!(
+        super::KeyCache::derive(&long),
+        Err(DecodeError::TrailingBytes(1))
+    ));
+    let mut huge = good;
+    huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        super::KeyCache::derive(&huge),
+        Err(DecodeError::Oversized { .. })
+    ));
+}
