@@ -13,7 +13,8 @@
 //! Hello{build, proto range, pid} ->
 //!                                <- HelloAck{proto, handoff id, pid} | Refused
 //! Prepare{id, deadline}          ->  stops admitting new work
-//!                                <- Drained{id, daemons}
+//!                                <- Drained{id, daemons} (+ identities)
+//! (derives the daemons' keys ahead)
 //! Seal{id}                       ->  freezes every daemon, hands its state over
 //!                                <- Sealed{id, daemons, bytes} | SealFailed
 //! (restores every daemon, gated)
