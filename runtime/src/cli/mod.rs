@@ -156,7 +156,8 @@ pub enum OneWhat {
 /// What `migrate` moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MigrateWhat {
-    /// A cell (hosted on the node addressed).
+    /// A cell (moved by the node hosting it, asked through any node that
+    /// knows it).
     Cell,
     /// A daemon (hosted on the node addressed).
     Daemon,
