@@ -49,6 +49,7 @@ mod node;
 
 pub use config::{ConfigError, NodeConfig, NodeFlags};
 pub use control::MAX_BODY_BYTES;
+pub use node::upgrade;
 pub use node::{
     Counter, DrainError, DrainFailure, DrainSummary, Factory, Node, NodeBuilder, NodePhase, RunEnd,
     StartError,

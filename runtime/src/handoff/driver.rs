@@ -27,7 +27,7 @@ pub struct Handed {
     /// Bytes of state handed over.
     pub bytes: u64,
     /// Descriptors sent with `Sealed` (sockets, state), at most
-    /// [`MAX_FDS`].
+    /// [`MAX_FDS`](super::fds::MAX_FDS).
     pub fds: Vec<OwnedFd>,
 }
 

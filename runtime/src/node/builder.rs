@@ -179,9 +179,9 @@ impl NodeBuilder {
     /// # Errors
     /// [`StartError`] naming what could not start.
     ///
-    /// Started with [`HANDOFF_ENV`](super::upgrade::HANDOFF_ENV) set (by
+    /// Started with [`HANDOFF_ENV`](crate::upgrade::HANDOFF_ENV) set (by
     /// [`Node::upgrade`]), it takes the node over from the running process
-    /// instead: see [the upgrade module](super::upgrade).
+    /// instead: see [the upgrade module](crate::upgrade).
     pub async fn start(self) -> Result<Node, StartError> {
         files::prepare_data_dir(&self.config.data_dir)?;
         if let Some(socket) = std::env::var_os(super::upgrade::HANDOFF_ENV) {

@@ -29,7 +29,7 @@ impl Node {
     /// disk at this process's own path), started with this process's
     /// arguments: the successor connects to the handoff socket and takes
     /// over the node's sockets, key, data directory and daemons (see
-    /// [the upgrade module](crate::node)). Returns the successor's pid once
+    /// [the upgrade module](crate::upgrade)). Returns the successor's pid once
     /// this node has handed over: [`run_until_signal`](Self::run_until_signal)
     /// then returns [`RunEnd::HandedOver`](crate::RunEnd::HandedOver) and
     /// the process must exit.
