@@ -158,3 +158,49 @@ async fn a_placed_cell_is_one_cell_hosted_once_at_every_step() {
     assert_eq!(fresh.generation, 1);
     assert_eq!(fresh.state, CellRecordState::Running);
 }
+
+#[tokio::test]
+async fn a_restarted_node_still_points_to_the_cell_it_placed() {
+    let seed = [21u8; 32];
+    let dir = support::data_dir("pointer-restart");
+    let (b_rt, b) = runner("pointer-b").await;
+    let start_a = || async {
+        let rt =
+            support::runtime_as(CapabilitySet::new(), cellmesh::Identity::from_seed(seed)).await;
+        let backend: Arc<dyn CellBackend> = Arc::new(FederatedBackend::new(&rt));
+        let cells = Cells::start(&rt, backend, &dir).unwrap();
+        (rt, cells)
+    };
+    let (a_rt, a) = start_a().await;
+    connect(&a_rt, &b_rt).await;
+    let mut d = doc("kept", 60, Some(&["/bin/sh", "-c", "exit 5"]));
+    d.spec.placement = Some(PlacementSpec {
+        requires: Some(CapabilityFilter::new().require_tag("runner")),
+        ..Default::default()
+    });
+    a.apply(d).await.unwrap();
+    a.wait_until("kept", WAIT, |s| s.command_exit_code.is_some())
+        .await
+        .unwrap();
+    a.shutdown().await;
+    a_rt.shutdown().await.unwrap();
+    a_rt.mesh().leave().await;
+    drop((a, a_rt));
+
+    // The same node again, on the same data directory.
+    let (a_rt, a) = start_a().await;
+    connect(&a_rt, &b_rt).await;
+    let record = a.record("kept").expect("the pointer survived the restart");
+    assert_eq!(record.current_node, Some(b_rt.mesh().node_id().to_string()));
+    assert_eq!(record.exit_code, Some(5));
+    assert!(!a.hosts("kept"));
+    // It still works from here: read, then destroy.
+    assert_eq!(a.get("kept").await.unwrap().command_exit_code, Some(5));
+    a.destroy("kept").await.unwrap();
+    b.wait_until("kept", WAIT, |s| {
+        s.lifecycle_stage == LifecycleStage::Destroyed
+    })
+    .await
+    .unwrap();
+    listed(&a, "kept", |r| r.state == CellRecordState::Destroyed).await;
+}

@@ -151,6 +151,12 @@ impl Cells {
             CellNode::new(node_hex, mesh.keypair().clone(), log, view, tx)
                 .with(Arc::clone(&backend), known),
         );
+        // Cells placed elsewhere before a restart or an upgrade.
+        let pointers = Pointers::open(data_dir);
+        let known_cells = DashMap::new();
+        for (id, origin) in pointers.origins() {
+            known_cells.insert(id, origin);
+        }
         let for_factory = Arc::clone(&node);
         rt.register_factory(CELL_KIND, move || {
             Box::new(CellDaemon::new(Arc::clone(&for_factory)))
@@ -160,12 +166,12 @@ impl Cells {
             node,
             backend,
             client: CellClient::new(rt.clone()),
-            known: DashMap::new(),
+            known: known_cells,
             generations: DashMap::new(),
             applying: dashmap::DashSet::new(),
             hosted: DashMap::new(),
             pending_destroy: DashMap::new(),
-            pointers: Pointers::default(),
+            pointers,
             published: tokio::sync::watch::channel(0).0,
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -234,7 +240,7 @@ impl Cells {
             return Err(e);
         }
         match pointer {
-            Some((doc, node)) => self.inner.pointers.placed(&doc, generation, node),
+            Some((doc, node)) => self.inner.pointers.placed(&doc, generation, node, origin),
             None => self.inner.pointers.remove(&id),
         }
         self.inner.generations.insert(id, generation);

@@ -10,16 +10,19 @@
 //! plus one round trip (a migration of the cell shows as a new
 //! `current_node`).
 //!
-//! Pointers live in memory: a restarted node forgets cells it only pointed
-//! to (their daemons run on, and the nodes hosting them list them).
+//! Pointers are kept in `DATA_DIR/cell-pointers.json` (rewritten whole,
+//! atomically, when one changes), so a restarted or upgraded node still
+//! knows the cells it placed elsewhere.
 //!
 //! [`Cells::list`]: super::Cells::list
 //! [`Cells::get`]: super::Cells::get
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
 
 use super::cells::CellsInner;
 use crate::cell::node_view::{CellRecord, CellRecordState};
@@ -31,16 +34,94 @@ use crate::NodeId;
 /// How often a live pointer is re-read from its cell.
 pub const REFRESH: Duration = Duration::from_secs(1);
 
-/// The records of the cells this node points to, by cell id.
+/// The file pointers are kept in, in the data directory.
+pub const POINTERS_FILE: &str = "cell-pointers.json";
+
+/// One pointer as the file keeps it.
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    record: CellRecord,
+    origin: u64,
+}
+
+/// The records of the cells this node points to, by cell id, with their
+/// daemons' origins.
 #[derive(Default)]
 pub(crate) struct Pointers {
-    records: DashMap<String, CellRecord>,
+    records: DashMap<String, (CellRecord, u64)>,
+    /// Where they are kept; serializes the writes.
+    file: Mutex<Option<PathBuf>>,
 }
 
 impl Pointers {
-    /// Records that cell `doc` (generation `generation`) was placed on
-    /// `node`.
-    pub(crate) fn placed(&self, doc: &ExecutionCellDocument, generation: u64, node: NodeId) {
+    /// The pointers kept in `data_dir` (none if there is no file; an
+    /// unreadable one is reported and ignored).
+    pub(crate) fn open(data_dir: &Path) -> Self {
+        let path = data_dir.join(POINTERS_FILE);
+        let records = DashMap::new();
+        match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<Kept>>(&bytes) {
+                Ok(kept) => {
+                    for k in kept {
+                        records.insert(k.record.id.clone(), (k.record, k.origin));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cell pointers unreadable; starting without them")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cell pointers unreadable; starting without them")
+            }
+        }
+        Self {
+            records,
+            file: Mutex::new(Some(path)),
+        }
+    }
+
+    /// Every pointer's cell id and origin.
+    pub(crate) fn origins(&self) -> Vec<(String, u64)> {
+        self.records
+            .iter()
+            .map(|r| (r.key().clone(), r.value().1))
+            .collect()
+    }
+
+    /// Writes every pointer to the file (whole, then renamed over it).
+    fn save(&self) {
+        let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(path) = file.as_ref() else {
+            return;
+        };
+        let kept: Vec<Kept> = self
+            .records
+            .iter()
+            .map(|r| Kept {
+                record: r.value().0.clone(),
+                origin: r.value().1,
+            })
+            .collect();
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(&kept)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "cell pointers not saved");
+        }
+    }
+
+    /// Records that cell `doc` (generation `generation`, daemon `origin`)
+    /// was placed on `node`.
+    pub(crate) fn placed(
+        &self,
+        doc: &ExecutionCellDocument,
+        generation: u64,
+        node: NodeId,
+        origin: u64,
+    ) {
         let id = doc.id().to_string();
         let record = CellRecord {
             id: id.clone(),
@@ -56,38 +137,49 @@ impl Pointers {
             last_cursor: 0,
             generation,
         };
-        self.records.insert(id, record);
+        self.records.insert(id, (record, origin));
+        self.save();
     }
 
     /// Forgets the pointer of `id` (the id now names a cell of this node).
     pub(crate) fn remove(&self, id: &str) {
-        self.records.remove(id);
+        if self.records.remove(id).is_some() {
+            self.save();
+        }
     }
 
     /// Updates the pointer of `id`, if there is one, from its cell's
     /// projection.
     pub(crate) fn observe(&self, id: &str, snap: &CellStateSnapshot) {
-        if let Some(mut record) = self.records.get_mut(id) {
-            apply(&mut record, snap);
+        let changed = match self.records.get_mut(id) {
+            Some(mut entry) => {
+                let before = entry.0.clone();
+                apply(&mut entry.0, snap);
+                entry.0 != before
+            }
+            None => false,
+        };
+        if changed {
+            self.save();
         }
     }
 
     /// The record of `id`, if this node points to it.
     pub(crate) fn get(&self, id: &str) -> Option<CellRecord> {
-        self.records.get(id).map(|r| r.clone())
+        self.records.get(id).map(|r| r.0.clone())
     }
 
     /// Every pointer's record.
     pub(crate) fn all(&self) -> Vec<CellRecord> {
-        self.records.iter().map(|r| r.clone()).collect()
+        self.records.iter().map(|r| r.0.clone()).collect()
     }
 
     /// The ids of the pointers whose cells have not ended.
     fn live(&self) -> Vec<String> {
         self.records
             .iter()
-            .filter(|r| !ended(r.state))
-            .map(|r| r.id.clone())
+            .filter(|r| !ended(r.0.state))
+            .map(|r| r.0.id.clone())
             .collect()
     }
 }
@@ -162,7 +254,7 @@ mod tests {
     fn a_pointer_follows_its_cell_to_the_end() {
         let pointers = Pointers::default();
         let node = NodeId::from(crate::Identity::from_seed([1u8; 32]).entity_id());
-        pointers.placed(&doc("p"), 2, node);
+        pointers.placed(&doc("p"), 2, node, 77);
         let placed = pointers.get("p").unwrap();
         assert_eq!(placed.state, CellRecordState::Pending);
         assert_eq!(placed.current_node, Some(node.to_string()));

@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError, RwLockReadGuard, RwLockWriteGuard};
 
 use dashmap::DashMap;
 
-use super::{DaemonRuntime, Expected, Hasher, Slot, SHUTTING_DOWN};
+use super::{DaemonRuntime, Expected, Factory, Hasher, Slot, SHUTTING_DOWN};
 use crate::compute::daemon::MeshDaemon;
 use crate::compute::error::panic_message;
 use crate::compute::handoff::Handoff;
@@ -14,6 +14,19 @@ use crate::compute::migration::verdicts::Verdicts;
 use crate::compute::DaemonError;
 
 impl DaemonRuntime {
+    /// The factory of `kind`.
+    pub(super) fn factory(&self, kind: &str) -> Result<(Arc<str>, Factory), DaemonError> {
+        self.inner
+            .factories
+            .get(kind)
+            .map(|entry| (Arc::clone(entry.key()), Arc::clone(entry.value())))
+            // A shut-down runtime dropped its factories.
+            .ok_or_else(|| match self.inner.state.load(Ordering::SeqCst) {
+                SHUTTING_DOWN => DaemonError::ShuttingDown,
+                _ => DaemonError::FactoryNotFound(kind.to_owned()),
+            })
+    }
+
     /// The requirements of a daemon of `kind`, read from a throw-away
     /// instance built by its factory.
     pub(crate) fn requirements_of(

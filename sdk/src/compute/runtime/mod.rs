@@ -226,6 +226,9 @@ impl DaemonRuntime {
             mesh.retract(*origin);
             false
         });
+        // Nothing spawns any more: dropping the factories frees what they
+        // hold (a cell host holding this runtime kept it and its log alive).
+        self.inner.factories.clear();
         tracing::debug!(runtime = self.inner.id, "daemon runtime shut down");
         Ok(())
     }
@@ -486,14 +489,6 @@ impl DaemonRuntime {
             .get(&origin_hash)
             .map(|entry| Arc::clone(entry.value()))
             .ok_or(DaemonError::NotFound(origin_hash))
-    }
-
-    fn factory(&self, kind: &str) -> Result<(Arc<str>, Factory), DaemonError> {
-        self.inner
-            .factories
-            .get(kind)
-            .map(|entry| (Arc::clone(entry.key()), Arc::clone(entry.value())))
-            .ok_or_else(|| DaemonError::FactoryNotFound(kind.to_owned()))
     }
 
     /// A cheap early refusal; the insert's entry check is the authority.
