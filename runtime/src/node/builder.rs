@@ -187,31 +187,29 @@ impl NodeBuilder {
         if let Some(socket) = std::env::var_os(super::upgrade::HANDOFF_ENV) {
             let mut kinds: Vec<String> = self.kinds.iter().map(|(k, _)| k.clone()).collect();
             kinds.push(CELL_KIND.to_string());
-            let (inherited, lock) =
+            let (mut inherited, lock) =
                 super::upgrade::succeed(socket.as_ref(), &self.config.data_dir, kinds).await?;
-            return self.start_on(None, lock, Some(inherited)).await;
+            let sockets = match inherited.sockets.take() {
+                Some(handed) => handed,
+                // The incumbent died before handing them over.
+                None => Sockets::rebind(&self.config)?,
+            };
+            return self.start_on(sockets, lock, Some(inherited)).await;
         }
         let lock = take_lock(&self.config.data_dir)?;
         let sockets = Sockets::bind(&self.config)?;
-        self.start_on(Some(sockets), lock, None).await
+        self.start_on(sockets, lock, None).await
     }
 
     /// Starts on sockets already bound (or handed over by an incumbent),
-    /// holding the data directory's lock.
+    /// holding the data directory's lock (prepared by `start`).
     async fn start_on(
         self,
-        sockets: Option<Sockets>,
+        sockets: Sockets,
         lock: DataDirLock,
         mut inherited: Option<super::upgrade::Inheritance>,
     ) -> Result<Node, StartError> {
-        let sockets = match (sockets, inherited.as_mut().and_then(|i| i.sockets.take())) {
-            (_, Some(handed)) => handed,
-            (Some(bound), None) => bound,
-            // A successor whose incumbent died before handing them over.
-            (None, None) => Sockets::rebind(&self.config)?,
-        };
         let config = self.config;
-        files::prepare_data_dir(&config.data_dir)?;
         let _ = std::fs::remove_file(config.control_addr_file());
         let psk = match self.psk {
             Some(psk) => psk,

@@ -309,8 +309,12 @@ impl CellEventLog {
     /// # Errors
     /// [`LogError::Store`] or [`LogError::Corrupt`]; nothing was appended.
     pub fn append(&self, event: &SignedCloudEvent) -> Result<u64, LogError> {
+        self.append_bytes(&event.to_json())
+    }
+
+    /// Appends `bytes` as the next entry, under the append lock.
+    fn append_bytes(&self, bytes: &[u8]) -> Result<u64, LogError> {
         let _order = self.append.lock().unwrap_or_else(|e| e.into_inner());
-        let json = event.to_json();
         self.guard(|| {
             let txn = self.db.begin_write()?;
             let cursor = {
@@ -319,7 +323,7 @@ impl CellEventLog {
                 let cursor = last.checked_add(1).ok_or_else(|| {
                     redb::Error::Corrupted(format!("cursor {last} is the last there can be"))
                 })?;
-                table.insert(cursor, json.as_slice())?;
+                table.insert(cursor, bytes)?;
                 cursor
             };
             txn.commit()?;
@@ -453,21 +457,7 @@ impl CellEventLog {
     /// [`LogError::Store`] or [`LogError::Corrupt`]; nothing was appended.
     #[cfg(any(test, feature = "test-utils"))]
     pub fn append_raw(&self, bytes: &[u8]) -> Result<u64, LogError> {
-        let _order = self.append.lock().unwrap_or_else(|e| e.into_inner());
-        self.guard(|| {
-            let txn = self.db.begin_write()?;
-            let cursor = {
-                let mut table = txn.open_table(EVENTS)?;
-                let last = table.last()?.map_or(0, |(k, _)| k.value());
-                let cursor = last.checked_add(1).ok_or_else(|| {
-                    redb::Error::Corrupted(format!("cursor {last} is the last there can be"))
-                })?;
-                table.insert(cursor, bytes)?;
-                cursor
-            };
-            txn.commit()?;
-            Ok(cursor)
-        })
+        self.append_bytes(bytes)
     }
 
     /// Overwrites the raw bytes of an entry. Only for tests of tamper

@@ -376,11 +376,9 @@ impl Cells {
             view.cells().map(|r| (r.id.clone(), r.clone())).collect()
         };
         for pointer in self.inner.pointers.all() {
-            match cells.get(&pointer.id) {
-                Some(logged) if logged.generation >= pointer.generation => {}
-                _ => {
-                    cells.insert(pointer.id.clone(), pointer);
-                }
+            let logged = cells.remove(&pointer.id);
+            if let Some(shown) = shown(logged, Some(pointer)) {
+                cells.insert(shown.id.clone(), shown);
             }
         }
         cells.into_values().collect()
@@ -396,13 +394,7 @@ impl Cells {
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned();
-        match (logged, self.inner.pointers.get(id)) {
-            (Some(logged), Some(pointer)) if pointer.generation > logged.generation => {
-                Some(pointer)
-            }
-            (Some(logged), _) => Some(logged),
-            (None, pointer) => pointer,
-        }
+        shown(logged, self.inner.pointers.get(id))
     }
 
     /// The node projection, with its cursor.
@@ -558,6 +550,16 @@ fn start_task(
     inner
         .tasks
         .spawn(run_cell(Arc::clone(inner), origin, doc, begin, rx));
+}
+
+/// The record `list` shows for a cell the log and a pointer may both
+/// know: the newer generation, the log's on a tie.
+fn shown(logged: Option<CellRecord>, pointer: Option<CellRecord>) -> Option<CellRecord> {
+    match (logged, pointer) {
+        (Some(logged), Some(pointer)) if pointer.generation > logged.generation => Some(pointer),
+        (Some(logged), _) => Some(logged),
+        (None, pointer) => pointer,
+    }
 }
 
 /// A cell's state in a few words, for errors.

@@ -213,40 +213,46 @@ fn parse_record<'a>(r: &mut Reader<'a>, index: u32) -> Result<Parsed<'a>, Decode
 /// bulk of a small daemon's decoding.
 const PARALLEL_FROM: usize = 128;
 
-/// Decodes the records' keys and snapshots, on as many threads as the
-/// machine has cores (at most 8) for many records. The first failing
-/// record (lowest index) names the error.
+/// Decodes the records' keys and snapshots, on several threads for many
+/// records. The first failing record (lowest index) names the error.
 fn materialize(
     parsed: &[Parsed<'_>],
     shared: Option<&Bytes>,
     keys: Option<&KeyCache>,
 ) -> Result<Vec<FrozenDaemon>, DecodeError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     // With the keys derived ahead, a record is a checksum and a copy.
-    if parsed.len() < PARALLEL_FROM || threads < 2 || keys.is_some() {
+    if parsed.len() < PARALLEL_FROM || keys.is_some() {
         return parsed.iter().map(|p| finish(p, shared, keys)).collect();
     }
-    let chunk = parsed.len().div_ceil(threads);
-    let parts: Vec<Result<Vec<FrozenDaemon>, DecodeError>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = parsed
+    in_parallel(parsed, |p| finish(p, shared, None))
+        .into_iter()
+        .collect()
+}
+
+/// `f` of every item, in order, computed on as many threads as the
+/// machine has cores (at most 8).
+pub(super) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads < 2 || items.len() < 2 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(|p| finish(p, shared, None)).collect()))
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
             .collect();
         workers
             .into_iter()
-            .map(|worker| {
-                // Decoding does not panic; if it did, the panic goes on.
+            .flat_map(|worker| {
+                // The work does not panic; if it did, the panic goes on.
                 worker
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect()
-    });
-    let mut daemons = Vec::with_capacity(parsed.len());
-    for part in parts {
-        daemons.extend(part?);
-    }
-    Ok(daemons)
+    })
 }
 
 /// Derives a record's key and decodes its snapshot.

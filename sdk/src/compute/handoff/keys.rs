@@ -63,8 +63,8 @@ impl std::fmt::Debug for KeyCache {
 
 impl KeyCache {
     /// Derives the keys of the seeds `bytes` holds (written by
-    /// [`DaemonRuntime::identities`]), on as many threads as the machine
-    /// has cores (at most 8). Untrusted input never panics.
+    /// [`DaemonRuntime::identities`]), on several threads. Untrusted input
+    /// never panics.
     ///
     /// # Errors
     /// [`DecodeError`] naming the field at fault.
@@ -93,20 +93,9 @@ impl KeyCache {
             return Err(DecodeError::TrailingBytes(body.len() as u64 - needed));
         }
         let seeds: Vec<&[u8]> = body.chunks_exact(32).collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-        let chunk = seeds.len().div_ceil(threads).max(1);
-        let derived: Vec<Vec<(u64, Arc<Keypair>)>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = seeds
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().map(|s| derive_one(s)).collect()))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
+        let derived = super::format::in_parallel(&seeds, |seed| derive_one(seed));
         Ok(Self {
-            keys: derived.into_iter().flatten().collect(),
+            keys: derived.into_iter().collect(),
         })
     }
 

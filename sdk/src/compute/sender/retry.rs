@@ -35,19 +35,12 @@ fn restart_candidate(e: &DaemonError) -> Option<NodeId> {
     }
 }
 
-/// Whether `node` restarts, waiting up to [`NOTICE_WAIT`] to hear it.
+/// Whether `node` restarts, waiting up to [`NOTICE_WAIT`] to hear it
+/// (the mesh's restart notice is a membership change).
 async fn restarting(rt: &DaemonRuntime, node: NodeId) -> bool {
-    let mesh = rt.mesh();
-    let deadline = Instant::now() + NOTICE_WAIT;
-    loop {
-        if mesh.is_restarting(node) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    rt.mesh()
+        .wait_for(NOTICE_WAIT, |mesh| mesh.is_restarting(node))
+        .await
 }
 
 /// Sends `event` to `daemon`, retrying through a restart of its node.
@@ -57,7 +50,8 @@ pub(super) async fn send(
     daemon: u64,
     event: &CausalEvent,
 ) -> (Result<Vec<CausalEvent>, DaemonError>, u32) {
-    let began = Instant::now();
+    // The clock is read only once an attempt failed: not on the send path.
+    let mut began: Option<Instant> = None;
     let mut pause = FIRST_PAUSE;
     let mut attempts = 0;
     loop {
@@ -65,7 +59,10 @@ pub(super) async fn send(
         let outcome = rt.send(daemon, event.clone()).await;
         let retry = match &outcome {
             Err(e) => match restart_candidate(e) {
-                Some(node) => began.elapsed() < RESTART_WAIT && restarting(rt, node).await,
+                Some(node) => {
+                    let began = *began.get_or_insert_with(Instant::now);
+                    began.elapsed() < RESTART_WAIT && restarting(rt, node).await
+                }
                 None => false,
             },
             Ok(_) => false,
