@@ -32,13 +32,18 @@ pub async fn destroy_kills_every_descendant(cells: &Cells, id: &str, n: u32) {
 
 /// A timeout and a TTL kill the whole tree, not only the shell.
 pub async fn timeout_and_ttl_kill_every_descendant(cells: &Cells, n_timeout: u32, n_ttl: u32) {
+    // Long enough for the whole tree to start and be seen before the kill
+    // (the subreaper attributes a process by observing it; a process that
+    // leaves the group and is orphaned unseen escapes it, as documented).
     let mut d = doc("t-out", 60, Some(&["/bin/sh", "-c", &escaping(n_timeout)]));
-    d.spec.run.as_mut().unwrap().timeout_ms = Some(500);
+    d.spec.run.as_mut().unwrap().timeout_ms = Some(1500);
     cells.apply(d).await.unwrap();
     cells
-        .apply(doc("t-ttl", 1, Some(&["/bin/sh", "-c", &escaping(n_ttl)])))
+        .apply(doc("t-ttl", 2, Some(&["/bin/sh", "-c", &escaping(n_ttl)])))
         .await
         .unwrap();
+    wait_for_processes(&marker(n_timeout), 4).await;
+    wait_for_processes(&marker(n_ttl), 4).await;
     let snap = cells
         .wait_until("t-out", WAIT, |s| s.command_exit_code.is_some())
         .await
