@@ -1,7 +1,7 @@
 //! The two machines on a real Unix-domain socket. Every read and write
 //! goes through `recvmsg`/`sendmsg`, so the descriptors that travel with
-//! `Sealed` (the node's sockets, its daemons' state) are never dropped by a
-//! plain read.
+//! `Drained` (the node's sockets, its daemons' identities) and `Sealed`
+//! (their state) are never dropped by a plain read.
 //!
 //! What each process does at each step is the node's: [`Incumbency`] and
 //! [`Succession`].
@@ -26,7 +26,7 @@ pub struct Handed {
     pub daemons: u64,
     /// Bytes of state handed over.
     pub bytes: u64,
-    /// Descriptors sent with `Sealed` (sockets, state), at most
+    /// Descriptors sent with `Sealed` (the node sends its daemons' state), at most
     /// [`MAX_FDS`](super::fds::MAX_FDS).
     pub fds: Vec<OwnedFd>,
 }
@@ -35,9 +35,10 @@ pub struct Handed {
 pub trait Incumbency: Send {
     /// Stop admitting new work; returns the daemons hosted.
     fn stop_admitting(&mut self) -> impl Future<Output = Vec<u64>> + Send;
-    /// Descriptors sent with `Drained`, before the freeze (the daemons'
-    /// identities, so that the successor derives their keys while this
-    /// node still serves). None by default.
+    /// Descriptors sent with `Drained`, before the freeze (the node sends
+    /// its sockets and its daemons' identities, so that the successor
+    /// starts serving, held, and derives their keys while this node still
+    /// serves). None by default.
     fn ahead(&mut self) -> impl Future<Output = Vec<OwnedFd>> + Send {
         async { Vec::new() }
     }
@@ -45,6 +46,10 @@ pub trait Incumbency: Send {
     fn seal(&mut self) -> impl Future<Output = Result<Handed, String>> + Send;
     /// Serve again as if no handoff had begun.
     fn resume(&mut self) -> impl Future<Output = ()> + Send;
+    /// Committed: called before `Committed` is written, on which the
+    /// successor starts serving. Stop anything it would race (the node
+    /// stops reading the socket they share). Nothing by default.
+    fn committing(&mut self) {}
 }
 
 /// The successor's part in a handoff.
@@ -194,6 +199,9 @@ pub async fn run_incumbent(
                         (Message::Drained { .. }, _) => ahead.iter().map(AsFd::as_fd).collect(),
                         _ => Vec::new(),
                     };
+                    if matches!(message, Message::Committed { .. }) {
+                        node.committing();
+                    }
                     // A failed write means the successor closed its end: the
                     // read side reports that once every frame it sent
                     // before closing was read.

@@ -13,14 +13,18 @@
 //! Hello{build, proto range, pid} ->
 //!                                <- HelloAck{proto, handoff id, pid} | Refused
 //! Prepare{id, deadline}          ->  stops admitting new work
-//!                                <- Drained{id, daemons} (+ identities)
-//! (derives the daemons' keys ahead)
+//!                                <- Drained{id, daemons} (+ the node's
+//!                                   sockets and the daemons' identities)
+//! (starts its mesh, held, and its runtime on the sockets; derives the
+//!  daemons' keys: all while the incumbent still serves)
 //! Seal{id}                       ->  freezes every daemon, hands its state over
 //!                                <- Sealed{id, daemons, bytes} | SealFailed
-//! (restores every daemon, gated)
-//! Ready{id}, Commit{id}          ->
-//!                                <- Committed{id}; releases the lock, exits
-//! (takes the data-directory lock, opens the gates, serves)
+//! (adopts every daemon into the held runtime)
+//! Ready{id}, Commit{id}          ->  stops reading the socket, closes its
+//!                                    connections with the restart code
+//!                                <- Committed{id}; exits
+//! (releases its mesh: serves; then takes the data-directory lock for the
+//!  cells' log)
 //! ```
 //!
 //! `Heartbeat` is legal from either side in every state and is answered
@@ -32,10 +36,13 @@
 //! - the incumbent serves again on its own only after it wrote `Abort`
 //!   (so a successor that reads it never serves), and never after
 //!   `Commit`;
-//! - the successor serves only after `Committed`, or after the incumbent's
-//!   socket closed without an `Abort` (the incumbent died), and only once
-//!   it holds the data-directory lock (an `flock` the incumbent holds until
-//!   it exits; the kernel frees it when the incumbent dies).
+//! - the successor serves only after `Committed` (the incumbent stopped
+//!   reading the node's socket before writing it), or after the
+//!   incumbent's socket closed without an `Abort` (the incumbent died) and
+//!   it holds the data-directory lock (an `flock` the incumbent holds
+//!   until it exits; the kernel frees it when the incumbent dies). After
+//!   `Committed` it takes the lock before it touches the data directory
+//!   (the cells' log, the address files).
 //!
 //! **Bounds.** Every wait before `Commit` has a deadline ([`Timing`]);
 //! while the daemons are frozen the incumbent gives up after

@@ -74,6 +74,8 @@ pub struct Successor {
     daemons: Option<Vec<u64>>,
     /// The incumbent's socket closed while restoring.
     incumbent_gone: bool,
+    /// The incumbent answered `Committed`.
+    confirmed: bool,
     deadline: (Instant, &'static str),
     pulse: Pulse,
     effects: VecDeque<SuccessorEffect>,
@@ -103,6 +105,7 @@ impl Successor {
             incumbent_pid: None,
             daemons: None,
             incumbent_gone: false,
+            confirmed: false,
             effects: VecDeque::new(),
         };
         machine.send(Message::Hello {
@@ -117,6 +120,13 @@ impl Successor {
     /// The handoff's id, once the incumbent chose it.
     pub fn id(&self) -> Option<HandoffId> {
         self.id
+    }
+
+    /// Whether the incumbent answered `Committed`: it serves nothing from
+    /// then on, and no longer reads the node's socket. (A successor that
+    /// takes over from a dead incumbent instead has only its death.)
+    pub fn confirmed(&self) -> bool {
+        self.confirmed
     }
 
     /// The incumbent's process id, once it answered.
@@ -204,6 +214,7 @@ impl Successor {
                 self.exit(EndReason::SealFailed(reason));
             }
             (State::AwaitCommitted, Message::Committed { .. }) => {
+                self.confirmed = true;
                 self.take_over(true);
             }
             (state, message) => self.violation(Violation::OutOfOrder {

@@ -6,21 +6,20 @@ use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cellmesh::capabilities::CapabilitySet;
 use cellmesh::cell::{Cells, CellsStartError, ProcessBackend, ProcessBackendConfig, CELL_KIND};
-use cellmesh::compute::{DaemonRuntime, MeshDaemon, RegisterError};
-use cellmesh::mesh::{MeshBuilder, MeshError, Psk};
+use cellmesh::compute::{MeshDaemon, RegisterError};
+use cellmesh::mesh::{MeshError, Psk};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::backend::PlacingBackend;
 use super::kinds::Factory;
 use super::peers::PeerTracker;
+use super::serving::{DaemonPart, Serving};
 use super::sockets::Sockets;
 use super::{files, Node, NodeInner, SERVING};
 use crate::config::{ConfigError, NodeConfig};
 use crate::handoff::{DataDirLock, LockError};
-use crate::metrics::Metrics;
 
 /// Why a node could not start. Each variant names the file, address or
 /// kind it is about.
@@ -184,68 +183,43 @@ impl NodeBuilder {
     /// instead: see [the upgrade module](crate::upgrade).
     pub async fn start(self) -> Result<Node, StartError> {
         files::prepare_data_dir(&self.config.data_dir)?;
+        let part = DaemonPart {
+            config: self.config.clone(),
+            psk: self.psk.clone(),
+            kinds: self.kinds.clone(),
+        };
         if let Some(socket) = std::env::var_os(super::upgrade::HANDOFF_ENV) {
-            let mut kinds: Vec<String> = self.kinds.iter().map(|(k, _)| k.clone()).collect();
-            kinds.push(CELL_KIND.to_string());
-            let (mut inherited, lock) =
-                super::upgrade::succeed(socket.as_ref(), &self.config.data_dir, kinds).await?;
-            let sockets = match inherited.sockets.take() {
-                Some(handed) => handed,
-                // The incumbent died before handing them over.
-                None => Sockets::rebind(&self.config)?,
-            };
-            return self.start_on(sockets, lock, Some(inherited)).await;
+            let (serving, inherited, lock) = super::upgrade::succeed(socket.as_ref(), part).await?;
+            return self.start_on(serving, lock, Some(inherited)).await;
         }
         let lock = take_lock(&self.config.data_dir)?;
         let sockets = Sockets::bind(&self.config)?;
-        self.start_on(sockets, lock, None).await
+        let serving = part.start(sockets, false, false).await?;
+        self.start_on(serving, lock, None).await
     }
 
-    /// Starts on sockets already bound (or handed over by an incumbent),
-    /// holding the data directory's lock (prepared by `start`).
+    /// Goes on from the daemon-serving half (started, serving), holding
+    /// the data directory's lock (prepared by `start`): the key on disk,
+    /// the cells, the control plane.
     async fn start_on(
         self,
-        sockets: Sockets,
+        serving: Serving,
         lock: DataDirLock,
-        mut inherited: Option<super::upgrade::Inheritance>,
+        inherited: Option<super::upgrade::Inheritance>,
     ) -> Result<Node, StartError> {
         let config = self.config;
         let _ = std::fs::remove_file(config.control_addr_file());
-        let psk = match self.psk {
-            Some(psk) => psk,
-            None => files::load_psk(config.psk.as_ref())?,
-        };
-        let token = files::load_or_create_token(&config.control.token_file)?;
-        let (identity, fresh_key) = files::load_key(&config.key_file)?;
-        let control_err = |source| StartError::ControlBind {
-            addr: config.control.listen,
-            source,
-        };
-        let control_addr = sockets.control_addr().map_err(control_err)?;
-        let kept = sockets.try_clone().map_err(control_err)?;
-        let Sockets { udp, control } = sockets;
-        control.set_nonblocking(true).map_err(control_err)?;
-        let listener = tokio::net::TcpListener::from_std(control).map_err(control_err)?;
-        let capabilities = config
-            .tags
-            .iter()
-            .fold(CapabilitySet::new(), |set, tag| set.with_tag(tag.clone()));
-        let mesh_err = |source| StartError::Mesh {
-            addr: config.listen,
-            source,
-        };
-        let mesh = MeshBuilder::new(config.listen, psk)
-            .map_err(mesh_err)?
-            .socket(udp)
-            .identity(identity.clone())
-            .capabilities(capabilities)
-            // Dialled concurrently in the background, each unreachable one
-            // warned about once and retried by the mesh until it answers.
-            .seed_peers(config.seeds.iter().copied().filter(|s| *s != config.listen))
-            .wait_for_seeds(false)
-            .build()
-            .await
-            .map_err(mesh_err)?;
+        let Serving {
+            mesh,
+            rt,
+            metrics,
+            mut kinds,
+            identity,
+            fresh_key,
+            listener,
+            control_addr,
+            kept,
+        } = serving;
         if fresh_key {
             // Only now: a node that could not bind leaves no key behind.
             if let Err(e) = files::write_key(&config.key_file, &identity) {
@@ -253,26 +227,13 @@ impl NodeBuilder {
                 return Err(e);
             }
         }
-        let mesh = Arc::new(mesh);
-        let rt = DaemonRuntime::new(Arc::clone(&mesh));
-        let mut metrics = Metrics::new();
-        metrics.collect_deliveries(&rt);
-        let mut kinds = Vec::with_capacity(self.kinds.len() + 1);
-        for (kind, factory) in self.kinds {
-            rt.register_factory(&kind, move || factory())?;
-            kinds.push(kind);
-        }
-        if inherited.as_ref().is_some_and(|i| i.frozen.is_some()) {
-            // Until the handed daemons are in, a peer's event for one of
-            // them is "not ready" (retried), never "not hosted".
-            let _ = rt.expect_adoption();
-        }
-        rt.start().await?;
-        if let Some(inherited) = inherited.as_mut() {
-            // Every daemon but the cells' at once: the cells' kind is
-            // registered once their log is open.
-            inherited.adopt(&rt, &metrics, |kind| kind != CELL_KIND, "adopt");
-        }
+        let token = files::load_or_create_token(&config.control.token_file)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| {
+            StartError::ControlBind {
+                addr: config.control.listen,
+                source,
+            }
+        })?;
         let process = self.process.unwrap_or_else(|| ProcessBackendConfig {
             default_dir: config.data_dir.join("work"),
             ..ProcessBackendConfig::default()

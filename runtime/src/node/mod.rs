@@ -7,6 +7,7 @@ mod drain;
 mod files;
 pub(crate) mod kinds;
 mod peers;
+pub(crate) mod serving;
 mod signals;
 pub(crate) mod sockets;
 pub mod upgrade;

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::config::{MeshConfig, PRE_ADMISSION_WINDOW};
 use super::error::MeshError;
+use super::gate::{Gate, GatedSocket};
 use super::node::{own_record, Mesh, Shared};
 use super::pool::Pool;
 use super::psk::Psk;
@@ -49,6 +50,7 @@ pub struct MeshBuilder {
     seeds: Vec<SocketAddr>,
     wait_for_seeds: bool,
     socket: Option<std::net::UdpSocket>,
+    held: bool,
     advertise: Option<SocketAddr>,
     config: MeshConfig,
 }
@@ -93,6 +95,7 @@ impl MeshBuilder {
             seeds: Vec::new(),
             wait_for_seeds: true,
             socket: None,
+            held: false,
             advertise: None,
             config: MeshConfig::default(),
         })
@@ -128,6 +131,18 @@ impl MeshBuilder {
     /// this one replaces), instead of binding the builder's address.
     pub fn socket(mut self, socket: std::net::UdpSocket) -> Self {
         self.socket = Some(socket);
+        self
+    }
+
+    /// Builds the node *held*: its endpoint does not read its socket and
+    /// no seed is dialled until [`Mesh::release`]. For a process taking a
+    /// node over from another on the socket they share (an upgrade of its
+    /// binary): it prepares everything while the old process still serves,
+    /// then starts reading the moment that one stops
+    /// ([`Mesh::hand_over`]). Datagrams that arrive meanwhile wait in
+    /// the socket.
+    pub fn held(mut self) -> Self {
+        self.held = true;
         self
     }
 
@@ -192,16 +207,17 @@ impl MeshBuilder {
         // is offered.
         let server = server_config(&credentials, &self.config, &[ALPN_CTRL])?;
         let buffer = self.config.udp_buffer_bytes;
+        let gate = Gate::new(!self.held);
         let (addr, endpoint) = match self.socket.take() {
             Some(socket) => {
                 let addr = socket
                     .local_addr()
                     .map_err(|e| MeshError::InvalidConfig(format!("the given socket: {e}")))?;
-                let endpoint = endpoint_on(server, socket, addr, buffer)
+                let endpoint = endpoint_on(server, socket, addr, buffer, &gate)
                     .map_err(|source| MeshError::Bind { addr, source })?;
                 (addr, endpoint)
             }
-            None => bind_first(server, &self.addrs, buffer)?,
+            None => bind_first(server, &self.addrs, buffer, &gate)?,
         };
         let local_addr = endpoint
             .local_addr()
@@ -226,6 +242,8 @@ impl MeshBuilder {
             credentials,
             keypair: identity.keypair().clone(),
             endpoint,
+            gate,
+            held: std::sync::atomic::AtomicBool::new(self.held),
             local_addr,
             router: Router::default(),
             members: DashMap::new(),
@@ -250,35 +268,41 @@ impl MeshBuilder {
         shared
             .tasks
             .spawn(super::admit::accept_loop(Arc::clone(&shared)));
-        // The seeds are dialled once, concurrently, before `build` returns
-        // (unless told not to wait); the rejoin task retries those that
-        // failed, and whoever drops out later.
-        let first = shared
-            .poll_rejoin(|r, now| std::iter::from_fn(|| r.poll_dial(now)).collect::<Vec<_>>());
-        let dials = first.into_iter().map(|dial| {
-            let shared = Arc::clone(&shared);
-            async move {
-                let outcome = super::redial::dial_once(&shared, dial).await;
-                if outcome == DialOutcome::Failed {
-                    tracing::warn!(seed = %dial.addr, "seed peer unreachable; retrying in the background");
-                }
-                shared.poll_rejoin(|r, now| r.handle_dial_result(now, dial.target, outcome));
-            }
-        });
-        if self.wait_for_seeds {
-            let mut round = tokio::task::JoinSet::new();
-            for dial in dials {
-                round.spawn(dial);
-            }
-            while round.join_next().await.is_some() {}
-        } else {
-            for dial in dials {
-                shared.tasks.spawn(dial);
-            }
+        if !self.held {
+            start_dialling(&shared, self.wait_for_seeds).await;
         }
-        shared.tasks.spawn(super::redial::run(Arc::clone(&shared)));
         Ok(Mesh { shared })
     }
+}
+
+/// Dials the seeds once, concurrently (waiting for those dials if `wait`),
+/// then starts the rejoin task, which retries those that failed and
+/// whoever drops out later.
+pub(crate) async fn start_dialling(shared: &Arc<Shared>, wait: bool) {
+    let first =
+        shared.poll_rejoin(|r, now| std::iter::from_fn(|| r.poll_dial(now)).collect::<Vec<_>>());
+    let dials = first.into_iter().map(|dial| {
+        let shared = Arc::clone(shared);
+        async move {
+            let outcome = super::redial::dial_once(&shared, dial).await;
+            if outcome == DialOutcome::Failed {
+                tracing::warn!(seed = %dial.addr, "seed peer unreachable; retrying in the background");
+            }
+            shared.poll_rejoin(|r, now| r.handle_dial_result(now, dial.target, outcome));
+        }
+    });
+    if wait {
+        let mut round = tokio::task::JoinSet::new();
+        for dial in dials {
+            round.spawn(dial);
+        }
+        while round.join_next().await.is_some() {}
+    } else {
+        for dial in dials {
+            shared.tasks.spawn(dial);
+        }
+    }
+    shared.tasks.spawn(super::redial::run(Arc::clone(shared)));
 }
 
 /// A seed for the rejoin jitter, so that nodes restarted together do not
@@ -301,10 +325,11 @@ fn bind_first(
     server: quinn::ServerConfig,
     addrs: &[SocketAddr],
     buffer: usize,
+    gate: &Arc<Gate>,
 ) -> Result<(SocketAddr, quinn::Endpoint), MeshError> {
     let mut failure = None;
     for &addr in addrs {
-        match bind(server.clone(), addr, buffer) {
+        match bind(server.clone(), addr, buffer, gate) {
             Ok(endpoint) => return Ok((addr, endpoint)),
             Err(source) => failure = Some(MeshError::Bind { addr, source }),
         }
@@ -319,16 +344,19 @@ fn bind(
     server: quinn::ServerConfig,
     addr: std::net::SocketAddr,
     buffer: usize,
+    gate: &Arc<Gate>,
 ) -> std::io::Result<quinn::Endpoint> {
-    endpoint_on(server, std::net::UdpSocket::bind(addr)?, addr, buffer)
+    endpoint_on(server, std::net::UdpSocket::bind(addr)?, addr, buffer, gate)
 }
 
-/// A quinn endpoint serving on `socket`, with enlarged UDP buffers.
+/// A quinn endpoint serving on `socket`, with enlarged UDP buffers, its
+/// receive side through `gate`.
 fn endpoint_on(
     server: quinn::ServerConfig,
     socket: std::net::UdpSocket,
     addr: SocketAddr,
     buffer: usize,
+    gate: &Arc<Gate>,
 ) -> std::io::Result<quinn::Endpoint> {
     let sock = socket2::SockRef::from(&socket);
     for (what, result) in [
@@ -339,11 +367,13 @@ fn endpoint_on(
             tracing::debug!(%addr, error = %e, "UDP {what} buffer not enlarged");
         }
     }
-    quinn::Endpoint::new(
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let socket = quinn::Runtime::wrap_udp_socket(&*runtime, socket)?;
+    quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
+        Arc::new(GatedSocket::new(socket, Arc::clone(gate))),
+        runtime,
     )
 }
 
@@ -359,7 +389,19 @@ const ADMITTED_UNI_STREAMS: u32 = 4;
 /// goes past these limits. [`open_up`] raises them once the peer is
 /// admitted.
 pub(crate) fn transport(config: &MeshConfig) -> Arc<quinn::TransportConfig> {
+    transport_with(config, None)
+}
+
+/// [`transport`], with `initial_rtt` as the first round-trip estimate
+/// when given (QUIC's default is 333 ms).
+pub(crate) fn transport_with(
+    config: &MeshConfig,
+    initial_rtt: Option<Duration>,
+) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    if let Some(rtt) = initial_rtt {
+        t.initial_rtt(rtt);
+    }
     t.max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok());
     t.keep_alive_interval(Some(config.keep_alive));
     t.max_concurrent_bidi_streams(1u32.into());

@@ -34,7 +34,8 @@ pub(crate) async fn dial(
         .map_err(|e| connect_err(e.to_string()))?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| connect_err(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(super::builder::transport(&shared.config));
+    let rtt = expected.and_then(|node| shared.redial_rtt(node));
+    client.transport_config(super::builder::transport_with(&shared.config, rtt));
     let connecting = shared
         .endpoint
         .connect_with(client, addr, tls::SERVER_NAME)

@@ -58,6 +58,10 @@ pub(crate) struct Shared {
     /// The node's own key: signs what the node emits (cell events).
     pub(crate) keypair: crate::Keypair,
     pub(crate) endpoint: quinn::Endpoint,
+    /// Whether the endpoint reads its socket (see [`Mesh::release`]).
+    pub(crate) gate: Arc<super::gate::Gate>,
+    /// Built held, and not released yet: the seeds are still to dial.
+    pub(crate) held: std::sync::atomic::AtomicBool,
     pub(crate) local_addr: SocketAddr,
     pub(crate) own_record: SignedRecord,
     /// The protocols served besides the control protocol, by ALPN.
@@ -82,9 +86,9 @@ pub(crate) struct Shared {
     pub(crate) rejoin: Mutex<Rejoin>,
     /// Wakes the rejoin task after an input.
     pub(crate) rejoin_wake: Notify,
-    /// Nodes that closed their links to restart: when, and when they were
-    /// admitted again.
-    pub(crate) restarting: DashMap<NodeId, (std::time::Instant, Option<std::time::Instant>)>,
+    /// Nodes that closed their links to restart: when, when they were
+    /// admitted again, and the round trip last measured to them.
+    pub(crate) restarting: DashMap<NodeId, super::restart::Restarting>,
     pub(crate) changes: watch::Sender<u64>,
 }
 
@@ -117,12 +121,14 @@ impl Shared {
     pub(crate) fn drop_peer(&self, peer: NodeId, stable_id: usize, end: LinkEnd) {
         let removed = self
             .peers
-            .remove_if(&peer, |_, link| link.conn.stable_id() == stable_id)
-            .is_some();
-        if removed && end == LinkEnd::Restarting && !self.peers.contains_key(&peer) {
+            .remove_if(&peer, |_, link| link.conn.stable_id() == stable_id);
+        let rtt = removed.as_ref().map(|(_, link)| link.conn.rtt());
+        let removed = removed.is_some();
+        if let (Some(rtt), LinkEnd::Restarting, false) = (rtt, end, self.peers.contains_key(&peer))
+        {
             // The same node, back in a moment: keep its record and its
             // daemons' locations, and dial it again at once.
-            self.note_restarting(peer);
+            self.note_restarting(peer, rtt);
             self.conns.retain(|(node, _), _| *node != peer);
             tracing::debug!(node = %self.node_id.short(), peer = %peer.short(), "peer restarting");
             self.with_rejoin(|r, now| r.handle_restarting(now, peer));

@@ -1,5 +1,6 @@
 //! A node's process being replaced (an upgrade of its binary): the old
-//! process closes every connection with [`close::RESTART`], and its peers
+//! process stops reading the socket it shares with the new one and closes
+//! every connection with [`close::RESTART`], and its peers
 //! keep what they know of the node (its record, where its daemons live),
 //! dial it again at once, and treat it as *restarting* for up to
 //! [`RESTART_GRACE`] or until it is admitted again. A sender seeing the
@@ -23,33 +24,84 @@ pub(crate) const SETTLE: Duration = Duration::from_secs(2);
 /// How long after a restart notice the first dial goes out.
 pub(crate) const RESTART_REDIAL: Duration = Duration::from_millis(5);
 
-/// How long [`Mesh::hand_over`] lets the endpoint run to send the close
-/// frames (they leave at its next poll; waiting for the connections to
-/// drain would take three probe timeouts).
-const FLUSH: Duration = Duration::from_millis(3);
+/// How long a process should keep running after [`Mesh::hand_over`] for
+/// the close frames to leave (they leave at the endpoint's next poll;
+/// waiting for the connections to drain would take three probe timeouts).
+pub const HAND_OVER_FLUSH: Duration = Duration::from_millis(3);
+
+/// A node that said it restarts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Restarting {
+    /// When it said so.
+    since: Instant,
+    /// When it was admitted again.
+    back: Option<Instant>,
+    /// The round trip last measured to it.
+    rtt: Duration,
+}
 
 impl Shared {
-    /// `node` closed its link to restart.
-    pub(crate) fn note_restarting(&self, node: NodeId) {
-        self.restarting.insert(node, (Instant::now(), None));
+    /// `node` closed its link to restart; `rtt` was its round trip.
+    pub(crate) fn note_restarting(&self, node: NodeId, rtt: Duration) {
+        self.restarting.insert(
+            node,
+            Restarting {
+                since: Instant::now(),
+                back: None,
+                rtt,
+            },
+        );
     }
 
     /// `node` is admitted again: it settles for [`SETTLE`].
     pub(crate) fn note_back(&self, node: NodeId) {
         if let Some(mut entry) = self.restarting.get_mut(&node) {
-            entry.1.get_or_insert_with(Instant::now);
+            entry.back.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// The first round-trip estimate for a dial of `node`: the one last
+    /// measured, if it is restarting. Its new process shares the socket
+    /// with the old one for a moment, and a handshake's first packet read
+    /// by the old one is lost; QUIC's default estimate (333 ms) would
+    /// resend it only after about a second, this one after a few round
+    /// trips.
+    pub(crate) fn redial_rtt(&self, node: NodeId) -> Option<Duration> {
+        let entry = self.restarting.get(&node)?;
+        Some((entry.rtt * 2).clamp(REDIAL_RTT_MIN, REDIAL_RTT_MAX))
     }
 }
 
+/// Bounds of the first round-trip estimate of a dial to a restarting node
+/// (see [`Shared::redial_rtt`]): a timer finer than a millisecond only
+/// resends for nothing, and QUIC's own default is the ceiling.
+const REDIAL_RTT_MIN: Duration = Duration::from_millis(2);
+const REDIAL_RTT_MAX: Duration = Duration::from_millis(333);
+
 impl Mesh {
+    /// Starts reading the node's socket and dialling its seeds: a node
+    /// built [held](super::MeshBuilder::held) serves from now on. Call it
+    /// once the process that served the node before stopped reading it
+    /// ([`hand_over`](Self::hand_over)). Does nothing more on a node
+    /// already released.
+    pub fn release(&self) {
+        let shared = &self.shared;
+        shared.gate.open();
+        if shared.held.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            let dialler = std::sync::Arc::clone(shared);
+            shared.tasks.spawn(async move {
+                super::builder::start_dialling(&dialler, false).await;
+            });
+        }
+    }
+
     /// Whether `node` said it restarts (closed its connections with the
     /// restart code) less than [`RESTART_GRACE`] ago and has not been
     /// admitted again, or was admitted again less than 2 s ago (its new
     /// process may still be starting its runtime).
     pub fn is_restarting(&self, node: NodeId) -> bool {
         let shared = &self.shared;
-        let Some((since, back)) = shared.restarting.get(&node).map(|s| *s) else {
+        let Some(Restarting { since, back, .. }) = shared.restarting.get(&node).map(|s| *s) else {
             return false;
         };
         let over = |since: Instant, back: Option<Instant>| {
@@ -60,26 +112,32 @@ impl Mesh {
         }
         shared
             .restarting
-            .remove_if(&node, |_, (since, back)| over(*since, *back));
+            .remove_if(&node, |_, r| over(r.since, r.back));
         false
     }
 
     /// Hands this node over to another process (an upgrade of its binary,
-    /// which serves the same node id at the same address): dials no one
-    /// again, closes every connection with the restart code so that peers
+    /// which serves the same node id at the same address), at once: stops
+    /// reading the node's socket (what arrives from now on waits there for
+    /// the process the node is handed to, which shares the socket and
+    /// starts reading at [`release`](Self::release)), dials no one again,
+    /// and closes every connection with the restart code, so that peers
     /// keep the node's record and daemon locations and dial it again at
-    /// once, and gives the endpoint a moment (3 ms) to send the close
-    /// frames. Unlike [`leave`](Self::leave), peers are not told the node
-    /// is gone. The mesh serves nothing afterwards.
-    pub async fn hand_over(&self) {
+    /// once. Unlike [`leave`](Self::leave), peers are not told the node is
+    /// gone. The mesh serves nothing afterwards.
+    ///
+    /// The close frames leave at the endpoint's next poll: keep the Tokio
+    /// runtime running a moment ([`HAND_OVER_FLUSH`]) before the process
+    /// exits.
+    pub fn hand_over(&self) {
         let shared = &self.shared;
+        shared.gate.shut();
         shared.with_rejoin(|r, _| r.stop());
         let reason: &[u8] = b"node restarting";
         for link in shared.peers.iter() {
             link.conn.close(close::RESTART.into(), reason);
         }
         shared.endpoint.close(close::RESTART.into(), reason);
-        tokio::time::sleep(FLUSH).await;
         shared.cancel.cancel();
     }
 }

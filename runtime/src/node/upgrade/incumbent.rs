@@ -80,14 +80,13 @@ async fn session(node: &Node, stream: UnixStream) {
             if let Err(e) = std::fs::write(&pending, listed) {
                 tracing::warn!(error = %e, "cannot record the daemons handed over");
             }
-            // Peers first: they keep the node and dial it again at once;
-            // the events held here get their answer from the successor.
-            node.inner.mesh.hand_over().await;
             let retired = node.inner.rt.retire().unwrap_or(0);
             tracing::info!(handoff = %id, retired, "handed over: this process stops serving");
             node.inner.metrics.upgrades.inc();
             // The control plane stops accepting on the shared listener.
             node.inner.cancel.cancel();
+            // The mesh's close frames leave before the process exits.
+            tokio::time::sleep(cellmesh::mesh::HAND_OVER_FLUSH).await;
             node.inner.upgrade.send_replace(UpgradeState::HandedOver);
         }
         IncumbentOutcome::Ended(reason) => {
@@ -147,15 +146,7 @@ impl NodeIncumbency {
                 return Err(format!("writing the daemons' state: {e}"));
             }
         };
-        let sockets = self.node.inner.sockets.try_clone().map_err(|e| {
-            let _ = rt.thaw();
-            format!("duplicating the node's sockets: {e}")
-        })?;
-        let fds: Vec<OwnedFd> = vec![
-            OwnedFd::from(sockets.udp),
-            OwnedFd::from(sockets.control),
-            OwnedFd::from(file),
-        ];
+        let fds: Vec<OwnedFd> = vec![OwnedFd::from(file)];
         Ok(Handed {
             daemons: frozen.len() as u64,
             bytes,
@@ -177,8 +168,18 @@ impl Incumbency for NodeIncumbency {
     }
 
     async fn ahead(&mut self) -> Vec<OwnedFd> {
-        // The daemons' seeds, so that the successor derives their keys
-        // before the freeze. Best effort: without them it derives later.
+        // The node's sockets, so that the successor starts its mesh (held)
+        // before the freeze, and the daemons' seeds, so that it derives
+        // their keys meanwhile.
+        let sockets = match self.node.inner.sockets.try_clone() {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                // The successor fails its restore, and this node serves on.
+                tracing::warn!(error = %e, "cannot duplicate the node's sockets for a successor");
+                return Vec::new();
+            }
+        };
+        let mut fds = vec![OwnedFd::from(sockets.udp), OwnedFd::from(sockets.control)];
         let seeds = self.node.inner.rt.identities();
         let written = memfd_create(c"cellmesh-identities", MFdFlags::MFD_CLOEXEC)
             .map_err(std::io::Error::from)
@@ -188,16 +189,24 @@ impl Incumbency for NodeIncumbency {
                 Ok(OwnedFd::from(file))
             });
         match written {
-            Ok(fd) => vec![fd],
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot hand the daemons' identities ahead");
-                Vec::new()
-            }
+            // Best effort: without them the successor derives the keys
+            // while the daemons are frozen.
+            Ok(fd) => fds.push(fd),
+            Err(e) => tracing::warn!(error = %e, "cannot hand the daemons' identities ahead"),
         }
+        fds
     }
 
     async fn seal(&mut self) -> Result<Handed, String> {
         self.handed()
+    }
+
+    fn committing(&mut self) {
+        // The successor serves on `Committed`: from now on what arrives on
+        // the socket is its. Peers are told at once: they keep the node and
+        // dial it again; the events held here get their answer from the
+        // successor.
+        self.node.inner.mesh.hand_over();
     }
 
     async fn resume(&mut self) {

@@ -3,21 +3,28 @@
 //!
 //! - **Incumbent.** Every node listens on `DATA_DIR/handoff.sock`. A
 //!   successor that connects drives a session: the node stops admitting
-//!   new work, freezes every daemon into a `memfd`
-//!   ([`DaemonRuntime::freeze`](cellmesh::compute::DaemonRuntime::freeze)),
-//!   and hands it over with its mesh UDP socket and control listener. If
-//!   the session ends before `Commit` the node thaws and serves on as if
-//!   nothing had begun; after `Commit` it retires its daemons, stops
-//!   serving and its [`run_until_signal`](crate::Node::run_until_signal)
-//!   returns [`RunEnd::HandedOver`](crate::RunEnd::HandedOver): the process
-//!   must exit (the successor waits for its data-directory lock).
+//!   new work and sends its mesh UDP socket and control listener with the
+//!   daemons' identities, then freezes every daemon into a `memfd`
+//!   ([`DaemonRuntime::freeze`](cellmesh::compute::DaemonRuntime::freeze))
+//!   and hands it over. If the session ends before `Commit` the node thaws
+//!   and serves on as if nothing had begun. On `Commit` it stops reading
+//!   the socket and closes its connections with the restart code
+//!   ([`Mesh::hand_over`](cellmesh::mesh::Mesh::hand_over)) before it
+//!   answers; then it retires its daemons, stops serving, and its
+//!   [`run_until_signal`](crate::Node::run_until_signal) returns
+//!   [`RunEnd::HandedOver`](crate::RunEnd::HandedOver): the process must
+//!   exit (the successor waits for its data-directory lock).
 //! - **Successor.** A process started with [`HANDOFF_ENV`] naming the
 //!   socket ([`Node::upgrade`](crate::Node::upgrade) does this) connects
 //!   instead of binding: [`NodeBuilder::start`](crate::NodeBuilder::start)
-//!   runs the session, waits for the lock, starts on the handed sockets
-//!   with the same key, adopts the daemons and opens their gates. If the
-//!   incumbent died before handing them over, the successor starts as the
-//!   node without them and reports each lost daemon by origin.
+//!   starts its mesh [held](cellmesh::mesh::MeshBuilder::held) and its
+//!   runtime on the handed sockets with the same key while the incumbent
+//!   still serves, adopts the frozen daemons into it, and on `Committed`
+//!   releases the mesh: the daemons serve from then on. It then waits for
+//!   the lock, opens the cells' log and starts the control plane. If the
+//!   incumbent died before handing its daemons over, the successor takes
+//!   the lock first, starts as the node without them and reports each
+//!   lost daemon by origin.
 //!
 //! Cells with a running command cannot be handed over (their processes
 //! are the incumbent's children): the seal fails naming them and the
@@ -94,8 +101,8 @@ pub struct UpgradeReport {
     pub lost: Vec<String>,
     /// Time spent in each step, in order (`step`, seconds).
     pub steps: Vec<(String, f64)>,
-    /// From the incumbent's `Sealed` (its daemons frozen) to this node's
-    /// gates opening, in seconds.
+    /// From the incumbent's `Sealed` (its daemons frozen) to this node
+    /// serving them (its mesh released), in seconds.
     pub frozen_seconds: f64,
     /// From connecting to the incumbent to serving, in seconds.
     pub total_seconds: f64,

@@ -1,5 +1,6 @@
-//! The new process's side: connect to the incumbent, run the session,
-//! take the lock, and hand the node builder what it inherits.
+//! The new process's side: connect to the incumbent, start serving ahead
+//! (held), run the session, serve on the commit, take the lock, and hand
+//! the node builder what it inherits.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
@@ -7,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cellmesh::cell::CELL_KIND;
 use cellmesh::compute::{Frozen, KeyCache};
 use tokio::net::UnixStream;
 
@@ -14,6 +16,7 @@ use super::{build, UpgradeReport};
 use crate::handoff::{
     run_successor, DataDirLock, LockError, Succession, Successor, SuccessorOutcome, Timing,
 };
+use crate::node::serving::{DaemonPart, Serving};
 use crate::node::sockets::Sockets;
 use crate::node::StartError;
 
@@ -21,51 +24,62 @@ use crate::node::StartError;
 /// free the data directory's lock.
 const LOCK_WAIT: Duration = Duration::from_secs(120);
 
-/// What a successor starts the node with.
+/// What a successor goes on with once its daemons serve.
 pub(crate) struct Inheritance {
-    /// The incumbent's sockets (absent if it died before sealing: the
-    /// successor binds the configured addresses).
-    pub(crate) sockets: Option<Sockets>,
-    /// The daemons, to adopt once the runtime starts.
+    /// The daemons still to adopt (the cells' kind, registered once the
+    /// cells' log is open).
     pub(crate) frozen: Option<Frozen>,
     /// Daemons lost with a dead incumbent.
     pub(crate) lost: Vec<u64>,
     /// What was measured so far.
     pub(crate) report: UpgradeReport,
-    /// When the incumbent reported its daemons frozen.
-    pub(crate) sealed_at: Option<Instant>,
     pub(crate) began: Instant,
 }
 
-/// The successor's part: keep what was handed over until the commit.
+/// The successor's part: start serving ahead, held, and adopt what is
+/// handed over into it.
 struct NodeSuccession {
+    part: DaemonPart,
+    /// Every kind this build registers, the cells' included.
     kinds: Vec<String>,
     /// The daemons' keys, derived from the identities sent with `Drained`.
     keys: Option<KeyCache>,
-    sockets: Option<Sockets>,
+    /// The mesh and runtime, started held on the sockets sent with
+    /// `Drained`.
+    serving: Option<Result<Serving, StartError>>,
+    /// Handed daemons not adopted yet.
     frozen: Option<Frozen>,
     sealed_at: Option<Instant>,
+    adopted: u64,
+    bytes: u64,
+    steps: Vec<(&'static str, Duration)>,
+}
+
+/// Reads a handed memfd whole, in one read of its size.
+fn read_all(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::from(fd);
+    let len = file.metadata()?.len();
+    let mut raw = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_end(&mut raw)?;
+    Ok(raw)
 }
 
 impl NodeSuccession {
+    /// Adopts the handed daemons (but the cells') into the held runtime
+    /// and opens their gates: nothing reaches them before the mesh is
+    /// released.
     fn take(&mut self, fds: Vec<OwnedFd>) -> Result<u64, String> {
-        if fds.len() != 3 {
-            return Err(format!(
-                "the incumbent handed over {} descriptors, not 3 (UDP socket, control listener, state)",
-                fds.len()
-            ));
-        }
-        let mut fds = fds.into_iter();
-        let sockets: Vec<OwnedFd> = fds.by_ref().take(2).collect();
-        let sockets = Sockets::from_fds(sockets)?;
-        let Some(state) = fds.next() else {
+        let Some(Ok(serving)) = &self.serving else {
+            return Err(match &self.serving {
+                Some(Err(e)) => format!("cannot serve on the handed sockets: {e}"),
+                _ => "the sockets were not handed over with Drained".into(),
+            });
+        };
+        let Some(state) = fds.into_iter().next() else {
             return Err("no state descriptor".into());
         };
-        let mut file = std::fs::File::from(state);
-        let mut raw = Vec::new();
-        file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.read_to_end(&mut raw))
-            .map_err(|e| format!("reading the handed state: {e}"))?;
+        let raw = read_all(state).map_err(|e| format!("reading the handed state: {e}"))?;
         let raw = Bytes::from(raw);
         let frozen = match &self.keys {
             Some(keys) => Frozen::decode_shared_with(&raw, keys),
@@ -80,32 +94,55 @@ impl NodeSuccession {
             }
         }
         let daemons = frozen.len() as u64;
-        self.sockets = Some(sockets);
-        self.frozen = Some(frozen);
+        self.bytes = frozen.bytes();
+        let adopted = Instant::now();
+        let (now, later) = frozen.partition(|kind| kind != CELL_KIND);
+        let rt = &serving.rt;
+        if !now.is_empty() {
+            rt.adopt_frozen(now).map_err(|e| e.to_string())?;
+            let _ = rt.open_gates();
+        }
+        if !later.is_empty() {
+            // Not here yet: "not ready", never "not hosted".
+            let _ = rt.expect_adoption();
+            self.frozen = Some(later);
+        }
+        self.steps.push(("adopt", adopted.elapsed()));
+        self.adopted = daemons;
         Ok(daemons)
     }
 }
 
 impl Succession for NodeSuccession {
     async fn prepare(&mut self, fds: Vec<OwnedFd>) {
-        let Some(fd) = fds.into_iter().next() else {
-            return;
-        };
-        // Deriving thousands of keys is CPU work: off the async threads.
-        let derived = tokio::task::spawn_blocking(move || {
-            let mut file = std::fs::File::from(fd);
-            let mut raw = zeroize::Zeroizing::new(Vec::new());
-            file.seek(SeekFrom::Start(0))
-                .and_then(|_| file.read_to_end(&mut raw))
-                .map_err(|e| e.to_string())?;
+        let mut fds = fds.into_iter();
+        let sockets: Vec<OwnedFd> = fds.by_ref().take(2).collect();
+        let identities = fds.next();
+        let started = Instant::now();
+        // Deriving thousands of keys is CPU work: off the async threads,
+        // while the mesh and runtime start.
+        let derive = tokio::task::spawn_blocking(move || {
+            let fd = identities.ok_or("no identities were sent")?;
+            let raw = zeroize::Zeroizing::new(read_all(fd).map_err(|e| e.to_string())?);
             KeyCache::derive(&raw).map_err(|e| e.to_string())
-        })
-        .await;
+        });
+        let serve = async {
+            match Sockets::from_fds(sockets) {
+                Ok(sockets) => Some(self.part.clone().start(sockets, true, true).await),
+                Err(reason) => {
+                    tracing::warn!(%reason, "no sockets handed ahead");
+                    None
+                }
+            }
+        };
+        let (derived, serving) = tokio::join!(derive, serve);
+        self.serving = serving;
         match derived {
             Ok(Ok(keys)) => self.keys = Some(keys),
             Ok(Err(e)) => tracing::warn!(error = %e, "the identities sent ahead are unusable"),
             Err(e) => tracing::warn!(error = %e, "deriving the keys ahead failed"),
         }
+        self.steps.push(("serve_ahead", started.elapsed()));
     }
 
     async fn restore(
@@ -140,14 +177,20 @@ fn versions() -> std::ops::RangeInclusive<u16> {
     }
 }
 
-/// Runs the session with the incumbent listening on `socket`, then takes
-/// the lock of `data_dir`. `kinds` are the daemon kinds this build
-/// registers (a handed daemon of another kind is refused before `Ready`).
+/// Runs the session with the incumbent listening on `socket`; returns
+/// the node's mesh and runtime, serving, what is left to take over, and
+/// the data directory's lock.
+///
+/// The mesh and runtime start ahead, held, on the sockets sent with
+/// `Drained`, and the handed daemons are adopted into them before
+/// `Ready`: on `Committed` (the incumbent has stopped reading the socket)
+/// the mesh is released at once, and only then does the successor wait
+/// for the lock (the incumbent's exit), which the cells' log needs. If
+/// the incumbent died instead, the lock comes first.
 pub(crate) async fn succeed(
     socket: &Path,
-    data_dir: &Path,
-    kinds: Vec<String>,
-) -> Result<(Inheritance, DataDirLock), StartError> {
+    part: DaemonPart,
+) -> Result<(Serving, Inheritance, DataDirLock), StartError> {
     let began = Instant::now();
     let fail = |reason: String| StartError::Handoff { reason };
     let stream = UnixStream::connect(socket).await.map_err(|e| {
@@ -163,12 +206,19 @@ pub(crate) async fn succeed(
         std::process::id(),
         versions(),
     );
+    let mut kinds: Vec<String> = part.kinds.iter().map(|(k, _)| k.clone()).collect();
+    kinds.push(CELL_KIND.to_string());
+    let data_dir = part.config.data_dir.clone();
     let mut me = NodeSuccession {
+        part,
         kinds,
         keys: None,
-        sockets: None,
+        serving: None,
         frozen: None,
         sealed_at: None,
+        adopted: 0,
+        bytes: 0,
+        steps: Vec::new(),
     };
     let outcome = run_successor(stream, &mut machine, &mut me).await;
     let handshake = began.elapsed();
@@ -176,8 +226,61 @@ pub(crate) async fn succeed(
         SuccessorOutcome::TakeOver { with_state, lost } => (with_state, lost.unwrap_or_default()),
         SuccessorOutcome::Exit(reason) => return Err(fail(reason.to_string())),
     };
+    let serving = match me.serving.take() {
+        Some(Ok(serving)) => serving,
+        Some(Err(e)) => return Err(e),
+        // The incumbent died before handing its sockets over: once it is
+        // gone, bind the node's previous addresses.
+        None => {
+            let waited = Instant::now();
+            let lock = wait_for_lock(&data_dir).await?;
+            let lock_wait = waited.elapsed();
+            let sockets = Sockets::rebind(&me.part.config)?;
+            let serving = me.part.clone().start(sockets, false, false).await?;
+            let times = Times {
+                began,
+                handshake,
+                lock_wait,
+                released: Instant::now(),
+            };
+            return Ok(taken_over(serving, lock, me, &machine, lost, times));
+        }
+    };
+    // Serving before the lock only on the incumbent's word that it stopped
+    // reading the socket; a dead incumbent has, once the lock is free.
     let waited = Instant::now();
-    let lock = DataDirLock::acquire_by(
+    let (lock, released) = if machine.confirmed() && with_state {
+        serving.mesh.release();
+        let released = Instant::now();
+        (wait_for_lock(&data_dir).await?, released)
+    } else {
+        let lock = wait_for_lock(&data_dir).await?;
+        serving.mesh.release();
+        (lock, Instant::now())
+    };
+    let times = Times {
+        began,
+        handshake,
+        lock_wait: waited.elapsed(),
+        released,
+    };
+    Ok(taken_over(serving, lock, me, &machine, lost, times))
+}
+
+/// When the successor's steps happened.
+struct Times {
+    began: Instant,
+    /// The session, from connecting to its end.
+    handshake: Duration,
+    /// Waiting for the incumbent to free the lock.
+    lock_wait: Duration,
+    /// When the mesh was released (the node served again).
+    released: Instant,
+}
+
+/// Waits for the incumbent to free the data directory's lock.
+async fn wait_for_lock(data_dir: &Path) -> Result<DataDirLock, StartError> {
+    DataDirLock::acquire_by(
         data_dir,
         Instant::now() + LOCK_WAIT,
         Duration::from_millis(1),
@@ -189,35 +292,46 @@ pub(crate) async fn succeed(
             path,
             reason: format!("cannot lock it: {source}"),
         },
-    })?;
+    })
+}
+
+/// What the successor goes on with, its report so far.
+fn taken_over(
+    serving: Serving,
+    lock: DataDirLock,
+    me: NodeSuccession,
+    machine: &Successor,
+    lost: Vec<u64>,
+    times: Times,
+) -> (Serving, Inheritance, DataDirLock) {
     cellmesh::fault::reached("handoff.successor.took_over");
     let mut report = UpgradeReport {
         handoff_id: machine.id().map(|id| id.to_string()).unwrap_or_default(),
         incumbent_pid: machine.incumbent_pid().unwrap_or(0),
         successor_pid: std::process::id(),
         lost: lost.iter().map(|o| format!("{o:016x}")).collect(),
+        daemons: me.adopted,
+        bytes: me.bytes,
         ..UpgradeReport::default()
     };
-    report.step("handoff", handshake);
-    report.step("incumbent_exit", waited.elapsed());
-    let frozen = if with_state { me.frozen.take() } else { None };
-    if let Some(frozen) = &frozen {
-        report.daemons = frozen.len() as u64;
-        report.bytes = frozen.bytes();
+    for (name, took) in &me.steps {
+        report.step(name, *took);
     }
-    Ok((
+    report.step("handoff", times.handshake);
+    report.step("incumbent_exit", times.lock_wait);
+    report.frozen_seconds = me
+        .sealed_at
+        .map_or(0.0, |at| (times.released - at).as_secs_f64());
+    (
+        serving,
         Inheritance {
-            // Without the state, sockets handed over are still the
-            // node's: keep serving on them.
-            sockets: me.sockets.take(),
-            frozen,
+            frozen: me.frozen,
             lost,
             report,
-            sealed_at: me.sealed_at,
-            began,
+            began: times.began,
         },
         lock,
-    ))
+    )
 }
 
 impl Inheritance {
@@ -288,7 +402,6 @@ impl Inheritance {
         // Served or reported: nothing of the handoff is pending any more.
         let _ = std::fs::remove_file(data_dir.join(super::PENDING_FILE));
         let mut report = self.report;
-        report.frozen_seconds = self.sealed_at.map_or(0.0, |at| at.elapsed().as_secs_f64());
         report.total_seconds = self.began.elapsed().as_secs_f64();
         metrics.upgrades.inc();
         tracing::info!(
