@@ -52,7 +52,9 @@ pub(super) async fn send(
 ) -> (Result<Vec<CausalEvent>, DaemonError>, u32) {
     // The clock is read only once an attempt failed: not on the send path.
     let mut began: Option<Instant> = None;
-    let mut pause = FIRST_PAUSE;
+    // The first retry goes at once: the new process may serve already,
+    // and a dial that reaches it before it does waits in its socket.
+    let mut pause = Duration::ZERO;
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -71,7 +73,9 @@ pub(super) async fn send(
             return (outcome, attempts);
         }
         tracing::debug!(daemon = %format!("{daemon:016x}"), attempts, "node restarting; retrying the event");
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_PAUSE);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        pause = (pause * 2).clamp(FIRST_PAUSE, MAX_PAUSE);
     }
 }
