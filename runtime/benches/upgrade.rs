@@ -2,10 +2,16 @@
 //! figures; asserts only that nothing was lost or counted twice.
 //!
 //! Run: `cargo bench -p cellmesh-runtime --bench upgrade` (add `-- quick`
-//! for 1 and 1 000 daemons only). For each size (1, 1 000, 10 000 counter
-//! daemons) a `cellmesh node` process is upgraded to its own binary
+//! for 1 and 1 000 daemons only, `-- large` for the 64 MiB case only). For
+//! each size (1, 1 000, 10 000 counter daemons, and one daemon of 64 MiB of
+//! state) a node process is upgraded to its own binary
 //! (`POST /v1/node/upgrade`) twice: once idle but for a probe sending one
 //! event every millisecond, once under about 10 000 events/s from a peer.
+//!
+//! The node process is this bench binary itself, started as a node
+//! (`BENCH_NODE` set): the `cellmesh node` command with one more kind,
+//! `ballast`, whose state is `BALLAST` bytes (the upgrade starts the same
+//! binary again, with the same arguments and environment).
 //! Figures:
 //!
 //! - **blackout (senders)**: the longest gap between two events the peer
@@ -24,12 +30,87 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cellmesh::compute::{DaemonRuntime, EventSender};
+use cellmesh::capabilities::CapabilityFilter;
+use cellmesh::compute::{CausalEvent, DaemonRuntime, EventSender, MeshDaemon, ProcessError};
 use cellmesh::mesh::{MeshBuilder, Psk};
 use cellmesh::Identity;
-use cellmesh_runtime::cli::Client;
+use cellmesh_runtime::cli::{Cli, Client, Command as CliCommand};
+use cellmesh_runtime::{logging, Node, NodeConfig, RunEnd};
+use clap::Parser;
 use hyper::Method;
 use serde_json::{json, Value};
+
+/// Set in the environment of a node this bench starts (itself).
+const BENCH_NODE: &str = "CELLMESH_BENCH_NODE";
+/// The bytes of state of a `ballast` daemon.
+const BALLAST: usize = 64 << 20;
+
+/// A daemon carrying [`BALLAST`] bytes of state, copied by each snapshot
+/// as a real daemon serializes its state; it counts its events.
+struct Ballast {
+    state: Bytes,
+    count: u64,
+}
+
+impl MeshDaemon for Ballast {
+    fn name(&self) -> &str {
+        "ballast"
+    }
+    fn requirements(&self) -> CapabilityFilter {
+        CapabilityFilter::default()
+    }
+    fn process(&mut self, _: &CausalEvent) -> Result<Vec<Bytes>, ProcessError> {
+        self.count += 1;
+        Ok(vec![Bytes::copy_from_slice(&self.count.to_le_bytes())])
+    }
+    fn snapshot(&self) -> Option<Bytes> {
+        let mut out = Vec::with_capacity(8 + self.state.len());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.state);
+        Some(Bytes::from(out))
+    }
+    fn restore(&mut self, mut state: Bytes) -> Result<(), ProcessError> {
+        if state.len() < 8 {
+            return Err(ProcessError::RestoreFailed("ballast: short state".into()));
+        }
+        let count = state.split_to(8);
+        self.count = u64::from_le_bytes(count[..].try_into().unwrap_or_default());
+        self.state = state;
+        Ok(())
+    }
+}
+
+/// Runs as a node (`cellmesh node` with the `ballast` kind) until it is
+/// handed over or stopped.
+fn node_main() {
+    let cli = Cli::parse_from(std::env::args().skip(1));
+    let CliCommand::Node(flags) = cli.command else {
+        panic!("the bench node takes the node command");
+    };
+    let config = NodeConfig::resolve(&flags, |k| std::env::var(k).ok()).expect("node config");
+    logging::init(config.log.format);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    tokio.block_on(async move {
+        let ballast = Bytes::from(vec![0x5a; BALLAST]);
+        let node = Node::builder(config)
+            .register("ballast", move || {
+                Box::new(Ballast {
+                    state: ballast.clone(),
+                    count: 0,
+                })
+            })
+            .start()
+            .await
+            .expect("the bench node starts");
+        if node.run_until_signal(flags.run_for).await == RunEnd::HandedOver {
+            std::process::exit(0);
+        }
+    });
+}
 
 const PSK: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 
@@ -48,8 +129,9 @@ impl Drop for NodeProc {
 async fn start(root: &std::path::Path, name: &str) -> NodeProc {
     let dir = root.join(name);
     let log = std::fs::File::create(root.join(format!("{name}.log"))).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_cellmesh"))
-        .args(["node", "--data-dir"])
+    let child = Command::new(std::env::current_exe().expect("this bench"))
+        .env(BENCH_NODE, "1")
+        .args(["bench-node", "node", "--data-dir"])
         .arg(&dir)
         .args(["--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"])
         .env("CELLMESH_PSK", PSK)
@@ -159,12 +241,12 @@ fn load(sender: &EventSender, origins: &[u64], tasks: usize) -> Load {
     }
 }
 
-async fn case(root: &std::path::Path, daemons: usize, tasks: usize) {
-    let node = start(root, &format!("n{daemons}-{tasks}")).await;
+async fn case(root: &std::path::Path, kind: &str, daemons: usize, tasks: usize) {
+    let node = start(root, &format!("{kind}{daemons}-{tasks}")).await;
     let mut origins = Vec::with_capacity(daemons);
     while origins.len() < daemons {
         let batch = (daemons - origins.len()).min(2000);
-        let body = serde_json::to_vec(&json!({"kind": "counter", "count": batch})).unwrap();
+        let body = serde_json::to_vec(&json!({"kind": kind, "count": batch})).unwrap();
         let spawned = node
             .client
             .call(Method::POST, "/v1/daemons", Some(body))
@@ -240,7 +322,7 @@ async fn case(root: &std::path::Path, daemons: usize, tasks: usize) {
             .map_or(0.0, |l| (l.0 - acked[0].0).as_secs_f64()))
         .max(1e-9);
     println!(
-        "upgrade {daemons:>6} daemons, {:>6.0} events/s: blackout (senders) {:>7.2} ms, frozen {:>7.2} ms, total {:>7.2} ms, {} bytes handed over, acked {}, lost {lost}, duplicated {duplicated}",
+        "upgrade {daemons:>6} {kind} daemons, {:>6.0} events/s: blackout (senders) {:>7.2} ms, frozen {:>7.2} ms, total {:>7.2} ms, {} bytes handed over, acked {}, lost {lost}, duplicated {duplicated}",
         rate,
         blackout.as_secs_f64() * 1e3,
         report["frozen_seconds"].as_f64().unwrap_or(0.0) * 1e3,
@@ -277,11 +359,22 @@ async fn case(root: &std::path::Path, daemons: usize, tasks: usize) {
 }
 
 fn main() {
+    if std::env::var_os(BENCH_NODE).is_some() {
+        return node_main();
+    }
     let quick = std::env::args().any(|a| a == "quick");
-    let sizes: &[usize] = if quick {
-        &[1, 1000]
+    let large = std::env::args().any(|a| a == "large");
+    let sizes: &[(&str, usize)] = if large {
+        &[("ballast", 1)]
+    } else if quick {
+        &[("counter", 1), ("counter", 1000)]
     } else {
-        &[1, 1000, 10_000]
+        &[
+            ("counter", 1),
+            ("counter", 1000),
+            ("counter", 10_000),
+            ("ballast", 1),
+        ]
     };
     let root = std::env::temp_dir().join(format!("cellmesh-bench-upgrade-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
@@ -292,10 +385,10 @@ fn main() {
         .build()
         .expect("runtime");
     tokio.block_on(async {
-        for &daemons in sizes {
+        for &(kind, daemons) in sizes {
             // A 1 ms probe (idle), then 10 senders at 1 000 events/s each.
-            case(&root, daemons, 1).await;
-            case(&root, daemons, 10).await;
+            case(&root, kind, daemons, 1).await;
+            case(&root, kind, daemons, 10).await;
         }
     });
     let _ = std::fs::remove_dir_all(&root);

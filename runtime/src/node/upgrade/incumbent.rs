@@ -130,23 +130,15 @@ impl NodeIncumbency {
         }
         let rt = &self.node.inner.rt;
         let frozen = rt.freeze().map_err(|e| e.to_string())?;
-        let state = memfd_create(c"cellmesh-handoff", MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| format!("memfd: {e}"))?;
-        let mut file = std::fs::File::from(state);
-        let written = {
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
-            frozen
-                .write_to(&mut out)
-                .and_then(|n| out.flush().map(|()| n))
-        };
-        let bytes = match written {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = rt.thaw();
-                return Err(format!("writing the daemons' state: {e}"));
-            }
-        };
-        let fds: Vec<OwnedFd> = vec![OwnedFd::from(file)];
+        let (state, bytes) =
+            match super::sealed_fd::write_sealed(|mut out| frozen.write_to(&mut out)) {
+                Ok(written) => written,
+                Err(e) => {
+                    let _ = rt.thaw();
+                    return Err(format!("writing the daemons' state: {e}"));
+                }
+            };
+        let fds: Vec<OwnedFd> = vec![state];
         Ok(Handed {
             daemons: frozen.len() as u64,
             bytes,

@@ -32,6 +32,7 @@
 
 mod incumbent;
 pub(crate) mod notify;
+mod sealed_fd;
 mod spawn;
 mod successor;
 

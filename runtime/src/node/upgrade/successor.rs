@@ -7,7 +7,6 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cellmesh::cell::CELL_KIND;
 use cellmesh::compute::{Frozen, KeyCache};
 use tokio::net::UnixStream;
@@ -79,8 +78,8 @@ impl NodeSuccession {
         let Some(state) = fds.into_iter().next() else {
             return Err("no state descriptor".into());
         };
-        let raw = read_all(state).map_err(|e| format!("reading the handed state: {e}"))?;
-        let raw = Bytes::from(raw);
+        let raw = super::sealed_fd::read_handed(state)
+            .map_err(|e| format!("reading the handed state: {e}"))?;
         let frozen = match &self.keys {
             Some(keys) => Frozen::decode_shared_with(&raw, keys),
             None => Frozen::decode_shared(&raw),

@@ -1,0 +1,146 @@
+//! The daemons' state travels in a sealed `memfd`: the incumbent writes
+//! it, then seals it against writing, shrinking and growing; the successor
+//! maps it read-only and decodes and restores the daemons from the mapping
+//! itself, so that a large state is not copied out of it first. A mapping
+//! of a sealed memfd cannot change or shrink under the reader (no torn
+//! read, no `SIGBUS`); a descriptor without the seals is read into memory
+//! instead.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+
+use bytes::Bytes;
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+
+/// The seals that make a memfd safe to map and read in place.
+fn seals() -> SealFlag {
+    SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW
+}
+
+/// Writes a memfd with `write` (handed a buffered writer; returns the
+/// bytes written), then seals it.
+pub(crate) fn write_sealed(
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>,
+) -> std::io::Result<(OwnedFd, u64)> {
+    let fd = memfd_create(
+        c"cellmesh-handoff",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    let written = {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+        let n = write(&mut out)?;
+        out.flush()?;
+        n
+    };
+    fcntl(
+        &file,
+        FcntlArg::F_ADD_SEALS(seals() | SealFlag::F_SEAL_SEAL),
+    )?;
+    Ok((OwnedFd::from(file), written))
+}
+
+/// The whole content of a handed memfd: mapped in place if it is sealed,
+/// read into memory otherwise.
+pub(crate) fn read_handed(fd: OwnedFd) -> std::io::Result<Bytes> {
+    let mut file = std::fs::File::from(fd);
+    let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+    let Some(length) = NonZeroUsize::new(len) else {
+        return Ok(Bytes::new());
+    };
+    let sealed = fcntl(&file, FcntlArg::F_GET_SEALS)
+        .map(SealFlag::from_bits_truncate)
+        .is_ok_and(|have| have.contains(seals()));
+    if !sealed {
+        let mut raw = Vec::with_capacity(len);
+        file.seek(SeekFrom::Start(0))?;
+        file.read_to_end(&mut raw)?;
+        return Ok(Bytes::from(raw));
+    }
+    // SAFETY: a fresh private read-only mapping of `len` bytes of a memfd
+    // sealed against writing, shrinking and growing: its content cannot
+    // change and every page stays backed while it is mapped (the mapping
+    // outlives the descriptor). `Mapping` unmaps it exactly once, on drop.
+    let ptr = unsafe {
+        mmap(
+            None,
+            length,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_PRIVATE,
+            &file,
+            0,
+        )
+    }?;
+    Ok(Bytes::from_owner(Mapping { ptr, len }))
+}
+
+/// A read-only mapping, unmapped on drop.
+struct Mapping {
+    ptr: NonNull<std::ffi::c_void>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value alone; reading
+// it from any thread is sound.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: shared access is read-only.
+unsafe impl Sync for Mapping {}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until `drop`, and the
+        // borrow cannot outlive `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped by `read_handed` with this length, unmapped once.
+        if let Err(e) = unsafe { munmap(self.ptr, self.len) } {
+            tracing::warn!(error = %e, "unmapping the handed state failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_memfd_reads_back_whole_and_refuses_writes() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (fd, n) =
+            write_sealed(|out| out.write_all(&data).map(|()| data.len() as u64)).expect("write");
+        assert_eq!(n, data.len() as u64);
+        let mut file = std::fs::File::from(fd.try_clone().expect("dup"));
+        assert!(file.write_all(b"x").is_err(), "a sealed memfd took a write");
+        assert!(file.set_len(1).is_err(), "a sealed memfd shrank");
+        let read = read_handed(fd).expect("read");
+        assert_eq!(&read[..], &data[..]);
+        // Slices share the mapping and outlive the descriptor.
+        let tail = read.slice(data.len() - 10..);
+        drop(read);
+        assert_eq!(&tail[..], &data[data.len() - 10..]);
+    }
+
+    #[test]
+    fn an_unsealed_descriptor_is_read_into_memory() {
+        let fd = memfd_create(c"plain", MFdFlags::MFD_CLOEXEC).expect("memfd");
+        let mut file = std::fs::File::from(fd);
+        file.write_all(b"hello").expect("write");
+        let read = read_handed(OwnedFd::from(file)).expect("read");
+        assert_eq!(&read[..], b"hello");
+    }
+
+    #[test]
+    fn an_empty_memfd_is_empty() {
+        let (fd, n) = write_sealed(|_| Ok(0)).expect("write");
+        assert_eq!(n, 0);
+        assert!(read_handed(fd).expect("read").is_empty());
+    }
+}
