@@ -56,10 +56,7 @@ pub(crate) fn read_handed(fd: OwnedFd) -> std::io::Result<Bytes> {
         .map(SealFlag::from_bits_truncate)
         .is_ok_and(|have| have.contains(seals()));
     if !sealed {
-        let mut raw = Vec::with_capacity(len);
-        file.seek(SeekFrom::Start(0))?;
-        file.read_to_end(&mut raw)?;
-        return Ok(Bytes::from(raw));
+        return read_from(&mut file, len).map(Bytes::from);
     }
     // SAFETY: a fresh private read-only mapping of `len` bytes of a memfd
     // sealed against writing, shrinking and growing: its content cannot
@@ -76,6 +73,20 @@ pub(crate) fn read_handed(fd: OwnedFd) -> std::io::Result<Bytes> {
         )
     }?;
     Ok(Bytes::from_owner(Mapping { ptr, len }))
+}
+
+/// Reads a handed memfd whole into memory, in one read of its size.
+pub(crate) fn read_all(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::from(fd);
+    let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+    read_from(&mut file, len)
+}
+
+fn read_from(file: &mut std::fs::File, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::with_capacity(len);
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_end(&mut raw)?;
+    Ok(raw)
 }
 
 /// A read-only mapping, unmapped on drop.

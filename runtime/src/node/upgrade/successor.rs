@@ -2,7 +2,6 @@
 //! (held), run the session, serve on the commit, take the lock, and hand
 //! the node builder what it inherits.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,16 +51,6 @@ struct NodeSuccession {
     adopted: u64,
     bytes: u64,
     steps: Vec<(&'static str, Duration)>,
-}
-
-/// Reads a handed memfd whole, in one read of its size.
-fn read_all(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
-    let mut file = std::fs::File::from(fd);
-    let len = file.metadata()?.len();
-    let mut raw = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.seek(SeekFrom::Start(0))?;
-    file.read_to_end(&mut raw)?;
-    Ok(raw)
 }
 
 impl NodeSuccession {
@@ -122,7 +111,8 @@ impl Succession for NodeSuccession {
         // while the mesh and runtime start.
         let derive = tokio::task::spawn_blocking(move || {
             let fd = identities.ok_or("no identities were sent")?;
-            let raw = zeroize::Zeroizing::new(read_all(fd).map_err(|e| e.to_string())?);
+            let raw =
+                zeroize::Zeroizing::new(super::sealed_fd::read_all(fd).map_err(|e| e.to_string())?);
             KeyCache::derive(&raw).map_err(|e| e.to_string())
         });
         let serve = async {
