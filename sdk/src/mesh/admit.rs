@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use quinn::crypto::rustls::HandshakeData;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -24,7 +23,7 @@ use super::error::DialError;
 use super::node::{close, Shared};
 use super::stats::Turned;
 use super::tls::node_id_of;
-use super::wire::ALPN_CTRL;
+use super::wire::{ALPN_CTRL, ALPN_CTRL_2};
 use crate::identity::NodeId;
 
 /// Why a connection was not admitted.
@@ -224,13 +223,9 @@ async fn handle_incoming(
         return;
     }
     drop(slot);
-    let alpn = conn
-        .handshake_data()
-        .and_then(|d| d.downcast::<HandshakeData>().ok())
-        .and_then(|d| d.protocol)
-        .unwrap_or_default();
+    let alpn = super::links::negotiated(&conn).unwrap_or_default();
     match alpn.as_slice() {
-        ALPN_CTRL => {
+        ALPN_CTRL | ALPN_CTRL_2 => {
             if let Err(e) = super::links::start_ctrl(shared, conn, peer).await {
                 match e {
                     DialError::Admission(e) => {

@@ -21,7 +21,7 @@ use super::rejoin::{DialOutcome, Rejoin};
 use super::router::Router;
 use super::stats::AdmissionCounters;
 use super::tls::{self, Credentials};
-use super::wire::ALPN_CTRL;
+use super::wire::CTRL_ALPNS;
 use crate::capabilities::CapabilitySet;
 use crate::identity::Identity;
 use crate::identity::NodeId;
@@ -51,6 +51,7 @@ pub struct MeshBuilder {
     wait_for_seeds: bool,
     socket: Option<std::net::UdpSocket>,
     held: bool,
+    ctrl_alpns: Vec<&'static [u8]>,
     advertise: Option<SocketAddr>,
     config: MeshConfig,
 }
@@ -96,6 +97,7 @@ impl MeshBuilder {
             wait_for_seeds: true,
             socket: None,
             held: false,
+            ctrl_alpns: CTRL_ALPNS.to_vec(),
             advertise: None,
             config: MeshConfig::default(),
         })
@@ -143,6 +145,15 @@ impl MeshBuilder {
     /// the socket.
     pub fn held(mut self) -> Self {
         self.held = true;
+        self
+    }
+
+    /// Test hook: speak only version 1 of the control protocol, as a node
+    /// of the previous build does.
+    #[cfg(feature = "test-utils")]
+    #[doc(hidden)]
+    pub fn ctrl_version_1_only(mut self) -> Self {
+        self.ctrl_alpns = vec![super::wire::ALPN_CTRL];
         self
     }
 
@@ -205,7 +216,7 @@ impl MeshBuilder {
         let credentials = Credentials::new(identity.keypair())?;
         // Until a layer above registers its protocols, only the mesh's own
         // is offered.
-        let server = server_config(&credentials, &self.config, &[ALPN_CTRL])?;
+        let server = server_config(&credentials, &self.config, &self.ctrl_alpns)?;
         let buffer = self.config.udp_buffer_bytes;
         let gate = Gate::new(!self.held);
         let (addr, endpoint) = match self.socket.take() {
@@ -244,6 +255,7 @@ impl MeshBuilder {
             endpoint,
             gate,
             held: std::sync::atomic::AtomicBool::new(self.held),
+            ctrl_alpns: self.ctrl_alpns,
             local_addr,
             router: Router::default(),
             members: DashMap::new(),

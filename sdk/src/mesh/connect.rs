@@ -21,7 +21,7 @@ impl Mesh {
     ) -> Arc<dyn ProtocolHandler> {
         let shared = &self.shared;
         shared.router.get_or_insert(alpn, make, |alpns| {
-            let mut offered: Vec<&[u8]> = vec![super::wire::ALPN_CTRL];
+            let mut offered: Vec<&[u8]> = shared.ctrl_alpns.clone();
             offered.extend_from_slice(alpns);
             match super::builder::server_config(&shared.credentials, &shared.config, &offered) {
                 Ok(server) => shared.endpoint.set_server_config(Some(server)),

@@ -23,10 +23,23 @@ const RECORDS_PER_MESSAGE: usize = 64;
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     members: HashMap<NodeId, SignedRecord>,
-    /// Daemon origin → lives on this node (`Located`) or not (`Gone`).
-    located: HashMap<u64, bool>,
+    /// Daemon origin → where it lives now, as this node last said.
+    located: HashMap<u64, Place>,
+    /// A restart notice: `Restarting` (true) or `Resumed` (false).
+    notice: Option<bool>,
     leave: bool,
     overflowed: bool,
+}
+
+/// Where a daemon lives, as a feed tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Here (`Located`).
+    Here,
+    /// No longer here (`Gone`).
+    Gone,
+    /// Moved from here to that node (`Moved`).
+    Moved(NodeId),
 }
 
 /// What the writer takes from a feed.
@@ -61,14 +74,21 @@ impl Pending {
             }
             Ctrl::Located(origins) => {
                 for origin in origins {
-                    self.located.insert(origin, true);
+                    self.located.insert(origin, Place::Here);
                 }
             }
             Ctrl::Gone(origins) => {
                 for origin in origins {
-                    self.located.insert(origin, false);
+                    self.located.insert(origin, Place::Gone);
                 }
             }
+            Ctrl::Moved(moves) => {
+                for (origin, node) in moves {
+                    self.located.insert(origin, Place::Moved(node));
+                }
+            }
+            Ctrl::Restarting => self.notice = Some(true),
+            Ctrl::Resumed => self.notice = Some(false),
             Ctrl::Leave => self.leave = true,
         }
         if self.members.len() + self.located.len() > MAX_PENDING {
@@ -90,16 +110,24 @@ impl Pending {
         for chunk in members.chunks(RECORDS_PER_MESSAGE) {
             out.push(Ctrl::Members(chunk.to_vec()));
         }
-        let (mut here, mut gone) = (Vec::new(), Vec::new());
-        for (origin, located) in self.located.drain() {
-            if located {
-                here.push(origin);
-            } else {
-                gone.push(origin);
+        match self.notice.take() {
+            Some(true) => out.push(Ctrl::Restarting),
+            Some(false) => out.push(Ctrl::Resumed),
+            None => {}
+        }
+        let (mut here, mut gone, mut moved) = (Vec::new(), Vec::new(), Vec::new());
+        for (origin, place) in self.located.drain() {
+            match place {
+                Place::Here => here.push(origin),
+                Place::Gone => gone.push(origin),
+                Place::Moved(node) => moved.push((origin, node)),
             }
         }
         for chunk in gone.chunks(max_origins) {
             out.push(Ctrl::Gone(chunk.to_vec()));
+        }
+        for chunk in moved.chunks(max_origins) {
+            out.push(Ctrl::Moved(chunk.to_vec()));
         }
         for chunk in here.chunks(max_origins) {
             out.push(Ctrl::Located(chunk.to_vec()));
@@ -190,7 +218,7 @@ mod tests {
                 }
                 Ctrl::Gone(o) => gone.extend(o),
                 Ctrl::Members(r) => members.extend(r),
-                Ctrl::Leave => panic!("no leave"),
+                other => panic!("not pushed: {other:?}"),
             }
         }
         let mut expected_here: Vec<u64> = (5_000..10_000).collect();
@@ -207,6 +235,28 @@ mod tests {
             .unwrap();
         assert_eq!(one.record.incarnation, 5, "the newest record wins");
         assert_eq!(p.take(4_096), Taken::Send(Vec::new()), "taken means gone");
+    }
+
+    #[test]
+    fn a_move_replaces_what_was_said_and_a_restart_notice_goes_first() {
+        let mut p = Pending::default();
+        let there = record(9, 1).record.node;
+        p.push(Ctrl::Located(vec![1, 2]));
+        p.push(Ctrl::Moved(vec![(1, there)]));
+        p.push(Ctrl::Restarting);
+        p.push(Ctrl::Resumed);
+        p.push(Ctrl::Restarting);
+        let Taken::Send(msgs) = p.take(16) else {
+            panic!("not leaving, not stuck");
+        };
+        assert_eq!(
+            msgs,
+            vec![
+                Ctrl::Restarting,
+                Ctrl::Moved(vec![(1, there)]),
+                Ctrl::Located(vec![2]),
+            ]
+        );
     }
 
     #[test]

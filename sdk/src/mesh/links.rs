@@ -18,19 +18,25 @@ use super::tls;
 use super::wire::{Ctrl, SignedRecord, ALPN_CTRL};
 use crate::identity::NodeId;
 
-/// Dials `addr` for protocol `alpn`, checks the peer's key (pinned when
-/// `expected` is given) and runs admission.
+/// Dials `addr` for protocol `alpn` (or, for the control protocol, any of
+/// its versions), checks the peer's key (pinned when `expected` is given)
+/// and runs admission.
 pub(crate) async fn dial(
     shared: &Arc<Shared>,
     addr: SocketAddr,
     expected: Option<NodeId>,
     alpn: &[u8],
 ) -> Result<(quinn::Connection, NodeId), DialError> {
+    let alpns: &[&[u8]] = if alpn == ALPN_CTRL {
+        &shared.ctrl_alpns
+    } else {
+        &[alpn]
+    };
     if shared.cancel.is_cancelled() {
         return Err(DialError::Closed);
     }
     let connect_err = |reason: String| DialError::Connect { addr, reason };
-    let tls = tls::client_config(&shared.credentials, alpn, expected)
+    let tls = tls::client_config(&shared.credentials, alpns, expected)
         .map_err(|e| connect_err(e.to_string()))?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| connect_err(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
@@ -88,6 +94,9 @@ pub(crate) async fn start_ctrl(
     peer: NodeId,
 ) -> Result<(), DialError> {
     let feed = Arc::new(Feed::default());
+    let version = negotiated(&conn)
+        .as_deref()
+        .and_then(super::wire::ctrl_version);
     let mut records = vec![shared.own_record.clone()];
     records.extend(shared.members.iter().map(|r| r.value().clone()));
     feed.send(Ctrl::Members(records));
@@ -99,6 +108,7 @@ pub(crate) async fn start_ctrl(
     let link = PeerLink {
         conn: conn.clone(),
         feed: Arc::clone(&feed),
+        version: version.unwrap_or(1),
         since: std::time::SystemTime::now(),
     };
     // Checked and inserted under the map's lock: of two connections with
@@ -237,6 +247,32 @@ async fn read_feed(shared: Arc<Shared>, conn: quinn::Connection, peer: NodeId) -
             Ctrl::Leave => {
                 conn.close(close::LEAVE.into(), b"peer left");
                 return true;
+            }
+            Ctrl::Moved(moves) => {
+                for (origin, node) in moves {
+                    if node == shared.node_id || shared.local.contains(&origin) {
+                        continue;
+                    }
+                    // Unless a newer location is already known.
+                    match shared.directory.entry(origin) {
+                        dashmap::Entry::Occupied(mut known) if *known.get() == peer => {
+                            known.insert(node);
+                        }
+                        dashmap::Entry::Vacant(none) => {
+                            none.insert(node);
+                        }
+                        dashmap::Entry::Occupied(_) => {}
+                    }
+                }
+                shared.bump();
+            }
+            Ctrl::Restarting => {
+                shared.note_restarting(peer, conn.rtt());
+                shared.bump();
+            }
+            Ctrl::Resumed => {
+                shared.note_back(peer);
+                shared.bump();
             }
         }
     }
@@ -402,4 +438,11 @@ impl FrameReader {
 pub(crate) async fn flush_then_close(conn: quinn::Connection, code: u32) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     conn.close(code.into(), b"leaving");
+}
+
+/// The ALPN a connection negotiated.
+pub(crate) fn negotiated(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
 }

@@ -44,6 +44,8 @@ pub(crate) mod close {
 pub(crate) struct PeerLink {
     pub(crate) conn: quinn::Connection,
     pub(crate) feed: Arc<super::feed::Feed>,
+    /// The control protocol version the link speaks.
+    pub(crate) version: u8,
     /// When the link was admitted.
     pub(crate) since: std::time::SystemTime,
 }
@@ -60,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) endpoint: quinn::Endpoint,
     /// Whether the endpoint reads its socket (see [`Mesh::release`]).
     pub(crate) gate: Arc<super::gate::Gate>,
+    /// The control protocol versions offered, most preferred first.
+    pub(crate) ctrl_alpns: Vec<&'static [u8]>,
     /// Built held, and not released yet: the seeds are still to dial.
     pub(crate) held: std::sync::atomic::AtomicBool,
     pub(crate) local_addr: SocketAddr,
@@ -112,6 +116,14 @@ impl Shared {
     /// Sends `msg` to every peer's control feed.
     pub(crate) fn broadcast(&self, msg: &Ctrl) {
         for peer in self.peers.iter() {
+            peer.feed.send(msg.clone());
+        }
+    }
+
+    /// Sends `msg` to the control feed of every peer whose link speaks
+    /// control protocol `version` or later.
+    pub(crate) fn broadcast_from(&self, version: u8, msg: &Ctrl) {
+        for peer in self.peers.iter().filter(|p| p.version >= version) {
             peer.feed.send(msg.clone());
         }
     }
@@ -441,8 +453,16 @@ impl Mesh {
     /// commit) and tells peers it is gone from here; `node` announces it.
     pub(crate) fn moved_to(&self, origin: u64, node: NodeId) {
         self.shared.directory.insert(origin, node);
-        if self.shared.local.remove(&origin).is_some() && !self.shared.peers.is_empty() {
-            self.shared.broadcast(&Ctrl::Gone(vec![origin]));
+        if self.shared.local.remove(&origin).is_some() {
+            // Where the peer can read it, where the daemon went; a peer of
+            // the previous build only hears that it left.
+            for peer in self.shared.peers.iter() {
+                peer.feed.send(if peer.version >= 2 {
+                    Ctrl::Moved(vec![(origin, node)])
+                } else {
+                    Ctrl::Gone(vec![origin])
+                });
+            }
         }
     }
 

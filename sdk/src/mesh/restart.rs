@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::node::{close, Shared};
+use super::wire::Ctrl;
 use super::{Mesh, NodeId};
 
 /// How long a node that said it restarts is waited for.
@@ -79,6 +80,24 @@ const REDIAL_RTT_MIN: Duration = Duration::from_millis(2);
 const REDIAL_RTT_MAX: Duration = Duration::from_millis(333);
 
 impl Mesh {
+    /// Tells the peers that this node's process is about to be replaced
+    /// (before its daemons are frozen for an upgrade): from now on they
+    /// treat it as restarting, so a send that fails during the upgrade is
+    /// retried rather than reported (see `EventSender`). Only peers that
+    /// speak version 2 of the control protocol are told; one of an older
+    /// build learns of the restart from the close code alone.
+    pub fn announce_restart(&self) {
+        self.shared.broadcast_from(2, &Ctrl::Restarting);
+    }
+
+    /// Tells the peers the replacement announced by
+    /// [`announce_restart`](Self::announce_restart) was called off: the
+    /// node serves on (they stop treating it as restarting after a short
+    /// settling time).
+    pub fn announce_resumed(&self) {
+        self.shared.broadcast_from(2, &Ctrl::Resumed);
+    }
+
     /// Starts reading the node's socket and dialling its seeds: a node
     /// built [held](super::MeshBuilder::held) serves from now on. Call it
     /// once the process that served the node before stopped reading it

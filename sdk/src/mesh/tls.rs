@@ -115,7 +115,7 @@ pub(crate) fn server_config(
 /// is `expected` (when given).
 pub(crate) fn client_config(
     creds: &Credentials,
-    alpn: &[u8],
+    alpns: &[&[u8]],
     expected: Option<NodeId>,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let (cert, key) = (creds.cert.clone(), creds.key.clone_key());
@@ -130,7 +130,7 @@ pub(crate) fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(vec![cert], key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![alpn.to_vec()];
+    config.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     Ok(config)
 }
 

@@ -10,8 +10,27 @@ use crate::capabilities::CapabilitySet;
 use crate::identity::NodeId;
 use crate::identity::{EntityId, Keypair};
 
-/// ALPN of the control protocol (membership, directory).
+/// ALPN of the control protocol (membership, directory), version 1.
 pub const ALPN_CTRL: &[u8] = b"cellmesh/ctrl/1";
+
+/// ALPN of version 2 of the control protocol: version 1, the restart
+/// notices ([`Ctrl::Restarting`], [`Ctrl::Resumed`]) and [`Ctrl::Moved`]. A node offers both
+/// and prefers 2, so that a node of the previous build, which offers only
+/// 1, still links, and is never sent a message it does not know (it would
+/// take it for a protocol violation and close the link).
+pub const ALPN_CTRL_2: &[u8] = b"cellmesh/ctrl/2";
+
+/// The control protocol's versions, most preferred first.
+pub(crate) const CTRL_ALPNS: [&[u8]; 2] = [ALPN_CTRL_2, ALPN_CTRL];
+
+/// The control protocol version a negotiated ALPN names, if it is one.
+pub(crate) fn ctrl_version(alpn: &[u8]) -> Option<u8> {
+    match alpn {
+        ALPN_CTRL => Some(1),
+        ALPN_CTRL_2 => Some(2),
+        _ => None,
+    }
+}
 
 const RECORD_TAG: &[u8] = b"cellmesh/member/v1";
 
@@ -77,4 +96,17 @@ pub enum Ctrl {
     Gone(Vec<u64>),
     /// The sender leaves the mesh.
     Leave,
+    /// (Version 2.) The sender's process is about to be replaced (an
+    /// upgrade of its binary): its daemons are frozen for a moment, then
+    /// it closes its links with the restart code. Treat it as restarting
+    /// from now on.
+    Restarting,
+    /// (Version 2.) The replacement announced by `Restarting` was called
+    /// off: the sender serves on.
+    Resumed,
+    /// (Version 2.) These daemons moved from the sender to the nodes named
+    /// (a migration committed): unlike `Gone`, the receiver never lacks a
+    /// location for them while the new node's `Located` is on its way on
+    /// another link.
+    Moved(Vec<(u64, NodeId)>),
 }

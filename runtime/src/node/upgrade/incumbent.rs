@@ -150,6 +150,8 @@ impl NodeIncumbency {
 impl Incumbency for NodeIncumbency {
     async fn stop_admitting(&mut self) -> Vec<u64> {
         self.node.inner.set_phase(NodePhase::Upgrading);
+        // Peers hold on through what follows instead of reporting failures.
+        self.node.inner.mesh.announce_restart();
         self.node
             .inner
             .rt
@@ -207,6 +209,7 @@ impl Incumbency for NodeIncumbency {
             // Not frozen (the session ended before the seal): nothing held.
             tracing::debug!(error = %e, "nothing to thaw");
         }
+        inner.mesh.announce_resumed();
         inner.set_phase(NodePhase::Serving);
     }
 }
