@@ -371,3 +371,68 @@ async fn a_failing_snapshot_fails_the_freeze_and_leaves_everything_serving() {
     }
     spawn_counter(&rt).await;
 }
+
+/// A daemon that says how large its state is (or panics when asked).
+struct Hinting(Option<u64>);
+
+impl cellmesh::compute::MeshDaemon for Hinting {
+    fn name(&self) -> &str {
+        "hinting"
+    }
+    fn requirements(&self) -> cellmesh::capabilities::CapabilityFilter {
+        cellmesh::capabilities::CapabilityFilter::default()
+    }
+    fn process(&mut self, _: &CausalEvent) -> Result<Vec<Bytes>, cellmesh::compute::ProcessError> {
+        Ok(Vec::new())
+    }
+    fn state_len_hint(&self) -> Option<u64> {
+        Some(self.0.expect("a hint that panics"))
+    }
+}
+
+#[tokio::test]
+async fn the_size_reserved_ahead_follows_known_states_and_daemon_hints() {
+    let rt = standalone(true, false).await;
+    for _ in 0..3 {
+        spawn_counter(&rt).await;
+    }
+    // Never captured: only the bookkeeping is known.
+    let before = rt.frozen_bytes_hint();
+    let frozen = rt.freeze().expect("freeze");
+    rt.thaw().expect("thaw");
+    assert!(
+        before < frozen.bytes(),
+        "hint {before} before any capture, {} frozen",
+        frozen.bytes()
+    );
+    // Captured once: the states' lengths are known.
+    let after = rt.frozen_bytes_hint();
+    assert!(
+        (frozen.bytes()..=frozen.bytes() + 3 * 256).contains(&after),
+        "hint {after} after a capture, {} frozen",
+        frozen.bytes()
+    );
+
+    // A daemon's own estimate counts, capped by its max_snapshot_bytes; a
+    // panicking one is contained and counts as unknown.
+    rt.register_factory("big", || Box::new(Hinting(Some(1 << 40))))
+        .unwrap();
+    rt.register_factory("panics", || Box::new(Hinting(None)))
+        .unwrap();
+    let cap = 8 << 20;
+    rt.spawn(
+        "big",
+        Identity::generate(),
+        DaemonHostConfig::default().max_snapshot_bytes(cap),
+    )
+    .await
+    .expect("spawn big");
+    rt.spawn("panics", Identity::generate(), DaemonHostConfig::default())
+        .await
+        .expect("spawn panics");
+    let hinted = rt.frozen_bytes_hint();
+    assert!(
+        (after + cap..after + cap + 2 * 512).contains(&hinted),
+        "hint {hinted}: {after} + the capped {cap}"
+    );
+}

@@ -29,9 +29,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use cellmesh::capabilities::CapabilityFilter;
-use cellmesh::compute::{CausalEvent, DaemonRuntime, EventSender, MeshDaemon, ProcessError};
+use cellmesh::compute::{
+    CausalEvent, DaemonRuntime, EventSender, MeshDaemon, ProcessError, StateBuf,
+};
 use cellmesh::mesh::{MeshBuilder, Psk};
 use cellmesh::Identity;
 use cellmesh_runtime::cli::{Cli, Client, Command as CliCommand};
@@ -46,6 +48,7 @@ const BENCH_NODE: &str = "CELLMESH_BENCH_NODE";
 const BALLAST: usize = 64 << 20;
 
 /// A daemon carrying [`BALLAST`] bytes of state, copied by each snapshot
+/// into a [`StateBuf`] (as the SDK advises for a large state)
 /// as a real daemon serializes its state; it counts its events.
 struct Ballast {
     state: Bytes,
@@ -64,10 +67,13 @@ impl MeshDaemon for Ballast {
         Ok(vec![Bytes::copy_from_slice(&self.count.to_le_bytes())])
     }
     fn snapshot(&self) -> Option<Bytes> {
-        let mut out = Vec::with_capacity(8 + self.state.len());
-        out.extend_from_slice(&self.count.to_le_bytes());
-        out.extend_from_slice(&self.state);
-        Some(Bytes::from(out))
+        let mut out = StateBuf::with_capacity(8 + self.state.len());
+        out.put_u64_le(self.count);
+        out.put_slice(&self.state);
+        Some(out.freeze())
+    }
+    fn state_len_hint(&self) -> Option<u64> {
+        Some(8 + self.state.len() as u64)
     }
     fn restore(&mut self, mut state: Bytes) -> Result<(), ProcessError> {
         if state.len() < 8 {

@@ -71,6 +71,17 @@ pub trait MeshDaemon: Send + 'static {
         None
     }
 
+    /// About how many bytes [`snapshot`](MeshDaemon::snapshot) would return
+    /// now, if the daemon knows without building it; `None` (the default)
+    /// when it does not. Called (with the daemon locked) before a node
+    /// hands its daemons to its next process, to allocate ahead the memory
+    /// their states will be written to: a large state's freeze is then
+    /// not slowed by that allocation. Must be cheap; it need not be exact.
+    /// Without it the length of the last snapshot or restore is used.
+    fn state_len_hint(&self) -> Option<u64> {
+        None
+    }
+
     /// Rebuilds state from what [`snapshot`](MeshDaemon::snapshot) returned.
     ///
     /// # Errors

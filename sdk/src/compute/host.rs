@@ -2,6 +2,7 @@
 //! output chain, panic containment and snapshot capture. No I/O, no clock.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,6 +25,9 @@ pub(crate) struct DaemonHost {
     config: DaemonHostConfig,
     /// Set when the daemon is stopped: no call reaches it afterwards.
     retired: bool,
+    /// The length of its state when last captured or restored (0 before
+    /// either): a size to reserve ahead of the next capture.
+    state_len: AtomicU64,
 }
 
 impl DaemonHost {
@@ -41,6 +45,7 @@ impl DaemonHost {
             stats: DaemonStats::default(),
             config,
             retired: false,
+            state_len: AtomicU64::new(0),
         }
     }
 
@@ -54,7 +59,9 @@ impl DaemonHost {
         config: DaemonHostConfig,
     ) -> Result<Self, DaemonError> {
         let origin_hash = keypair.origin_hash();
+        let mut state_len = 0;
         if let Some(state) = snapshot.take_state() {
+            state_len = state.len() as u64;
             contain(origin_hash, "restore", || daemon.restore(state))??;
         }
         Ok(Self {
@@ -65,6 +72,7 @@ impl DaemonHost {
             stats: snapshot.stats(),
             config,
             retired: false,
+            state_len: AtomicU64::new(state_len),
         })
     }
 
@@ -97,6 +105,22 @@ impl DaemonHost {
 
     pub(crate) fn config(&self) -> DaemonHostConfig {
         self.config.clone()
+    }
+
+    /// About how long the state is now: as the daemon estimates it (at
+    /// most its `max_snapshot_bytes`: a larger state cannot be captured
+    /// anyway), or as long as when it was last captured or restored.
+    pub(crate) fn state_len_hint(&self) -> u64 {
+        let known = self.state_len.load(Ordering::Relaxed);
+        let Some(daemon) = self.daemon.as_ref() else {
+            return known;
+        };
+        contain(self.origin_hash(), "state_len_hint", || {
+            daemon.state_len_hint()
+        })
+        .ok()
+        .flatten()
+        .map_or(known, |hint| hint.min(self.config.max_snapshot_bytes))
     }
 
     /// Delivers one event: refuses it if its sequence is at or below its
@@ -138,6 +162,7 @@ impl DaemonHost {
         };
         let state: Option<Bytes> = contain(self.origin_hash(), "snapshot", || daemon.snapshot())?;
         if let Some(state) = &state {
+            self.state_len.store(state.len() as u64, Ordering::Relaxed);
             if state.len() as u64 > self.config.max_snapshot_bytes {
                 return Err(DaemonError::Process(ProcessError::SnapshotFailed(format!(
                     "state of daemon {:016x} is {} bytes, above max_snapshot_bytes {}",

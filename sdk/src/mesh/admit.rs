@@ -23,7 +23,7 @@ use super::error::DialError;
 use super::node::{close, Shared};
 use super::stats::Turned;
 use super::tls::node_id_of;
-use super::wire::{ALPN_CTRL, ALPN_CTRL_2};
+use super::wire::ctrl_version;
 use crate::identity::NodeId;
 
 /// Why a connection was not admitted.
@@ -225,7 +225,7 @@ async fn handle_incoming(
     drop(slot);
     let alpn = super::links::negotiated(&conn).unwrap_or_default();
     match alpn.as_slice() {
-        ALPN_CTRL | ALPN_CTRL_2 => {
+        ctrl if ctrl_version(ctrl).is_some() => {
             if let Err(e) = super::links::start_ctrl(shared, conn, peer).await {
                 match e {
                     DialError::Admission(e) => {

@@ -115,9 +115,7 @@ impl Shared {
 
     /// Sends `msg` to every peer's control feed.
     pub(crate) fn broadcast(&self, msg: &Ctrl) {
-        for peer in self.peers.iter() {
-            peer.feed.send(msg.clone());
-        }
+        self.broadcast_from(1, msg);
     }
 
     /// Sends `msg` to the control feed of every peer whose link speaks

@@ -1,15 +1,14 @@
 //! The running node's side: the handoff socket, and what the node does at
 //! each step a successor asks for.
 
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
 use cellmesh::cell::CellRecordState;
-use nix::sys::memfd::{memfd_create, MFdFlags};
 use tokio::net::{UnixListener, UnixStream};
 
+use super::sealed_fd::{write_sealed, StateFile};
 use super::{build, SOCKET_FILE};
 use crate::handoff::wire::HandoffId;
 use crate::handoff::{run_incumbent, Handed, Incumbency, Incumbent, IncumbentOutcome, Timing};
@@ -62,7 +61,10 @@ async fn session(node: &Node, stream: UnixStream) {
         std::process::id(),
     );
     tracing::info!(handoff = %id, "a successor connected");
-    let mut me = NodeIncumbency { node: node.clone() };
+    let mut me = NodeIncumbency {
+        node: node.clone(),
+        reserved: None,
+    };
     match run_incumbent(stream, &mut machine, &mut me).await {
         IncumbentOutcome::Committed => {
             // systemd follows the node into its new process.
@@ -101,6 +103,9 @@ async fn session(node: &Node, stream: UnixStream) {
 
 struct NodeIncumbency {
     node: Node,
+    /// The memfd for the daemons' state, its memory allocated before the
+    /// freeze.
+    reserved: Option<StateFile>,
 }
 
 impl NodeIncumbency {
@@ -121,7 +126,7 @@ impl NodeIncumbency {
             .collect()
     }
 
-    fn handed(&self) -> Result<Handed, String> {
+    fn handed(&mut self) -> Result<Handed, String> {
         let live = self.live_cells();
         if !live.is_empty() {
             return Err(format!(
@@ -130,14 +135,18 @@ impl NodeIncumbency {
         }
         let rt = &self.node.inner.rt;
         let frozen = rt.freeze().map_err(|e| e.to_string())?;
-        let (state, bytes) =
-            match super::sealed_fd::write_sealed(|mut out| frozen.write_to(&mut out)) {
-                Ok(written) => written,
-                Err(e) => {
-                    let _ = rt.thaw();
-                    return Err(format!("writing the daemons' state: {e}"));
-                }
-            };
+        let written = match self.reserved.take() {
+            Some(file) => Ok(file),
+            None => StateFile::reserve(0),
+        }
+        .and_then(|file| file.write_sealed(|mut out| frozen.write_to(&mut out)));
+        let (state, bytes) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                let _ = rt.thaw();
+                return Err(format!("writing the daemons' state: {e}"));
+            }
+        };
         let fds: Vec<OwnedFd> = vec![state];
         Ok(Handed {
             daemons: frozen.len() as u64,
@@ -175,18 +184,23 @@ impl Incumbency for NodeIncumbency {
         };
         let mut fds = vec![OwnedFd::from(sockets.udp), OwnedFd::from(sockets.control)];
         let seeds = self.node.inner.rt.identities();
-        let written = memfd_create(c"cellmesh-identities", MFdFlags::MFD_CLOEXEC)
-            .map_err(std::io::Error::from)
-            .and_then(|fd| {
-                let mut file = std::fs::File::from(fd);
-                file.write_all(&seeds)?;
-                Ok(OwnedFd::from(file))
-            });
+        let written = write_sealed(|out| out.write_all(&seeds).map(|()| seeds.len() as u64));
         match written {
             // Best effort: without them the successor derives the keys
             // while the daemons are frozen.
-            Ok(fd) => fds.push(fd),
+            Ok((fd, _)) => fds.push(fd),
             Err(e) => tracing::warn!(error = %e, "cannot hand the daemons' identities ahead"),
+        }
+        // The memory the freeze writes the daemons' state to, allocated
+        // now (from their sizes as last known) rather than while they are
+        // frozen.
+        let rt = self.node.inner.rt.clone();
+        let reserved =
+            tokio::task::spawn_blocking(move || StateFile::reserve(rt.frozen_bytes_hint())).await;
+        match reserved {
+            Ok(Ok(file)) => self.reserved = Some(file),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot create the handoff memfd ahead"),
+            Err(e) => tracing::warn!(error = %e, "reserving the handoff memfd failed"),
         }
         fds
     }

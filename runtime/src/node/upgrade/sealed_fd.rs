@@ -12,36 +12,72 @@ use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 
 use bytes::Bytes;
-use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::fcntl::{fallocate, fcntl, FallocateFlags, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use zeroize::Zeroize;
 
 /// The seals that make a memfd safe to map and read in place.
 fn seals() -> SealFlag {
     SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW
 }
 
-/// Writes a memfd with `write` (handed a buffered writer; returns the
-/// bytes written), then seals it.
+/// A memfd for the daemons' state, its memory allocated ahead of the
+/// freeze (the kernel's page allocation costs about as much as the copy
+/// itself), then written and sealed.
+pub(crate) struct StateFile {
+    file: std::fs::File,
+}
+
+impl StateFile {
+    /// A memfd with `reserve` bytes allocated (none for 0). A failed
+    /// allocation is not an error: the write allocates what it needs.
+    pub(crate) fn reserve(reserve: u64) -> std::io::Result<Self> {
+        let fd = memfd_create(
+            c"cellmesh-handoff",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )?;
+        let file = std::fs::File::from(fd);
+        if let Ok(len) = i64::try_from(reserve) {
+            if len > 0 {
+                if let Err(e) = fallocate(&file, FallocateFlags::empty(), 0, len) {
+                    tracing::debug!(error = %e, bytes = reserve, "cannot reserve the handoff memfd ahead");
+                    file.set_len(0)?;
+                }
+            }
+        }
+        Ok(Self { file })
+    }
+
+    /// Writes the memfd from its start with `write` (handed a buffered
+    /// writer; returns the bytes written), trims what was reserved beyond
+    /// it, then seals it. The buffer is wiped afterwards: what passes
+    /// through it includes the daemons' secret keys.
+    pub(crate) fn write_sealed(
+        mut self,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>,
+    ) -> std::io::Result<(OwnedFd, u64)> {
+        self.file.seek(SeekFrom::Start(0))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut self.file);
+        let written = write(&mut out).and_then(|n| out.flush().map(|()| n));
+        if let (_, Ok(mut buffer)) = out.into_parts() {
+            buffer.zeroize();
+        }
+        let written = written?;
+        self.file.set_len(written)?;
+        fcntl(
+            &self.file,
+            FcntlArg::F_ADD_SEALS(seals() | SealFlag::F_SEAL_SEAL),
+        )?;
+        Ok((OwnedFd::from(self.file), written))
+    }
+}
+
+/// Writes a memfd with `write` (nothing reserved ahead), then seals it.
 pub(crate) fn write_sealed(
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>,
 ) -> std::io::Result<(OwnedFd, u64)> {
-    let fd = memfd_create(
-        c"cellmesh-handoff",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
-    let mut file = std::fs::File::from(fd);
-    let written = {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
-        let n = write(&mut out)?;
-        out.flush()?;
-        n
-    };
-    fcntl(
-        &file,
-        FcntlArg::F_ADD_SEALS(seals() | SealFlag::F_SEAL_SEAL),
-    )?;
-    Ok((OwnedFd::from(file), written))
+    StateFile::reserve(0)?.write_sealed(write)
 }
 
 /// The whole content of a handed memfd: mapped in place if it is sealed,
@@ -67,7 +103,7 @@ pub(crate) fn read_handed(fd: OwnedFd) -> std::io::Result<Bytes> {
             None,
             length,
             ProtFlags::PROT_READ,
-            MapFlags::MAP_PRIVATE,
+            MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE,
             &file,
             0,
         )
@@ -146,6 +182,22 @@ mod tests {
         file.write_all(b"hello").expect("write");
         let read = read_handed(OwnedFd::from(file)).expect("read");
         assert_eq!(&read[..], b"hello");
+    }
+
+    #[test]
+    fn a_reserved_memfd_is_trimmed_to_what_was_written() {
+        for reserve in [0u64, 100, 1 << 20] {
+            let file = StateFile::reserve(reserve).expect("reserve");
+            let (fd, n) = file
+                .write_sealed(|out| out.write_all(b"state").map(|()| 5))
+                .expect("write");
+            assert_eq!(n, 5);
+            assert_eq!(
+                &read_handed(fd).expect("read")[..],
+                b"state",
+                "reserve {reserve}"
+            );
+        }
     }
 
     #[test]

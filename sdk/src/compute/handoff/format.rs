@@ -30,7 +30,7 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 use zeroize::Zeroizing;
 
 use super::error::DecodeError;
@@ -74,16 +74,47 @@ pub(super) fn write(frozen: &Frozen, out: &mut impl Write) -> io::Result<u64> {
     out.write_all(&header)?;
     let mut written = HEADER_LEN;
     for daemon in &frozen.daemons {
-        let mut sealer = daemon.snapshot.sealer(Proof::Checksummed);
-        let head = record_header(daemon, sealer.total());
+        let body = daemon.snapshot.body();
+        let body_len: u64 = body.iter().map(|b| b.len() as u64).sum();
+        let trailer = Proof::Checksummed.trailer_len() as u64;
+        let head = record_header(daemon, body_len + trailer);
         out.write_all(&head)?;
-        written += head.len() as u64;
-        while let Some(piece) = sealer.next_chunk(usize::MAX) {
-            out.write_all(&piece)?;
-            written += piece.len() as u64;
-        }
+        let sum = write_hashed(&body, body_len, out)?;
+        out.write_all(&sum.to_le_bytes())?;
+        written += head.len() as u64 + body_len + trailer;
     }
     Ok(written)
+}
+
+/// A body at least this long is hashed on a second thread while it is
+/// written (the two take about as long on a large state).
+const PARALLEL_HASH_MIN: u64 = 4 << 20;
+
+/// Writes `body` to `out` and returns its xxh3-64, the checksum a
+/// snapshot's trailer carries.
+fn write_hashed(body: &[Bytes], len: u64, out: &mut impl Write) -> io::Result<u64> {
+    let hash = || {
+        let mut hasher = Xxh3Default::new();
+        body.iter().for_each(|segment| hasher.update(segment));
+        hasher.digest()
+    };
+    if len < PARALLEL_HASH_MIN {
+        body.iter().try_for_each(|segment| out.write_all(segment))?;
+        return Ok(hash());
+    }
+    std::thread::scope(|scope| {
+        let hashing = std::thread::Builder::new()
+            .name("cellmesh-freeze-hash".into())
+            .spawn_scoped(scope, hash);
+        body.iter().try_for_each(|segment| out.write_all(segment))?;
+        match hashing {
+            Ok(hashing) => hashing
+                .join()
+                .map_err(|_| io::Error::other("hashing a frozen state panicked")),
+            // No thread to be had: hash here.
+            Err(_) => Ok(hash()),
+        }
+    })
 }
 
 /// A record's header, checksum included. It holds the secret seed: it is

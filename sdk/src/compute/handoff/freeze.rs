@@ -11,7 +11,13 @@ use super::{format, Handoff, HandoffPhase};
 use crate::compute::migration::gate::FreezeError as GateFreezeError;
 use crate::compute::runtime::Slot;
 use crate::compute::snapshot::Proof;
+#[cfg(doc)]
+use crate::compute::MeshDaemon;
 use crate::compute::{DaemonError, DaemonRuntime};
+
+/// What a frozen record carries besides the state, as estimated ahead: a
+/// snapshot's fixed fields, a few origins' marks and its checksum.
+const RECORD_BOOKKEEPING_HINT: u64 = 256;
 
 impl DaemonRuntime {
     /// Freezes every daemon of this runtime for a handoff of the node's
@@ -98,6 +104,23 @@ impl DaemonRuntime {
             "daemon runtime frozen for a handoff"
         );
         Ok(Frozen::new(daemons))
+    }
+
+    /// An estimate of [`Frozen::bytes`] for a freeze now, taken without
+    /// snapshotting anything: each daemon's state as long as it
+    /// estimates it ([`MeshDaemon::state_len_hint`]) or else as when it
+    /// was last captured or restored (a daemon that was neither counts
+    /// only its bookkeeping), plus each record's fixed part. A node reserves
+    /// this much ahead of a freeze so that the freeze does not wait on
+    /// the allocation of the memory it writes to.
+    pub fn frozen_bytes_hint(&self) -> u64 {
+        self.daemon_slots()
+            .iter()
+            .map(|(_, slot)| {
+                let state = slot.lock().state_len_hint();
+                format::record_len(&slot.kind, RECORD_BOOKKEEPING_HINT + state)
+            })
+            .fold(format::HEADER_LEN, u64::saturating_add)
     }
 
     /// Abort path of a handoff: every frozen daemon's gate opens in this

@@ -269,3 +269,33 @@ fn bad_identities_are_typed_errors() {
         Err(DecodeError::Oversized { .. })
     ));
 }
+
+#[test]
+fn a_large_state_hashed_beside_its_write_round_trips_and_is_checked() {
+    let big: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let frozen = Frozen::new(vec![
+        daemon(4, "big", &[(2, 9)], Some(big.clone())),
+        daemon(5, "small", &[], Some(vec![1; 10])),
+    ]);
+    let bytes = frozen.to_vec();
+    assert_eq!(bytes.len() as u64, frozen.bytes());
+    // The checksum is the one a migration's sealer computes.
+    let mut sealed = Vec::new();
+    let mut sealer = frozen.daemons[0].snapshot.sealer(Proof::Checksummed);
+    while let Some(piece) = sealer.next_chunk(usize::MAX) {
+        sealed.extend_from_slice(&piece);
+    }
+    let start = HEADER_LEN as usize + (frozen.daemons[0].record_len as usize - sealed.len());
+    assert_eq!(&bytes[start..start + sealed.len()], &sealed[..]);
+    let decoded = Frozen::decode(&bytes).expect("decodes");
+    assert_eq!(
+        decoded.daemons[0].snapshot.state().expect("state"),
+        &big[..]
+    );
+    let mut flipped = bytes.clone();
+    flipped[start + sealed.len() / 2] ^= 1;
+    assert!(
+        Frozen::decode(&flipped).is_err(),
+        "a flipped state byte decoded"
+    );
+}

@@ -211,11 +211,9 @@ impl StateSnapshot {
         out.freeze()
     }
 
-    /// The encoding of [`to_bytes`](Self::to_bytes) (with `Proof::Signed`)
-    /// or its checksummed variant, to be handed out in chunks: the state is
-    /// shared, not copied, and hashed for the trailer as it goes out. A
-    /// decoded snapshot keeps the signature it was verified with.
-    pub(crate) fn sealer(&self, proof: Proof) -> Sealer {
+    /// The encoding before its trailer: the fixed fields and marks, then
+    /// the state (shared, not copied).
+    pub(crate) fn body(&self) -> Vec<Bytes> {
         let state_len = self.state.as_ref().map_or(0, Bytes::len);
         let mut out = BytesMut::with_capacity(HEADER_LEN + self.marks.len() * 16 + 9);
         out.put_slice(MAGIC);
@@ -240,6 +238,15 @@ impl StateSnapshot {
         out.put_u64_le(state_len as u64);
         let mut body = vec![out.freeze()];
         body.extend(self.state.clone());
+        body
+    }
+
+    /// The encoding of [`to_bytes`](Self::to_bytes) (with `Proof::Signed`)
+    /// or its checksummed variant, to be handed out in chunks: the state is
+    /// shared, not copied, and hashed for the trailer as it goes out. A
+    /// decoded snapshot keeps the signature it was verified with.
+    pub(crate) fn sealer(&self, proof: Proof) -> Sealer {
+        let mut body = self.body();
         match (&self.seal, proof) {
             (Seal::Local(keypair), Proof::Signed) => Sealer::signed(body, Arc::clone(keypair)),
             (Seal::Verified(signature), Proof::Signed) => {
