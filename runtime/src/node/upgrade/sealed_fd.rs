@@ -29,10 +29,37 @@ pub(crate) struct StateFile {
     file: std::fs::File,
 }
 
+/// The most memory reserved ahead of a freeze: allocating it takes about
+/// a quarter of a second, and the session is silent meanwhile.
+const RESERVE_MAX: u64 = 1 << 30;
+
+/// How much of an estimated `hint` to reserve when the system has
+/// `available` bytes of memory free (if known): at most [`RESERVE_MAX`]
+/// and a quarter of what is free, so that an estimate too large (a
+/// daemon's own) cannot push the machine out of memory.
+fn reservation(hint: u64, available: Option<u64>) -> u64 {
+    let cap = available.map_or(RESERVE_MAX, |free| (free / 4).min(RESERVE_MAX));
+    hint.min(cap)
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+fn memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 impl StateFile {
-    /// A memfd with `reserve` bytes allocated (none for 0). A failed
-    /// allocation is not an error: the write allocates what it needs.
-    pub(crate) fn reserve(reserve: u64) -> std::io::Result<Self> {
+    /// A memfd with about `hint` bytes allocated (none for 0; bounded,
+    /// see [`reservation`]). A failed allocation is not an error: the
+    /// write allocates what it needs.
+    pub(crate) fn reserve(hint: u64) -> std::io::Result<Self> {
+        let reserve = if hint == 0 {
+            0
+        } else {
+            reservation(hint, memory_available())
+        };
         let fd = memfd_create(
             c"cellmesh-handoff",
             MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
@@ -182,6 +209,16 @@ mod tests {
         file.write_all(b"hello").expect("write");
         let read = read_handed(OwnedFd::from(file)).expect("read");
         assert_eq!(&read[..], b"hello");
+    }
+
+    #[test]
+    fn a_reservation_is_bounded_by_free_memory_and_a_ceiling() {
+        assert_eq!(reservation(64 << 20, Some(16 << 30)), 64 << 20);
+        assert_eq!(reservation(u64::MAX, Some(16 << 30)), RESERVE_MAX);
+        assert_eq!(reservation(u64::MAX, Some(1 << 30)), 256 << 20);
+        assert_eq!(reservation(u64::MAX, None), RESERVE_MAX);
+        assert_eq!(reservation(100, Some(0)), 0);
+        assert!(memory_available().is_some_and(|free| free > 0));
     }
 
     #[test]
