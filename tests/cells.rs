@@ -376,3 +376,42 @@ async fn concurrent_applies_of_one_id_have_one_winner() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn cells_handed_off_for_an_upgrade_are_kept_when_it_is_called_off() {
+    use cellmesh::cell::CellHandOffError;
+    let (_rt, cells) = process_node("hand-off-keep").await;
+    run_script(&cells, "done-cell", "echo done").await;
+    cells
+        .apply(doc("busy-cell", 30, Some(&["/bin/sh", "-c", "sleep 30"])))
+        .await
+        .unwrap();
+    cells
+        .wait_until("busy-cell", WAIT, |s| {
+            s.lifecycle_stage == LifecycleStage::Started
+        })
+        .await
+        .unwrap();
+    // A running command refuses the hand-off, naming the cell; every
+    // cell is supervised here as before.
+    match cells.hand_off().await {
+        Err(CellHandOffError::CommandRunning(ids)) => assert_eq!(ids, ["busy-cell"]),
+        other => panic!("a running command was handed off: {other:?}"),
+    }
+    assert!(cells.hosts("done-cell") && cells.hosts("busy-cell"));
+    destroy_and_wait(&cells, "busy-cell").await;
+
+    let handed = cells.hand_off().await.expect("hand off");
+    assert_eq!(handed.ids().collect::<Vec<_>>(), ["done-cell"]);
+    assert!(!cells.hosts("done-cell"), "a handed cell is not supervised");
+    // Called off: supervised here again, its output intact, destroyable.
+    cells.keep(handed).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cells.hosts("done-cell") {
+        assert!(tokio::time::Instant::now() < deadline, "never kept");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let output = cells.output("done-cell").await.unwrap();
+    assert_eq!(&output.stdout[..], b"done\n");
+    destroy_and_wait(&cells, "done-cell").await;
+}

@@ -6,7 +6,8 @@
 //! with the same id; every event the peer sent is counted exactly once
 //! (failed sends are resent under their sequence until they land), or the
 //! daemons are reported lost, by origin, when the incumbent died before
-//! handing them over.
+//! handing them over. A cell whose command has ended is on the node too:
+//! whoever serves with the daemons supervises it.
 
 #[path = "operator/common.rs"]
 mod common;
@@ -24,6 +25,47 @@ use common::*;
 use serde_json::Value;
 
 const DAEMONS: usize = 20;
+
+/// A cell whose command has ended: it moves with the daemons.
+const CELL: &str = r#"{
+  "apiVersion": "cellmesh.dev/v1",
+  "kind": "ExecutionCell",
+  "spec": {
+    "id": "fault-cell",
+    "authority": { "secretRefs": [], "egressRules": [] },
+    "lifetime": { "ttlSeconds": 300 },
+    "run": { "argv": ["/bin/sh", "-c", "echo hello"], "timeoutMs": 10000 }
+  }
+}"#;
+
+/// Applies [`CELL`] on `x` and waits until its command completed.
+fn apply_cell(x: &NodeProc) {
+    let out = x.cli_stdin(&["apply", "-f", "-"], Some(CELL.as_bytes()));
+    assert!(out.status.success(), "apply: {}", stderr(&out));
+    wait_for("the cell to complete", || {
+        let cells = x.json(&["get", "cells"]);
+        (cells[0]["exit_code"] == 0).then_some(())
+    });
+}
+
+/// The cell is supervised by whoever serves: listed here with its exit
+/// code and output, and a delete tears it down.
+fn check_cell(x: &NodeProc, point: &str) {
+    let cells = x.json(&["get", "cells"]);
+    assert_eq!(cells[0]["hosted_here"], true, "{point}: {cells}");
+    assert_eq!(cells[0]["exit_code"], 0, "{point}: {cells}");
+    assert_eq!(
+        stdout(&x.cli(&["logs", "fault-cell"])),
+        "hello\n",
+        "{point}"
+    );
+    let out = x.cli(&["delete", "cell", "fault-cell"]);
+    assert!(out.status.success(), "{point}: {}", stderr(&out));
+    wait_for("the cell to be destroyed", || {
+        let cells = x.json(&["get", "cells"]);
+        (cells[0]["state"] == "destroyed").then_some(())
+    });
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
@@ -194,6 +236,7 @@ fn run(point: &str, who: Who, action: Action, expect: Serves) {
     let before = status(&x).expect("status");
     let old_pid = before["pid"].as_u64().expect("pid") as u32;
     let origins = x.spawn_counters(DAEMONS);
+    apply_cell(&x);
     let mut peer = Peer::start(&x.mesh_addr, &origins);
     std::thread::sleep(Duration::from_millis(100));
 
@@ -237,7 +280,8 @@ fn run(point: &str, who: Who, action: Action, expect: Serves) {
             if with_state {
                 assert_eq!(lost, 0, "{s}");
             } else {
-                assert_eq!(lost, DAEMONS, "every daemon reported lost: {s}");
+                // The cell's daemon too.
+                assert_eq!(lost, DAEMONS + 1, "every daemon reported lost: {s}");
             }
             !with_state
         }
@@ -257,6 +301,7 @@ fn run(point: &str, who: Who, action: Action, expect: Serves) {
                 "{point} {action:?}: daemon {o:016x} counted vs sent"
             );
         }
+        check_cell(&x, point);
     }
     drop(peer);
     for pid in [pid, old_pid, new_pid] {

@@ -77,4 +77,13 @@ fn print_report(report: &Value) {
     if let Some(lost) = report["lost"].as_array().filter(|l| !l.is_empty()) {
         println!("  lost daemons: {}", lost.len());
     }
+    if let Some(cells) = report["cells_unsupervised"]
+        .as_array()
+        .filter(|c| !c.is_empty())
+    {
+        println!(
+            "  cells not supervised (destroy and apply them again): {}",
+            cells.len()
+        );
+    }
 }

@@ -95,6 +95,14 @@ pub(crate) async fn apply(
     let doc = ExecutionCellDocument::from_json(&raw).map_err(CellError::InvalidSpec)?;
     doc.validate().map_err(CellError::InvalidSpec)?;
     let id = doc.id().to_string();
+    if node.phase() == crate::node::NodePhase::Upgrading {
+        // Its command would start in the process being replaced.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upgrading",
+            format!("cell {id:?}: the node is being upgraded; apply it again once it serves"),
+        ));
+    }
     let filter = doc.placement_filter();
     let mesh = &node.inner.mesh;
     if mesh.find_nodes(&filter).is_empty() {

@@ -249,7 +249,8 @@ impl NodeBuilder {
         // After the cells: their daemon kind is registered by now.
         let took_over = match inherited {
             Some(mut i) => {
-                i.adopt(&rt, &metrics, |kind| kind == CELL_KIND, "adopt_cells");
+                let adopted = i.adopt(&rt, &metrics, |kind| kind == CELL_KIND, "adopt_cells");
+                i.take_over_cells(&cells, &adopted).await;
                 Some(i.finish(&rt, &metrics, &config.data_dir))
             }
             None => {

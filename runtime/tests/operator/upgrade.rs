@@ -178,32 +178,99 @@ fn a_successor_speaking_another_protocol_is_refused_and_the_node_serves_on() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The hello cell, placed on any node.
+fn local_cell(argv: &str) -> String {
+    super::cells::DOC
+        .replace(
+            ", \"requires\": { \"requirements\": [{ \"tag\": \"runner\" }] }",
+            "",
+        )
+        .replace(
+            r#""argv": ["/bin/sh", "-c", "echo hello from a cell; exit 0"], "timeoutMs": 10000"#,
+            argv,
+        )
+}
+
 #[test]
-fn an_upgrade_is_refused_while_cells_run_on_the_node_and_the_node_serves_on() {
+fn a_cell_whose_command_ended_moves_with_two_upgrades_and_is_destroyed_after() {
     let dir = scratch("upgrade-cell");
     let x = NodeProc::start(&dir, "x", &[], None);
     let before = x.json(&["status"]);
-    let local = super::cells::DOC.replace(
-        ", \"requires\": { \"requirements\": [{ \"tag\": \"runner\" }] }",
-        "",
+    let doc = local_cell(
+        r#""argv": ["/bin/sh", "-c", "echo hello from a cell; exit 0"], "timeoutMs": 10000"#,
     );
-    let out = x.cli_stdin(&["apply", "-f", "-"], Some(local.as_bytes()));
+    let out = x.cli_stdin(&["apply", "-f", "-"], Some(doc.as_bytes()));
     assert!(out.status.success(), "apply: {}", stderr(&out));
     wait_for("the cell to complete", || {
         let cells = x.json(&["get", "cells"]);
         (cells[0]["exit_code"] == 0).then_some(())
     });
+    for round in 0..2 {
+        let report = upgrade(&x);
+        assert_eq!(report["lost"].as_array().map_or(0, Vec::len), 0, "{report}");
+        assert_eq!(
+            report["cells_unsupervised"].as_array().map_or(0, Vec::len),
+            0,
+            "{report}"
+        );
+        let listed = x.json(&["get", "cells"]);
+        assert_eq!(listed[0]["id"], "hello-cell", "upgrade {round}: {listed}");
+        assert_eq!(listed[0]["hosted_here"], true, "upgrade {round}: {listed}");
+        assert_eq!(listed[0]["exit_code"], 0, "upgrade {round}: {listed}");
+        let described = x.json(&["describe", "cell", "hello-cell"]);
+        assert_eq!(
+            described["projection"]["lifecycle_stage"], "command_completed",
+            "upgrade {round}: {described}"
+        );
+        // The output came along, and the command did not run again.
+        let logs = x.cli(&["logs", "hello-cell"]);
+        assert!(logs.status.success(), "{}", stderr(&logs));
+        assert_eq!(stdout(&logs), "hello from a cell\n", "upgrade {round}");
+    }
+    let now = x.json(&["status"]);
+    assert_ne!(now["pid"], before["pid"]);
+    assert_eq!(now["node_id"], before["node_id"]);
+    // The new process supervises it: a delete tears it down.
+    let out = x.cli(&["delete", "cell", "hello-cell"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("the cell to be destroyed", || {
+        let cells = x.json(&["get", "cells"]);
+        (cells[0]["state"] == "destroyed").then_some(())
+    });
+    // One started event: the upgrades recorded no lifecycle step.
+    let events = stdout(&x.cli(&["events", "--since", "0"]));
+    assert_eq!(events.matches(".started\"").count(), 1, "{events}");
+    signal(now["pid"].as_u64().expect("pid"), libc::SIGKILL);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_upgrade_is_refused_while_a_cell_command_runs_and_the_cell_runs_on() {
+    let dir = scratch("upgrade-running-cell");
+    let x = NodeProc::start(&dir, "x", &[], None);
+    let before = x.json(&["status"]);
+    let doc = local_cell(r#""argv": ["/bin/sh", "-c", "echo up; sleep 60"], "timeoutMs": 120000"#);
+    let out = x.cli_stdin(&["apply", "-f", "-"], Some(doc.as_bytes()));
+    assert!(out.status.success(), "apply: {}", stderr(&out));
+    wait_for("the command to start", || {
+        (stdout(&x.cli(&["logs", "hello-cell"])) == "up\n").then_some(())
+    });
     let out = x.cli(&["upgrade"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let message = stderr(&out);
     assert!(
-        message.contains("hello-cell") && message.contains("destroy or migrate"),
+        message.contains("hello-cell") && message.contains("run a command"),
         "names the cell: {message}"
     );
     let after = x.json(&["status"]);
     assert_eq!(after["pid"], before["pid"], "the same process serves on");
     assert_eq!(after["phase"], "serving");
-    // Once the cell is gone, the upgrade goes through.
+    // Still supervised here: its command runs on, and a delete ends it.
+    let described = x.json(&["describe", "cell", "hello-cell"]);
+    assert_eq!(
+        described["projection"]["lifecycle_stage"], "started",
+        "{described}"
+    );
     let out = x.cli(&["delete", "cell", "hello-cell"]);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_for("the cell to be destroyed", || {
@@ -214,7 +281,6 @@ fn an_upgrade_is_refused_while_cells_run_on_the_node_and_the_node_serves_on() {
     assert_eq!(report["lost"].as_array().map_or(0, Vec::len), 0, "{report}");
     let now = x.json(&["status"]);
     assert_ne!(now["pid"], before["pid"]);
-    assert_eq!(now["node_id"], before["node_id"]);
     assert_eq!(
         x.json(&["get", "cells"])[0]["state"],
         "destroyed",

@@ -38,7 +38,9 @@ pub use event::{
     rfc3339, CellEventKind, CellEvents, CloudEventV1, EventContext, FailureCause, TerminalState,
     FORCED_EXIT_CODE, LEGACY_TYPE_PREFIX, TYPE_PREFIX,
 };
-pub use host::{CellMigrateError, Cells, CellsStartError, POINTER_REFRESH};
+pub use host::{
+    CellHandOffError, CellMigrateError, Cells, CellsStartError, HandedCells, POINTER_REFRESH,
+};
 #[cfg(feature = "jetstream")]
 pub use jetstream::{JetStreamConfig, JetStreamError, JetStreamLog};
 pub use log::{CellEventLog, LogError, LOG_FILE};

@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
-use cellmesh::cell::CellRecordState;
+use cellmesh::cell::{CellRecordState, HandedCells};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::sealed_fd::{write_sealed, StateFile};
@@ -64,6 +64,7 @@ async fn session(node: &Node, stream: UnixStream) {
     let mut me = NodeIncumbency {
         node: node.clone(),
         reserved: None,
+        cells: None,
     };
     match run_incumbent(stream, &mut machine, &mut me).await {
         IncumbentOutcome::Committed => {
@@ -106,10 +107,14 @@ struct NodeIncumbency {
     /// The memfd for the daemons' state, its memory allocated before the
     /// freeze.
     reserved: Option<StateFile>,
+    /// The cells handed off with the daemons: kept here if the handoff
+    /// ends without a commit.
+    cells: Option<HandedCells>,
 }
 
 impl NodeIncumbency {
-    /// Cells whose processes this node runs: they cannot be handed over.
+    /// Cells this node still supervises: after the hand-off, only one
+    /// started meanwhile, whose command would run in this process.
     fn live_cells(&self) -> Vec<String> {
         let cells = self.node.cells();
         cells
@@ -130,7 +135,7 @@ impl NodeIncumbency {
         let live = self.live_cells();
         if !live.is_empty() {
             return Err(format!(
-                "cells {live:?} run here; destroy or migrate them before an upgrade"
+                "cells {live:?} started during the upgrade; try it again"
             ));
         }
         let rt = &self.node.inner.rt;
@@ -206,6 +211,18 @@ impl Incumbency for NodeIncumbency {
     }
 
     async fn seal(&mut self) -> Result<Handed, String> {
+        // Cells whose command is not running move with their daemons (a
+        // refusal has kept every cell here).
+        let cells = self
+            .node
+            .cells()
+            .hand_off()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !cells.is_empty() {
+            tracing::info!(cells = ?cells, "cells handed over with their daemons");
+        }
+        self.cells = Some(cells);
         self.handed()
     }
 
@@ -222,6 +239,9 @@ impl Incumbency for NodeIncumbency {
         if let Err(e) = inner.rt.thaw() {
             // Not frozen (the session ended before the seal): nothing held.
             tracing::debug!(error = %e, "nothing to thaw");
+        }
+        if let Some(cells) = self.cells.take() {
+            self.node.cells().keep(cells).await;
         }
         inner.mesh.announce_resumed();
         inner.set_phase(NodePhase::Serving);

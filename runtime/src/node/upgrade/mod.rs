@@ -100,6 +100,10 @@ pub struct UpgradeReport {
     /// Daemons lost with an incumbent that died before handing them over,
     /// by origin hash (hex).
     pub lost: Vec<String>,
+    /// Cells handed over whose supervision could not be taken over here,
+    /// by their daemon's origin hash (hex): their daemons answer, but
+    /// nothing runs or tears them down (destroy and apply them again).
+    pub cells_unsupervised: Vec<String>,
     /// Time spent in each step, in order (`step`, seconds).
     pub steps: Vec<(String, f64)>,
     /// From the incumbent's `Sealed` (its daemons frozen) to this node

@@ -327,16 +327,16 @@ impl Inheritance {
     /// Adopts the handed daemons whose kind `now` accepts into `rt`
     /// (started) and opens their gates; the rest wait for a later call
     /// (the cells' kind is registered only once the cells' log is open).
-    /// Returns whether daemons are still to adopt.
+    /// Returns the origins adopted.
     pub(crate) fn adopt(
         &mut self,
         rt: &cellmesh::compute::DaemonRuntime,
         metrics: &crate::metrics::Metrics,
         now: impl Fn(&str) -> bool,
         step: &str,
-    ) -> bool {
+    ) -> Vec<u64> {
         let Some(frozen) = self.frozen.take() else {
-            return false;
+            return Vec::new();
         };
         let (batch, later) = frozen.partition(now);
         if !later.is_empty() {
@@ -355,21 +355,42 @@ impl Inheritance {
         let _ = rt.open_gates();
         self.report
             .step(&format!("{step}_open_gates"), opened.elapsed());
-        if let Err(e) = outcome {
-            // Committed: the previous process is gone, and so are they.
-            tracing::error!(error = %e, daemons = origins.len(), "handed daemons could not be adopted and are lost");
-            metrics.upgrade_daemons_lost.inc_by(origins.len() as u64);
-            self.report
-                .lost
-                .extend(origins.iter().map(|o| format!("{o:016x}")));
-            self.report.daemons = self.report.daemons.saturating_sub(origins.len() as u64);
-        }
-        let more = self.frozen.is_some();
-        if more {
+        let adopted = match outcome {
+            Ok(()) => origins,
+            Err(e) => {
+                // Committed: the previous process is gone, and so are they.
+                tracing::error!(error = %e, daemons = origins.len(), "handed daemons could not be adopted and are lost");
+                metrics.upgrade_daemons_lost.inc_by(origins.len() as u64);
+                self.report
+                    .lost
+                    .extend(origins.iter().map(|o| format!("{o:016x}")));
+                self.report.daemons = self.report.daemons.saturating_sub(origins.len() as u64);
+                Vec::new()
+            }
+        };
+        if self.frozen.is_some() {
             // The rest are not here yet: not ready, never "not hosted".
             let _ = rt.expect_adoption();
         }
-        more
+        adopted
+    }
+
+    /// Supervises here the cells handed over with the daemons of
+    /// `origins` (adopted cell daemons); a cell that cannot be is
+    /// reported, never dropped silently.
+    pub(crate) async fn take_over_cells(&mut self, cells: &cellmesh::cell::Cells, origins: &[u64]) {
+        let took = Instant::now();
+        for (origin, error) in cells.take_over(origins).await {
+            tracing::error!(
+                origin = %format!("{origin:016x}"),
+                %error,
+                "a handed cell is not supervised here: destroy it and apply it again"
+            );
+            self.report
+                .cells_unsupervised
+                .push(format!("{origin:016x}"));
+        }
+        self.report.step("take_over_cells", took.elapsed());
     }
 
     /// Ends the takeover: reports lost daemons and what was measured.

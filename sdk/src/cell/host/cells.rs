@@ -73,7 +73,7 @@ pub(crate) struct CellsInner {
     pub(crate) hosted: DashMap<String, Hosted>,
     /// Destroys that arrived for a cell before its task (a migration in
     /// flight).
-    pending_destroy: DashMap<String, Option<String>>,
+    pub(super) pending_destroy: DashMap<String, Option<String>>,
     /// Cells applied here that run on another node.
     pub(crate) pointers: Pointers,
     /// The JetStream publisher's progress (a log cursor).
@@ -537,7 +537,7 @@ async fn supervise(inner: Arc<CellsInner>, mut notices: mpsc::UnboundedReceiver<
     inner.hosted.clear();
 }
 
-fn start_task(
+pub(super) fn start_task(
     inner: &Arc<CellsInner>,
     cell_id: String,
     origin: u64,

@@ -147,6 +147,28 @@ impl CellDaemon {
                 self.state.leaving = false;
                 Reply::Done
             }
+            Command::TakeOver => {
+                let Some(doc) = &self.state.doc else {
+                    return Self::refuse(RefusalCode::NotApplied, "no cell is applied");
+                };
+                if !self.state.leaving {
+                    return Self::refuse(
+                        RefusalCode::Invalid,
+                        format!("cell {:?} was not handed over", doc.id()),
+                    );
+                }
+                self.node.notify(Notice::Adopt {
+                    cell_id: doc.id().to_string(),
+                    origin: self.state.origin,
+                    doc: Box::new(doc.clone()),
+                    exit: self.state.exit.clone(),
+                    destroy: self.state.destroy_requested,
+                    started: self.started_at(),
+                    output: self.state.carried.take().map(Box::new),
+                });
+                self.state.leaving = false;
+                Reply::Done
+            }
             Command::Migrate { target } => {
                 let Some(doc) = &self.state.doc else {
                     return Self::refuse(RefusalCode::NotApplied, "no cell is applied");
@@ -526,6 +548,47 @@ mod tests {
         assert_eq!(state.migrations, 1);
         assert_eq!(state.processed_events, 2);
         assert!(target.restore(Bytes::from_static(b"nope")).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(dir2);
+    }
+
+    #[test]
+    fn a_cell_is_taken_over_by_the_next_process_once_and_only_after_a_leave() {
+        let (mut d, _notices, dir) = setup("take-over");
+        let apply = encode(&Command::Apply {
+            doc: Box::new(doc()),
+            origin: 7,
+            generation: 0,
+        });
+        send(&mut d, apply);
+        send(&mut d, record(Step::Started, "e1"));
+        // Not handed over: refused.
+        assert_eq!(
+            refused(send(&mut d, encode(&Command::TakeOver))),
+            RefusalCode::Invalid
+        );
+        assert!(matches!(send(&mut d, encode(&Command::Leave)), Reply::Done));
+        let state = d.snapshot().unwrap();
+
+        let source = d.node.keypair.entity_id();
+        let (mut next, mut notices, dir2) =
+            setup_knowing("take-over-next", Arc::new(move |k| *k == source));
+        next.restore(state).unwrap();
+        let logged = next.node.log.last_cursor().unwrap();
+        assert!(matches!(
+            send(&mut next, encode(&Command::TakeOver)),
+            Reply::Done
+        ));
+        let Ok(Notice::Adopt { origin, .. }) = notices.try_recv() else {
+            panic!("a handed cell is taken over");
+        };
+        assert_eq!(origin, 7);
+        // Once, and with no lifecycle step: the cell stayed on its node.
+        assert_eq!(
+            refused(send(&mut next, encode(&Command::TakeOver))),
+            RefusalCode::Invalid
+        );
+        assert_eq!(next.node.log.last_cursor().unwrap(), logged);
         let _ = std::fs::remove_dir_all(dir);
         let _ = std::fs::remove_dir_all(dir2);
     }

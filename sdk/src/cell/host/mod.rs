@@ -4,6 +4,7 @@
 
 mod cells;
 mod daemon;
+mod handoff;
 mod migrate;
 mod node;
 mod output;
@@ -12,4 +13,5 @@ mod publish;
 mod supervisor;
 
 pub use cells::{CellMigrateError, Cells, CellsStartError};
+pub use handoff::{CellHandOffError, HandedCells};
 pub use pointers::REFRESH as POINTER_REFRESH;

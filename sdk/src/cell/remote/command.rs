@@ -98,6 +98,10 @@ pub(crate) enum Command {
     Leave,
     /// The migration failed: the cell stays.
     Stay,
+    /// The node's next process adopted this daemon after a `Leave`: its
+    /// supervisor takes the cell over (no lifecycle step: the cell stays
+    /// on the same node).
+    TakeOver,
     /// Ask the hosting node to move the cell to `target` (hex node id).
     Migrate { target: String },
     /// Read up to `max` bytes of each output stream from the given offsets.
