@@ -380,7 +380,7 @@ async fn concurrent_applies_of_one_id_have_one_winner() {
 #[tokio::test]
 async fn cells_handed_off_for_an_upgrade_are_kept_when_it_is_called_off() {
     use cellmesh::cell::CellHandOffError;
-    let (_rt, cells) = process_node("hand-off-keep").await;
+    let (rt, cells) = process_node("hand-off-keep").await;
     run_script(&cells, "done-cell", "echo done").await;
     cells
         .apply(doc("busy-cell", 30, Some(&["/bin/sh", "-c", "sleep 30"])))
@@ -404,14 +404,31 @@ async fn cells_handed_off_for_an_upgrade_are_kept_when_it_is_called_off() {
     let handed = cells.hand_off().await.expect("hand off");
     assert_eq!(handed.ids().collect::<Vec<_>>(), ["done-cell"]);
     assert!(!cells.hosts("done-cell"), "a handed cell is not supervised");
-    // Called off: supervised here again, its output intact, destroyable.
-    cells.keep(handed).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cells.hosts("done-cell") {
-        assert!(tokio::time::Instant::now() < deadline, "never kept");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert!(cells.supervised().await.is_empty());
+    // No cell migrates while handed off.
+    let peer = rt.mesh().node_id();
+    match cells
+        .migrate("done-cell", peer, MigrationOpts::default())
+        .await
+    {
+        Err(CellMigrateError::Upgrading(id)) => assert_eq!(id, "done-cell"),
+        other => panic!("a migration during a hand-off: {other:?}"),
     }
+    // Called off: supervised again when keep returns, its output intact.
+    cells.keep(handed).await;
+    assert!(cells.hosts("done-cell"));
     let output = cells.output("done-cell").await.unwrap();
     assert_eq!(&output.stdout[..], b"done\n");
-    destroy_and_wait(&cells, "done-cell").await;
+
+    // A destroy asked for while the cell is handed off goes ahead once it
+    // is kept.
+    let handed = cells.hand_off().await.expect("hand off again");
+    cells.destroy("done-cell").await.unwrap();
+    cells.keep(handed).await;
+    cells
+        .wait_until("done-cell", WAIT, |s| {
+            s.lifecycle_stage == LifecycleStage::Destroyed
+        })
+        .await
+        .unwrap();
 }

@@ -80,6 +80,9 @@ impl From<CellMigrateError> for ApiError {
     fn from(e: CellMigrateError) -> Self {
         match e {
             CellMigrateError::Cell(e) => e.into(),
+            CellMigrateError::Upgrading(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "upgrading", e.to_string())
+            }
             other => Self::new(
                 StatusCode::BAD_GATEWAY,
                 "migration_failed",

@@ -33,6 +33,10 @@ pub struct Handed {
 
 /// The incumbent node's part in a handoff.
 pub trait Incumbency: Send {
+    /// The protocol version agreed with the successor, told before
+    /// `stop_admitting`. Nothing by default.
+    fn agreed(&mut self, _proto: u16) {}
+
     /// Stop admitting new work; returns the daemons hosted.
     fn stop_admitting(&mut self) -> impl Future<Output = Vec<u64>> + Send;
     /// Descriptors sent with `Drained`, before the freeze (the node sends
@@ -214,6 +218,9 @@ pub async fn run_incumbent(
                     }
                 }
                 IncumbentEffect::StopAdmitting => {
+                    if let Some(proto) = machine.proto() {
+                        node.agreed(proto);
+                    }
                     let daemons = node.stop_admitting().await;
                     ahead = node.ahead().await;
                     machine.on_admission_stopped(Instant::now(), daemons);

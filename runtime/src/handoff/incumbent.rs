@@ -78,6 +78,8 @@ pub struct Incumbent {
     stopped: bool,
     frozen: bool,
     successor_pid: Option<u32>,
+    /// The protocol version agreed in `HelloAck`.
+    proto: Option<u16>,
     effects: VecDeque<IncumbentEffect>,
 }
 
@@ -96,8 +98,14 @@ impl Incumbent {
             stopped: false,
             frozen: false,
             successor_pid: None,
+            proto: None,
             effects: VecDeque::new(),
         }
+    }
+
+    /// The protocol version agreed with the successor, once it is.
+    pub fn proto(&self) -> Option<u16> {
+        self.proto
     }
 
     /// The handoff's id.
@@ -198,6 +206,7 @@ impl Incumbent {
                     });
                     return self.end(EndReason::Incompatible(reason));
                 }
+                self.proto = Some(chosen);
                 self.send(Message::HelloAck {
                     proto: chosen,
                     id: self.id,

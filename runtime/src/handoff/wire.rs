@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol versions this build speaks.
 pub const PROTO_MIN: u16 = 1;
-/// The newest protocol version this build speaks.
-pub const PROTO_MAX: u16 = 1;
+/// The newest protocol version this build speaks. Version 2: cells whose
+/// command has ended travel with the daemons, and the successor takes them
+/// over (an incumbent that agreed on version 1 hands no cell over).
+pub const PROTO_MAX: u16 = 2;
 /// The largest frame either side accepts (the daemons' states travel
 /// beside the protocol, not in its frames).
 pub const MAX_FRAME: usize = 1 << 20;

@@ -168,7 +168,7 @@ fn a_successor_speaking_another_protocol_is_refused_and_the_node_serves_on() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let message = stderr(&out);
     assert!(
-        message.contains("incompatible") && message.contains("1..=1") && message.contains("7..=9"),
+        message.contains("incompatible") && message.contains("1..=2") && message.contains("7..=9"),
         "names both versions: {message}"
     );
     let after = x.json(&["status"]);
@@ -286,6 +286,51 @@ fn an_upgrade_is_refused_while_a_cell_command_runs_and_the_cell_runs_on() {
         "destroyed",
         "the log came along"
     );
+    signal(now["pid"].as_u64().expect("pid"), libc::SIGKILL);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_successor_of_protocol_1_is_not_handed_cells_and_the_node_keeps_them() {
+    let dir = scratch("upgrade-proto-1");
+    // The successor offers handoff protocol 1 only, as the previous build.
+    let x = NodeProc::start_with_env(&dir, "x", &[], None, &[("CELLMESH_HANDOFF_PROTO", "1..=1")]);
+    let before = x.json(&["status"]);
+    let doc = local_cell(
+        r#""argv": ["/bin/sh", "-c", "echo hello from a cell; exit 0"], "timeoutMs": 10000"#,
+    );
+    let out = x.cli_stdin(&["apply", "-f", "-"], Some(doc.as_bytes()));
+    assert!(out.status.success(), "apply: {}", stderr(&out));
+    wait_for("the cell to complete", || {
+        let cells = x.json(&["get", "cells"]);
+        (cells[0]["exit_code"] == 0).then_some(())
+    });
+    let out = x.cli(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("protocol 1") && message.contains("hello-cell"),
+        "says why: {message}"
+    );
+    let after = x.json(&["status"]);
+    assert_eq!(after["pid"], before["pid"], "the same process serves on");
+    let listed = x.json(&["get", "cells"]);
+    assert_eq!(listed[0]["hosted_here"], true, "{listed}");
+    assert_eq!(
+        stdout(&x.cli(&["logs", "hello-cell"])),
+        "hello from a cell\n"
+    );
+    // Without cells, a protocol-1 successor takes the node over.
+    let out = x.cli(&["delete", "cell", "hello-cell"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("the cell to be destroyed", || {
+        let cells = x.json(&["get", "cells"]);
+        (cells[0]["state"] == "destroyed").then_some(())
+    });
+    let report = upgrade(&x);
+    assert_eq!(report["lost"].as_array().map_or(0, Vec::len), 0, "{report}");
+    let now = x.json(&["status"]);
+    assert_ne!(now["pid"], before["pid"]);
     signal(now["pid"].as_u64().expect("pid"), libc::SIGKILL);
     let _ = std::fs::remove_dir_all(&dir);
 }

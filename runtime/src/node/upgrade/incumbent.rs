@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
-use cellmesh::cell::{CellRecordState, HandedCells};
+use cellmesh::cell::HandedCells;
 use tokio::net::{UnixListener, UnixStream};
 
 use super::sealed_fd::{write_sealed, StateFile};
@@ -65,6 +65,7 @@ async fn session(node: &Node, stream: UnixStream) {
         node: node.clone(),
         reserved: None,
         cells: None,
+        proto: 1,
     };
     match run_incumbent(stream, &mut machine, &mut me).await {
         IncumbentOutcome::Committed => {
@@ -107,37 +108,15 @@ struct NodeIncumbency {
     /// The memfd for the daemons' state, its memory allocated before the
     /// freeze.
     reserved: Option<StateFile>,
-    /// The cells handed off with the daemons: kept here if the handoff
-    /// ends without a commit.
-    cells: Option<HandedCells>,
+    /// The cells handed off with the daemons (kept here if the handoff
+    /// ends without a commit), or why they could not be.
+    cells: Option<Result<HandedCells, String>>,
+    /// The protocol version agreed with the successor.
+    proto: u16,
 }
 
 impl NodeIncumbency {
-    /// Cells this node still supervises: after the hand-off, only one
-    /// started meanwhile, whose command would run in this process.
-    fn live_cells(&self) -> Vec<String> {
-        let cells = self.node.cells();
-        cells
-            .list()
-            .into_iter()
-            .filter(|r| {
-                cells.hosts(&r.id)
-                    && !matches!(
-                        r.state,
-                        CellRecordState::Destroyed | CellRecordState::Failed
-                    )
-            })
-            .map(|r| r.id)
-            .collect()
-    }
-
     fn handed(&mut self) -> Result<Handed, String> {
-        let live = self.live_cells();
-        if !live.is_empty() {
-            return Err(format!(
-                "cells {live:?} started during the upgrade; try it again"
-            ));
-        }
         let rt = &self.node.inner.rt;
         let frozen = rt.freeze().map_err(|e| e.to_string())?;
         let written = match self.reserved.take() {
@@ -162,6 +141,10 @@ impl NodeIncumbency {
 }
 
 impl Incumbency for NodeIncumbency {
+    fn agreed(&mut self, proto: u16) {
+        self.proto = proto;
+    }
+
     async fn stop_admitting(&mut self) -> Vec<u64> {
         self.node.inner.set_phase(NodePhase::Upgrading);
         // Peers hold on through what follows instead of reporting failures.
@@ -196,6 +179,34 @@ impl Incumbency for NodeIncumbency {
             Ok((fd, _)) => fds.push(fd),
             Err(e) => tracing::warn!(error = %e, "cannot hand the daemons' identities ahead"),
         }
+        // Cells whose command has ended move with their daemons, made
+        // ready now, while the node serves (a refusal has kept every cell
+        // here and fails the seal).
+        let cells = if self.proto >= 2 {
+            self.node
+                .cells()
+                .hand_off()
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            let hosted = self.node.cells().supervised().await;
+            if hosted.is_empty() {
+                Ok(HandedCells::default())
+            } else {
+                Err(format!(
+                    "the successor speaks handoff protocol {}, which cannot take cells over; destroy or migrate cells {hosted:?} first",
+                    self.proto
+                ))
+            }
+        };
+        match &cells {
+            Ok(cells) if !cells.is_empty() => {
+                tracing::info!(cells = ?cells, "cells to hand over with their daemons");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "the cells cannot be handed over"),
+        }
+        self.cells = Some(cells);
         // The memory the freeze writes the daemons' state to, allocated
         // now (from their sizes as last known) rather than while they are
         // frozen.
@@ -211,19 +222,20 @@ impl Incumbency for NodeIncumbency {
     }
 
     async fn seal(&mut self) -> Result<Handed, String> {
-        // Cells whose command is not running move with their daemons (a
-        // refusal has kept every cell here).
-        let cells = self
-            .node
-            .cells()
-            .hand_off()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !cells.is_empty() {
-            tracing::info!(cells = ?cells, "cells handed over with their daemons");
+        if let Some(Err(refused)) = &self.cells {
+            return Err(refused.clone());
         }
-        self.cells = Some(cells);
-        self.handed()
+        let handed = self.handed()?;
+        // Frozen: no cell starts now. One that did since the hand-off
+        // would run its command in this process.
+        let started = self.node.cells().supervised().await;
+        if !started.is_empty() {
+            let _ = self.node.inner.rt.thaw();
+            return Err(format!(
+                "cells {started:?} started during the upgrade; upgrade again"
+            ));
+        }
+        Ok(handed)
     }
 
     fn committing(&mut self) {
@@ -240,7 +252,7 @@ impl Incumbency for NodeIncumbency {
             // Not frozen (the session ended before the seal): nothing held.
             tracing::debug!(error = %e, "nothing to thaw");
         }
-        if let Some(cells) = self.cells.take() {
+        if let Some(Ok(cells)) = self.cells.take() {
             self.node.cells().keep(cells).await;
         }
         inner.mesh.announce_resumed();

@@ -42,12 +42,63 @@ fn reservation(hint: u64, available: Option<u64>) -> u64 {
     hint.min(cap)
 }
 
-/// `MemAvailable` of `/proc/meminfo`, in bytes.
+/// The memory this process may still use: `MemAvailable` of
+/// `/proc/meminfo`, or less if its cgroup (or one above it) has a memory
+/// limit closer (a memfd's pages are charged to it).
 fn memory_available() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    let free = kib.checked_mul(1024)?;
+    Some(cgroup_headroom().map_or(free, |room| room.min(free)))
+}
+
+/// How far this process's memory cgroup and those above it are from
+/// their limit, the least of them; `None` without a limit. Version 2
+/// (`memory.max`, `memory.current`) or version 1 (`memory.limit_in_bytes`,
+/// `memory.usage_in_bytes`).
+fn cgroup_headroom() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let v1 = own.lines().find_map(|l| {
+        let (_, rest) = l.split_once(':')?;
+        let (controllers, path) = rest.split_once(':')?;
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then_some(path)
+    });
+    let (root, path, files) = match v1 {
+        Some(path) => (
+            "/sys/fs/cgroup/memory",
+            path,
+            ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+        ),
+        None => (
+            "/sys/fs/cgroup",
+            own.lines().find_map(|l| l.strip_prefix("0::"))?,
+            ("memory.max", "memory.current"),
+        ),
+    };
+    let root = std::path::Path::new(root);
+    let mut dir = root.join(path.trim_start_matches('/'));
+    let mut least: Option<u64> = None;
+    loop {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+        };
+        // "max" (v2) or a page-rounded i64::MAX (v1) parse as no limit.
+        if let (Some(max), Some(used)) = (read(files.0), read(files.1)) {
+            if max < i64::MAX as u64 / 2 {
+                let room = max.saturating_sub(used);
+                least = Some(least.map_or(room, |l| l.min(room)));
+            }
+        }
+        if dir == root || !dir.pop() {
+            return least;
+        }
+    }
 }
 
 impl StateFile {

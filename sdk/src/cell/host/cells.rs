@@ -54,6 +54,10 @@ pub enum CellMigrateError {
         #[source]
         source: MigrateError,
     },
+    /// The node is handing its cells to its next process (an upgrade):
+    /// migrate the cell once that is over.
+    #[error("cell {0:?} stays: the node is being upgraded")]
+    Upgrading(String),
 }
 
 pub(crate) struct CellsInner {
@@ -74,6 +78,12 @@ pub(crate) struct CellsInner {
     /// Destroys that arrived for a cell before its task (a migration in
     /// flight).
     pub(super) pending_destroy: DashMap<String, Option<String>>,
+    /// Held (read) by every migration of a cell from here, taken (write)
+    /// by a hand-off to the node's next process.
+    pub(super) moves: tokio::sync::RwLock<()>,
+    /// Set while the cells are handed off to the node's next process: no
+    /// cell migrates meanwhile.
+    pub(super) handing_off: std::sync::atomic::AtomicBool,
     /// Cells applied here that run on another node.
     pub(crate) pointers: Pointers,
     /// The JetStream publisher's progress (a log cursor).
@@ -171,6 +181,8 @@ impl Cells {
             applying: dashmap::DashSet::new(),
             hosted: DashMap::new(),
             pending_destroy: DashMap::new(),
+            moves: tokio::sync::RwLock::new(()),
+            handing_off: std::sync::atomic::AtomicBool::new(false),
             pointers,
             published: tokio::sync::watch::channel(0).0,
             cancel: CancellationToken::new(),
@@ -508,6 +520,12 @@ async fn supervise(inner: Arc<CellsInner>, mut notices: mpsc::UnboundedReceiver<
                 started,
                 output,
             } => {
+                if inner.hosted.contains_key(&cell_id) {
+                    // Supervised here already: a second task would fight
+                    // the first for the backend's record of the cell.
+                    tracing::warn!(cell = %cell_id, "cell already supervised here; adoption ignored");
+                    continue;
+                }
                 let destroy = inner.pending_destroy.remove(&cell_id).is_some() || destroy;
                 let begin = Begin::Adopted {
                     exit,
@@ -521,6 +539,9 @@ async fn supervise(inner: Arc<CellsInner>, mut notices: mpsc::UnboundedReceiver<
                 let inner = Arc::clone(&inner);
                 let tasks = inner.tasks.clone();
                 tasks.spawn(super::migrate::on_request(inner, cell_id, target));
+            }
+            Notice::Barrier(done) => {
+                let _ = done.send(());
             }
             Notice::Destroy { cell_id, reason } => {
                 let sent = inner
@@ -537,7 +558,7 @@ async fn supervise(inner: Arc<CellsInner>, mut notices: mpsc::UnboundedReceiver<
     inner.hosted.clear();
 }
 
-pub(super) fn start_task(
+fn start_task(
     inner: &Arc<CellsInner>,
     cell_id: String,
     origin: u64,

@@ -37,6 +37,9 @@ struct CellState {
     /// output files.
     #[serde(default)]
     leaving: bool,
+    /// Set by `HandOff`: the node's next process takes the cell over.
+    #[serde(default)]
+    handed_off: bool,
     /// The output that came with a migration, until the node takes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     carried: Option<CellOutput>,
@@ -145,13 +148,28 @@ impl CellDaemon {
             }
             Command::Stay => {
                 self.state.leaving = false;
+                self.state.handed_off = false;
+                Reply::Done
+            }
+            Command::HandOff => {
+                if self.state.doc.is_none() {
+                    return Self::refuse(RefusalCode::NotApplied, "no cell is applied");
+                }
+                self.state.leaving = true;
+                self.state.handed_off = true;
                 Reply::Done
             }
             Command::TakeOver => {
                 let Some(doc) = &self.state.doc else {
                     return Self::refuse(RefusalCode::NotApplied, "no cell is applied");
                 };
-                if !self.state.leaving {
+                if self.ended() {
+                    return Self::refuse(
+                        RefusalCode::AlreadyDestroyed,
+                        format!("cell {:?} has ended", doc.id()),
+                    );
+                }
+                if !self.state.handed_off {
                     return Self::refuse(
                         RefusalCode::Invalid,
                         format!("cell {:?} was not handed over", doc.id()),
@@ -167,6 +185,7 @@ impl CellDaemon {
                     output: self.state.carried.take().map(Box::new),
                 });
                 self.state.leaving = false;
+                self.state.handed_off = false;
                 Reply::Done
             }
             Command::Migrate { target } => {
@@ -553,7 +572,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cell_is_taken_over_by_the_next_process_once_and_only_after_a_leave() {
+    fn a_cell_is_taken_over_by_the_next_process_once_and_only_after_a_hand_off() {
         let (mut d, _notices, dir) = setup("take-over");
         let apply = encode(&Command::Apply {
             doc: Box::new(doc()),
@@ -562,12 +581,20 @@ mod tests {
         });
         send(&mut d, apply);
         send(&mut d, record(Step::Started, "e1"));
-        // Not handed over: refused.
+        // Not handed over (a migration's Leave is not a hand-off): refused.
         assert_eq!(
             refused(send(&mut d, encode(&Command::TakeOver))),
             RefusalCode::Invalid
         );
         assert!(matches!(send(&mut d, encode(&Command::Leave)), Reply::Done));
+        assert_eq!(
+            refused(send(&mut d, encode(&Command::TakeOver))),
+            RefusalCode::Invalid
+        );
+        assert!(matches!(
+            send(&mut d, encode(&Command::HandOff)),
+            Reply::Done
+        ));
         let state = d.snapshot().unwrap();
 
         let source = d.node.keypair.entity_id();

@@ -5,10 +5,15 @@
 //! the same node, so no lifecycle step is recorded. A running command is
 //! a child of the old process and cannot move: the handoff is refused.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
-use super::cells::{start_task, Cells};
-use super::supervisor::{Begin, Control, Detached};
+use super::cells::Cells;
+use super::node::Notice;
+use super::supervisor::{Control, Detached};
 use crate::cell::backend::CellError;
 use crate::cell::remote::command::{Command, RefusalCode, Reply};
 
@@ -58,6 +63,9 @@ pub enum CellHandOffError {
         "cells {0:?} run a command here; wait for it to end or destroy the cell before an upgrade"
     )]
     CommandRunning(Vec<String>),
+    /// A cell migration from this node did not end in time.
+    #[error("a cell migration from this node is still running; upgrade once it has ended")]
+    Migrating,
     /// A cell could not be prepared.
     #[error("cell {id:?} cannot be handed over: {source}")]
     Cell {
@@ -68,32 +76,59 @@ pub enum CellHandOffError {
     },
 }
 
+/// The longest a hand-off waits for cell migrations from here to end.
+const MOVES_WAIT: Duration = Duration::from_secs(1);
+/// The longest to wait for the supervisor to handle what was sent to it.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
+
 impl Cells {
     /// Makes every cell hosted here ready to move to the node's next
-    /// process: each is detached from the backend (its supervision ends,
-    /// nothing is torn down) and its daemon's next snapshot carries its
-    /// output. Freeze the daemons afterwards; in the next process, call
-    /// [`take_over`](Self::take_over) once they are adopted. If the
+    /// process: each is detached from the backend (its supervision ends;
+    /// what its finished command left running is killed, as when a cell
+    /// migrates) and its daemon marked so that its next snapshot carries
+    /// its output and the next process takes it over. No cell migrates
+    /// from here until [`keep`](Self::keep) (migrations running end
+    /// first). Freeze the daemons afterwards, and check
+    /// [`supervised`](Self::supervised) is empty; in the next process,
+    /// call [`take_over`](Self::take_over) once they are adopted. If the
     /// handoff is called off, [`keep`](Self::keep) them.
     ///
     /// # Errors
     /// [`CellHandOffError::CommandRunning`] naming every cell whose
-    /// command still runs, or `Cell`; either way every cell is supervised
-    /// here again, as before the call.
+    /// command still runs (checked before anything is detached),
+    /// `Migrating`, or `Cell`; on any error every cell is supervised here
+    /// as before the call.
     pub async fn hand_off(&self) -> Result<HandedCells, CellHandOffError> {
-        let hosted: Vec<(String, tokio::sync::mpsc::UnboundedSender<Control>)> = self
+        match tokio::time::timeout(MOVES_WAIT, self.inner.moves.write()).await {
+            Ok(_moves) => self.inner.handing_off.store(true, Ordering::Release),
+            Err(_) => return Err(CellHandOffError::Migrating),
+        }
+        // Cells being started or adopted are hosted by now.
+        self.settle().await;
+        let hosted: Vec<(String, u64, UnboundedSender<Control>)> = self
             .inner
             .hosted
             .iter()
-            .map(|h| (h.key().clone(), h.control.clone()))
+            .filter_map(|h| {
+                let origin = self.inner.known.get(h.key()).map(|o| *o)?;
+                Some((h.key().clone(), origin, h.control.clone()))
+            })
             .collect();
-        let mut handed = HandedCells::default();
         let mut running = Vec::new();
-        let mut failed = None;
-        for (id, control) in hosted {
-            let Some(origin) = self.inner.known.get(&id).map(|o| *o) else {
-                continue;
-            };
+        for (id, origin, _) in &hosted {
+            if let Ok(Reply::State { running: true, .. }) =
+                self.inner.client.call(id, *origin, &Command::Query).await
+            {
+                running.push(id.clone());
+            }
+        }
+        if !running.is_empty() {
+            self.keep(HandedCells::default()).await;
+            return Err(CellHandOffError::CommandRunning(running));
+        }
+        let mut handed = HandedCells::default();
+        let mut refused = None;
+        for (id, origin, control) in hosted {
             let (tx, rx) = oneshot::channel();
             if control.send(Control::Detach(tx)).is_err() {
                 // Its supervision ended meanwhile (destroyed).
@@ -102,45 +137,42 @@ impl Cells {
             let detached = match rx.await {
                 Ok(Ok(detached)) => detached,
                 Ok(Err(CellError::CommandRunning(_))) => {
-                    running.push(id);
-                    continue;
+                    refused = Some(CellHandOffError::CommandRunning(vec![id]));
+                    break;
                 }
                 Ok(Err(source)) => {
-                    failed = Some(CellHandOffError::Cell { id, source });
+                    refused = Some(CellHandOffError::Cell { id, source });
                     break;
                 }
                 Err(_) => continue,
             };
-            let cell = HandedCell {
-                id,
-                origin,
-                detached,
-            };
-            // The next snapshot carries the output files.
-            let leave = self
+            let marked = self
                 .inner
                 .client
-                .call_ok(&cell.id, origin, &Command::Leave)
+                .call_ok(&id, origin, &Command::HandOff)
                 .await;
-            let id = cell.id.clone();
-            handed.cells.push(cell);
-            if let Err(source) = leave {
-                failed = Some(CellHandOffError::Cell { id, source });
+            handed.cells.push(HandedCell {
+                id: id.clone(),
+                origin,
+                detached,
+            });
+            if let Err(source) = marked {
+                refused = Some(CellHandOffError::Cell { id, source });
                 break;
             }
         }
-        let refused = match failed {
-            Some(e) => e,
-            None if !running.is_empty() => CellHandOffError::CommandRunning(running),
-            None => return Ok(handed),
-        };
-        self.keep(handed).await;
-        Err(refused)
+        match refused {
+            None => Ok(handed),
+            Some(e) => {
+                self.keep(handed).await;
+                Err(e)
+            }
+        }
     }
 
     /// The handoff was called off: the cells [`hand_off`](Self::hand_off)
     /// returned are supervised here again when this returns (a destroy
-    /// asked for meanwhile goes ahead).
+    /// asked for meanwhile goes ahead), and cells may migrate again.
     pub async fn keep(&self, handed: HandedCells) {
         for cell in handed.cells {
             if let Err(e) = self
@@ -151,25 +183,36 @@ impl Cells {
             {
                 tracing::warn!(cell = %cell.id, error = %e, "a kept cell was not told it stays");
             }
-            // Supervised again before this returns (a destroy asked for
-            // while it was handed off goes ahead).
-            let destroy = self.inner.pending_destroy.remove(&cell.id).is_some();
-            let begin = Begin::Adopted {
+            self.inner.node.notify(Notice::Adopt {
+                cell_id: cell.id,
+                origin: cell.origin,
+                doc: Box::new(cell.detached.doc),
                 exit: cell.detached.exit,
-                destroy,
+                destroy: false,
                 started: Some(cell.detached.started),
                 output: None,
-            };
-            start_task(&self.inner, cell.id, cell.origin, cell.detached.doc, begin);
+            });
         }
+        self.settle().await;
+        self.inner.handing_off.store(false, Ordering::Release);
+    }
+
+    /// The cells this node's supervisor runs, once everything sent to it
+    /// before the call was handled. After a [`hand_off`](Self::hand_off)
+    /// and the freeze of the daemons, any is a cell that started
+    /// meanwhile: its command would run in the old process, so the
+    /// handoff must not go on.
+    pub async fn supervised(&self) -> Vec<String> {
+        self.settle().await;
+        self.inner.hosted.iter().map(|h| h.key().clone()).collect()
     }
 
     /// In the node's next process, once the daemons of `origins` (the
-    /// handed cell daemons) are adopted: each handed cell is supervised
-    /// here, its output files restored. A cell daemon that was not handed
-    /// off (its cell had ended) is left as it is. Returns the cells that
-    /// could not be taken over, with why; their daemons still answer
-    /// queries, but nothing supervises them.
+    /// cell daemons handed over) are adopted: each handed cell is
+    /// supervised here, its output files restored. A cell that had ended
+    /// is left as it is. Returns the live cells that could not be taken
+    /// over, with why: their daemons answer queries, but nothing runs or
+    /// tears them down.
     pub async fn take_over(&self, origins: &[u64]) -> Vec<(u64, CellError)> {
         let mut failed = Vec::new();
         for &origin in origins {
@@ -182,7 +225,7 @@ impl Cells {
             {
                 Ok(Reply::Done) => {}
                 Ok(Reply::Refused {
-                    code: RefusalCode::Invalid | RefusalCode::NotApplied,
+                    code: RefusalCode::AlreadyDestroyed | RefusalCode::NotApplied,
                     ..
                 }) => {}
                 Ok(Reply::Refused { reason, .. }) => {
@@ -198,6 +241,17 @@ impl Cells {
                 Err(e) => failed.push((origin, e)),
             }
         }
+        self.settle().await;
         failed
+    }
+
+    /// Waits (bounded) until the supervisor handled every notice sent
+    /// before this call.
+    async fn settle(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.inner.node.notify(Notice::Barrier(tx));
+        if tokio::time::timeout(SETTLE_WAIT, rx).await.is_err() {
+            tracing::warn!("the cell supervisor did not answer in time");
+        }
     }
 }

@@ -35,13 +35,21 @@ impl Cells {
     /// its `phases` are empty.
     ///
     /// # Errors
-    /// [`CellMigrateError`]; on any error the cell stays where it was.
+    /// [`CellMigrateError`] (`Upgrading` while the node hands its cells to
+    /// its next process); on any error the cell stays where it was.
     pub async fn migrate(
         &self,
         id: &str,
         target: NodeId,
         opts: MigrationOpts,
     ) -> Result<MigrationReport, CellMigrateError> {
+        if self
+            .inner
+            .handing_off
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(CellMigrateError::Upgrading(id.to_string()));
+        }
         if self.hosts(id) {
             return migrate_local(&self.inner, id, target, opts).await;
         }
@@ -105,6 +113,12 @@ async fn migrate_local(
     target: NodeId,
     opts: MigrationOpts,
 ) -> Result<MigrationReport, CellMigrateError> {
+    // A hand-off to the node's next process waits for this migration to
+    // end, and none starts while it runs.
+    let _moving = inner.moves.read().await;
+    if inner.handing_off.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(CellMigrateError::Upgrading(id.to_string()));
+    }
     let origin = inner
         .known
         .get(id)

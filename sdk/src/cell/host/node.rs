@@ -41,6 +41,8 @@ pub(crate) enum Notice {
     },
     /// Another node asked for the cell to move to `target` (hex node id).
     Migrate { cell_id: String, target: String },
+    /// Answered once every notice sent before it was handled.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Decides whether a signer other than this node is one it knows.

@@ -164,6 +164,13 @@ pub(crate) async fn run_cell(
                     match inner.backend.release(&handle) {
                         Ok(()) => {
                             inner.hosted.remove(&id);
+                            // A destroy queued behind the detach goes to
+                            // whoever takes the cell over next.
+                            while let Ok(queued) = control.try_recv() {
+                                if let Control::Destroy(reason) = queued {
+                                    inner.pending_destroy.insert(id.clone(), reason);
+                                }
+                            }
                             let _ = reply.send(Ok(Detached {
                                 exit,
                                 doc,

@@ -98,7 +98,10 @@ pub(crate) enum Command {
     Leave,
     /// The migration failed: the cell stays.
     Stay,
-    /// The node's next process adopted this daemon after a `Leave`: its
+    /// The cell goes to the node's next process with the daemons (an
+    /// upgrade): as `Leave`, and only a daemon so marked is taken over.
+    HandOff,
+    /// The node's next process adopted this daemon after a `HandOff`: its
     /// supervisor takes the cell over (no lifecycle step: the cell stays
     /// on the same node).
     TakeOver,
