@@ -8,7 +8,8 @@ use std::path::Path;
 
 use cellmesh::cell::{
     BackendFuture, CellBackend, CellError, CellHandle, CellHost, CellOutput, Containment,
-    ExecutionCellDocument, ExitReport, FederatedBackend, ProcessBackend, TeardownReport,
+    ExecutionCellDocument, ExitReport, FederatedBackend, OutputRange, ProcessBackend,
+    TeardownReport,
 };
 use cellmesh::compute::DaemonRuntime;
 use cellmesh::NodeId;
@@ -116,8 +117,24 @@ impl CellBackend for PlacingBackend {
             .or_else(|_| CellBackend::output(&self.remote, cell_id))
     }
 
+    fn output_range(
+        &self,
+        cell_id: &str,
+        stdout_from: u64,
+        stderr_from: u64,
+        max: u64,
+    ) -> Result<OutputRange, CellError> {
+        CellBackend::output_range(&self.local, cell_id, stdout_from, stderr_from, max).or_else(
+            |_| CellBackend::output_range(&self.remote, cell_id, stdout_from, stderr_from, max),
+        )
+    }
+
     fn adopt_output(&self, cell_id: &str, output: &CellOutput) -> Result<(), CellError> {
         CellBackend::adopt_output(&self.local, cell_id, output)
+    }
+
+    fn reopen_output(&self, cell_id: &str, counts: &CellOutput) -> Result<(), CellError> {
+        CellBackend::reopen_output(&self.local, cell_id, counts)
     }
 
     fn discard_output(&self, cell_id: &str) {

@@ -336,6 +336,17 @@ pub trait CellBackend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Takes over the output files of a cell handed over by the node's
+    /// previous process where they are (the same data directory), with
+    /// the counters in `counts` (whose content is empty). The default has
+    /// no files to take over.
+    ///
+    /// # Errors
+    /// `Output` when the files cannot be opened.
+    fn reopen_output(&self, _cell_id: &str, _counts: &CellOutput) -> Result<(), CellError> {
+        Ok(())
+    }
+
     /// The cell daemon on a peer that runs cell `id` for this backend, when
     /// it runs there (a federated backend's cells): its output is read
     /// from there.

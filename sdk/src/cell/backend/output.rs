@@ -212,6 +212,28 @@ impl OutputFiles {
         })
     }
 
+    /// Takes over the files of `cell_id` in `dir` where they are (written
+    /// by the node's previous process), with the counters in `counts`
+    /// (its content is not used). A missing file reads as empty.
+    pub(crate) fn reopen(dir: &Path, cell_id: &str, counts: &CellOutput) -> Self {
+        let (out, err) = paths(dir, cell_id);
+        let kept = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        Self {
+            stdout: Arc::new(Stream::new(
+                out.clone(),
+                u64::MAX,
+                counts.stdout_bytes,
+                kept(&out),
+            )),
+            stderr: Arc::new(Stream::new(
+                err.clone(),
+                u64::MAX,
+                counts.stderr_bytes,
+                kept(&err),
+            )),
+        }
+    }
+
     /// Reads both files back.
     pub(crate) fn read(&self) -> std::io::Result<CellOutput> {
         let read = |s: &Stream| -> std::io::Result<Bytes> {
@@ -362,6 +384,34 @@ mod tests {
         let range = files.read_range(0, 0, CHUNK).unwrap();
         assert!(range.chunk.stdout.is_empty() && range.chunk.stderr.is_empty());
         assert_eq!((range.stdout_len, range.stderr_len), (0, 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_reopened_where_they_are_read_back_with_the_counters_handed() {
+        let dir =
+            std::env::temp_dir().join(format!("cellmesh-output-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (files, [out, err]) = OutputFiles::create(&dir, "c", u64::MAX).unwrap();
+        std::fs::write(&files.stdout.path, b"kept").unwrap();
+        drop((out, err));
+        // What the previous process's counters said: 10 bytes written to
+        // stdout (6 dropped by its bound), none to stderr.
+        let counts = files.read_range(0, 0, 0).unwrap().chunk;
+        assert!(counts.stdout.is_empty() && counts.stderr.is_empty());
+        let counts = CellOutput {
+            stdout_bytes: 10,
+            ..counts
+        };
+        let again = OutputFiles::reopen(&dir, "c", &counts);
+        let read = again.read().unwrap();
+        assert_eq!(&read.stdout[..], b"kept");
+        assert!(read.stderr.is_empty());
+        assert_eq!(read.stdout_bytes, 10);
+        assert!(read.truncated, "10 written, 4 kept");
+        // A file gone reads as empty.
+        let none = OutputFiles::reopen(&dir, "missing", &counts);
+        assert!(none.read().unwrap().stdout.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -586,6 +586,15 @@ impl CellBackend for ProcessBackend {
         Ok(())
     }
 
+    fn reopen_output(&self, cell_id: &str, counts: &CellOutput) -> Result<(), CellError> {
+        let files = Arc::new(OutputFiles::reopen(&self.dir(), cell_id, counts));
+        if let Some(tracked) = self.lock().get_mut(cell_id) {
+            tracked.output = Some(Arc::clone(&files));
+        }
+        self.outputs().insert(cell_id.to_string(), files);
+        Ok(())
+    }
+
     fn discard_output(&self, cell_id: &str) {
         if self.lock().contains_key(cell_id) {
             return;

@@ -519,6 +519,7 @@ async fn supervise(inner: Arc<CellsInner>, mut notices: mpsc::UnboundedReceiver<
                 destroy,
                 started,
                 output,
+                in_place,
             } => {
                 if inner.hosted.contains_key(&cell_id) {
                     // Supervised here already: a second task would fight
@@ -532,6 +533,7 @@ async fn supervise(inner: Arc<CellsInner>, mut notices: mpsc::UnboundedReceiver<
                     destroy,
                     started,
                     output,
+                    in_place,
                 };
                 start_task(&inner, cell_id, origin, *doc, begin);
             }

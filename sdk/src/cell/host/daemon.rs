@@ -40,8 +40,13 @@ struct CellState {
     /// Set by `HandOff`: the node's next process takes the cell over.
     #[serde(default)]
     handed_off: bool,
-    /// The output that came with a migration, until the node takes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `carried` holds only the output's counters: the files stayed where
+    /// they were (a hand-over to the node's next process).
+    #[serde(default, skip_serializing)]
+    carried_in_place: bool,
+    /// The output that came with a migration, until the node takes it
+    /// (written by [`Leaving`], which every snapshot goes through).
+    #[serde(default, skip_serializing)]
     carried: Option<CellOutput>,
     /// What the cell's last migration measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,7 +160,6 @@ impl CellDaemon {
                 if self.state.doc.is_none() {
                     return Self::refuse(RefusalCode::NotApplied, "no cell is applied");
                 }
-                self.state.leaving = true;
                 self.state.handed_off = true;
                 Reply::Done
             }
@@ -183,6 +187,7 @@ impl CellDaemon {
                     destroy: self.state.destroy_requested,
                     started: self.started_at(),
                     output: self.state.carried.take().map(Box::new),
+                    in_place: std::mem::take(&mut self.state.carried_in_place),
                 });
                 self.state.leaving = false;
                 self.state.handed_off = false;
@@ -305,6 +310,7 @@ impl CellDaemon {
                     destroy: self.state.destroy_requested,
                     started: self.started_at(),
                     output: self.state.carried.take().map(Box::new),
+                    in_place: false,
                 });
                 self.state.leaving = false;
             }
@@ -339,20 +345,35 @@ impl MeshDaemon for CellDaemon {
     }
 
     fn snapshot(&self) -> Option<Bytes> {
-        if !self.state.leaving {
-            return Some(encode(&self.state));
+        let id = self.state.doc.as_ref().map(|d| d.id());
+        if self.state.leaving {
+            // On its way out: the output files travel with the cell.
+            let leaving = Leaving {
+                state: &self.state,
+                carried: id.and_then(|id| self.node.output_of(id)),
+                carried_in_place: false,
+            };
+            return Some(encode(&leaving));
         }
-        // On its way out: the output files travel with the cell.
-        let carried = self
-            .state
-            .doc
-            .as_ref()
-            .and_then(|d| self.node.output_of(d.id()));
-        let leaving = Leaving {
+        if self.state.handed_off {
+            // To the node's next process: the files stay where they are,
+            // only their counters travel.
+            let counts = id
+                .and_then(|id| self.node.output_range_of(id, 0, 0, 0))
+                .map(|range| range.chunk);
+            let handed = Leaving {
+                state: &self.state,
+                carried_in_place: counts.is_some(),
+                carried: counts,
+            };
+            return Some(encode(&handed));
+        }
+        let staying = Leaving {
             state: &self.state,
-            carried,
+            carried: self.state.carried.clone(),
+            carried_in_place: self.state.carried_in_place,
         };
-        Some(encode(&leaving))
+        Some(encode(&staying))
     }
 
     fn restore(&mut self, state: Bytes) -> Result<(), ProcessError> {
@@ -371,13 +392,18 @@ impl MeshDaemon for CellDaemon {
     }
 }
 
-/// The snapshot of a cell that is migrating: its state with its output.
+/// A cell daemon's snapshot: its state with the output that travels with
+/// it (migrating: the output; handed to the node's next process: the
+/// output's counters; else what came with it and was not taken yet).
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Leaving<'a> {
     #[serde(flatten)]
     state: &'a CellState,
     #[serde(skip_serializing_if = "Option::is_none")]
     carried: Option<CellOutput>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    carried_in_place: bool,
 }
 
 #[cfg(test)]

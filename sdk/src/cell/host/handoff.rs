@@ -191,6 +191,7 @@ impl Cells {
                 destroy: false,
                 started: Some(cell.detached.started),
                 output: None,
+                in_place: false,
             });
         }
         self.settle().await;

@@ -173,6 +173,7 @@ async fn migrate_local(
                 destroy: false,
                 started: Some(detached.started),
                 output: None,
+                in_place: false,
             });
             Err(e)
         }

@@ -38,6 +38,9 @@ pub(crate) enum Notice {
         started: Option<std::time::SystemTime>,
         /// Its output files, when they came along.
         output: Option<Box<CellOutput>>,
+        /// The output stayed where it was (a hand-over to the node's next
+        /// process): `output` holds only its counters.
+        in_place: bool,
     },
     /// Another node asked for the cell to move to `target` (hex node id).
     Migrate { cell_id: String, target: String },

@@ -41,6 +41,8 @@ pub(crate) enum Begin {
         destroy: bool,
         started: Option<SystemTime>,
         output: Option<Box<CellOutput>>,
+        /// `output` holds only counters: the files are where they were.
+        in_place: bool,
     },
 }
 
@@ -123,13 +125,19 @@ pub(crate) async fn run_cell(
             destroy,
             started,
             output,
+            in_place,
         } => {
             let started = started.unwrap_or_else(SystemTime::now);
             match inner.backend.adopt(&doc, CellHost::Local, exit.clone()) {
                 Ok(handle) => {
                     if let Some(output) = output {
-                        if let Err(e) = inner.backend.adopt_output(&id, &output) {
-                            tracing::warn!(cell = %id, error = %e, "migrated output not kept");
+                        let kept = if in_place {
+                            inner.backend.reopen_output(&id, &output)
+                        } else {
+                            inner.backend.adopt_output(&id, &output)
+                        };
+                        if let Err(e) = kept {
+                            tracing::warn!(cell = %id, error = %e, "the cell's output not kept");
                         }
                     }
                     (handle, exit, destroy.then_some(None), started)
