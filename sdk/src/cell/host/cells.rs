@@ -510,7 +510,12 @@ async fn supervise(inner: Arc<CellsInner>, mut notices: mpsc::UnboundedReceiver<
                 cell_id,
                 origin,
                 doc,
-            } => start_task(&inner, cell_id, origin, *doc, Begin::Fresh),
+            } => {
+                // A fresh cell: a destroy left for an earlier one with its
+                // id is not for it.
+                inner.pending_destroy.remove(&cell_id);
+                start_task(&inner, cell_id, origin, *doc, Begin::Fresh);
+            }
             Notice::Adopt {
                 cell_id,
                 origin,

@@ -173,6 +173,14 @@ impl CellDaemon {
                         format!("cell {:?} has ended", doc.id()),
                     );
                 }
+                if !self.state.handed_off && self.state.carried.is_some() {
+                    // Its migration here committed; the record that hands
+                    // it to this node's supervisor is on its way.
+                    return Self::refuse(
+                        RefusalCode::Moving,
+                        format!("cell {:?} is moving here", doc.id()),
+                    );
+                }
                 if !self.state.handed_off {
                     return Self::refuse(
                         RefusalCode::Invalid,
@@ -346,6 +354,17 @@ impl MeshDaemon for CellDaemon {
 
     fn snapshot(&self) -> Option<Bytes> {
         let id = self.state.doc.as_ref().map(|d| d.id());
+        if self.state.carried.is_some() {
+            // It came with a migration and this node has not taken it
+            // yet: the output that came along is the cell's, not whatever
+            // this node's backend holds under its id.
+            let arrived = Leaving {
+                state: &self.state,
+                carried: self.state.carried.clone(),
+                carried_in_place: self.state.carried_in_place,
+            };
+            return Some(encode(&arrived));
+        }
         if self.state.leaving {
             // On its way out: the output files travel with the cell.
             let leaving = Leaving {
@@ -368,12 +387,11 @@ impl MeshDaemon for CellDaemon {
             };
             return Some(encode(&handed));
         }
-        let staying = Leaving {
+        Some(encode(&Leaving {
             state: &self.state,
-            carried: self.state.carried.clone(),
-            carried_in_place: self.state.carried_in_place,
-        };
-        Some(encode(&staying))
+            carried: None,
+            carried_in_place: false,
+        }))
     }
 
     fn restore(&mut self, state: Bytes) -> Result<(), ProcessError> {
@@ -642,6 +660,43 @@ mod tests {
             RefusalCode::Invalid
         );
         assert_eq!(next.node.log.last_cursor().unwrap(), logged);
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(dir2);
+    }
+
+    #[test]
+    fn a_cell_still_moving_here_keeps_its_output_through_a_snapshot_and_is_not_taken_over() {
+        let (mut d, _notices, dir) = setup("moving");
+        let apply = encode(&Command::Apply {
+            doc: Box::new(doc()),
+            origin: 7,
+            generation: 0,
+        });
+        send(&mut d, apply);
+        send(&mut d, record(Step::Started, "e1"));
+        // As restored by a migration whose record has not arrived: the
+        // output that came along is not taken yet.
+        d.state.leaving = true;
+        d.state.carried = Some(CellOutput {
+            stdout: Bytes::from_static(b"came along"),
+            stdout_bytes: 10,
+            ..CellOutput::default()
+        });
+        let state = d.snapshot().unwrap();
+        let source = d.node.keypair.entity_id();
+        let (mut next, mut notices, dir2) =
+            setup_knowing("moving-next", Arc::new(move |k| *k == source));
+        next.restore(state).unwrap();
+        assert_eq!(
+            next.state.carried.as_ref().map(|o| o.stdout.clone()),
+            Some(Bytes::from_static(b"came along")),
+            "the output that came along is kept"
+        );
+        assert_eq!(
+            refused(send(&mut next, encode(&Command::TakeOver))),
+            RefusalCode::Moving
+        );
+        assert!(notices.try_recv().is_err(), "nothing taken over");
         let _ = std::fs::remove_dir_all(dir);
         let _ = std::fs::remove_dir_all(dir2);
     }

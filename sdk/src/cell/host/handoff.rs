@@ -77,9 +77,11 @@ pub enum CellHandOffError {
 }
 
 /// The longest a hand-off waits for cell migrations from here to end.
-const MOVES_WAIT: Duration = Duration::from_secs(1);
+const MOVES_WAIT: Duration = Duration::from_millis(500);
 /// The longest to wait for the supervisor to handle what was sent to it.
-const SETTLE_WAIT: Duration = Duration::from_secs(2);
+const SETTLE_WAIT: Duration = Duration::from_millis(500);
+/// The longest a cell daemon may take to say whether its command runs.
+const QUERY_WAIT: Duration = Duration::from_millis(250);
 
 impl Cells {
     /// Makes every cell hosted here ready to move to the node's next
@@ -114,11 +116,16 @@ impl Cells {
                 Some((h.key().clone(), origin, h.control.clone()))
             })
             .collect();
+        // Bounded, so that the handoff session (silent meanwhile) holds
+        // its deadlines: a cell that does not answer counts as running.
         let mut running = Vec::new();
         for (id, origin, _) in &hosted {
-            if let Ok(Reply::State { running: true, .. }) =
-                self.inner.client.call(id, *origin, &Command::Query).await
-            {
+            let answer = tokio::time::timeout(
+                QUERY_WAIT,
+                self.inner.client.call(id, *origin, &Command::Query),
+            )
+            .await;
+            if !matches!(answer, Ok(Ok(Reply::State { running: false, .. }))) {
                 running.push(id.clone());
             }
         }
@@ -225,8 +232,10 @@ impl Cells {
                 .await
             {
                 Ok(Reply::Done) => {}
+                // Ended, or moving here (its migration's record adopts it).
                 Ok(Reply::Refused {
-                    code: RefusalCode::AlreadyDestroyed | RefusalCode::NotApplied,
+                    code:
+                        RefusalCode::AlreadyDestroyed | RefusalCode::NotApplied | RefusalCode::Moving,
                     ..
                 }) => {}
                 Ok(Reply::Refused { reason, .. }) => {

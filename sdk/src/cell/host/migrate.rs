@@ -160,6 +160,8 @@ async fn migrate_local(
             // This node records that the cell left.
             inner.node.append(&event);
             inner.backend.discard_output(id);
+            // A destroy asked for during the move went with the cell.
+            inner.pending_destroy.remove(id);
             Ok(report)
         }
         Err(e) => {

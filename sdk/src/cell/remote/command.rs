@@ -124,6 +124,8 @@ pub(crate) enum RefusalCode {
     AlreadyDestroyed,
     Invalid,
     CommandRunning,
+    /// The cell is moving here: its migration's record has not arrived.
+    Moving,
 }
 
 /// A cell daemon's answer.
