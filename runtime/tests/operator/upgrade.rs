@@ -191,6 +191,16 @@ fn local_cell(argv: &str) -> String {
         )
 }
 
+/// Applies `doc` on `x` and waits until its command completed.
+fn apply_completed(x: &NodeProc, doc: &str) {
+    let out = x.cli_stdin(&["apply", "-f", "-"], Some(doc.as_bytes()));
+    assert!(out.status.success(), "apply: {}", stderr(&out));
+    wait_for("the cell to complete", || {
+        let cells = x.json(&["get", "cells"]);
+        (cells[0]["exit_code"] == 0).then_some(())
+    });
+}
+
 #[test]
 fn a_cell_whose_command_ended_moves_with_two_upgrades_and_is_destroyed_after() {
     let dir = scratch("upgrade-cell");
@@ -199,12 +209,7 @@ fn a_cell_whose_command_ended_moves_with_two_upgrades_and_is_destroyed_after() {
     let doc = local_cell(
         r#""argv": ["/bin/sh", "-c", "echo hello from a cell; exit 0"], "timeoutMs": 10000"#,
     );
-    let out = x.cli_stdin(&["apply", "-f", "-"], Some(doc.as_bytes()));
-    assert!(out.status.success(), "apply: {}", stderr(&out));
-    wait_for("the cell to complete", || {
-        let cells = x.json(&["get", "cells"]);
-        (cells[0]["exit_code"] == 0).then_some(())
-    });
+    apply_completed(&x, &doc);
     for round in 0..2 {
         let report = upgrade(&x);
         assert_eq!(report["lost"].as_array().map_or(0, Vec::len), 0, "{report}");
@@ -299,12 +304,7 @@ fn a_successor_of_protocol_1_is_not_handed_cells_and_the_node_keeps_them() {
     let doc = local_cell(
         r#""argv": ["/bin/sh", "-c", "echo hello from a cell; exit 0"], "timeoutMs": 10000"#,
     );
-    let out = x.cli_stdin(&["apply", "-f", "-"], Some(doc.as_bytes()));
-    assert!(out.status.success(), "apply: {}", stderr(&out));
-    wait_for("the cell to complete", || {
-        let cells = x.json(&["get", "cells"]);
-        (cells[0]["exit_code"] == 0).then_some(())
-    });
+    apply_completed(&x, &doc);
     let out = x.cli(&["upgrade"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let message = stderr(&out);

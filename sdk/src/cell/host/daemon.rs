@@ -514,6 +514,17 @@ mod tests {
         }
     }
 
+    /// Applies the test document (origin 7) and records its start.
+    fn apply_and_start(d: &mut CellDaemon) {
+        let apply = encode(&Command::Apply {
+            doc: Box::new(doc()),
+            origin: 7,
+            generation: 0,
+        });
+        send(d, apply);
+        send(d, record(Step::Started, "e1"));
+    }
+
     #[test]
     fn commands_are_checked_in_order_and_bad_input_is_refused() {
         let (mut d, mut notices, dir) = setup("order");
@@ -562,13 +573,7 @@ mod tests {
     #[test]
     fn a_snapshot_carries_document_projection_and_history() {
         let (mut d, _notices, dir) = setup("snap");
-        let apply = encode(&Command::Apply {
-            doc: Box::new(doc()),
-            origin: 7,
-            generation: 0,
-        });
-        send(&mut d, apply);
-        send(&mut d, record(Step::Started, "e1"));
+        apply_and_start(&mut d);
         let state = d.snapshot().unwrap();
 
         // A node that does not know the source refuses its history.
@@ -618,13 +623,7 @@ mod tests {
     #[test]
     fn a_cell_is_taken_over_by_the_next_process_once_and_only_after_a_hand_off() {
         let (mut d, _notices, dir) = setup("take-over");
-        let apply = encode(&Command::Apply {
-            doc: Box::new(doc()),
-            origin: 7,
-            generation: 0,
-        });
-        send(&mut d, apply);
-        send(&mut d, record(Step::Started, "e1"));
+        apply_and_start(&mut d);
         // Not handed over (a migration's Leave is not a hand-off): refused.
         assert_eq!(
             refused(send(&mut d, encode(&Command::TakeOver))),
@@ -667,13 +666,7 @@ mod tests {
     #[test]
     fn a_cell_still_moving_here_keeps_its_output_through_a_snapshot_and_is_not_taken_over() {
         let (mut d, _notices, dir) = setup("moving");
-        let apply = encode(&Command::Apply {
-            doc: Box::new(doc()),
-            origin: 7,
-            generation: 0,
-        });
-        send(&mut d, apply);
-        send(&mut d, record(Step::Started, "e1"));
+        apply_and_start(&mut d);
         // As restored by a migration whose record has not arrived: the
         // output that came along is not taken yet.
         d.state.leaving = true;
