@@ -38,16 +38,6 @@ const CELL: &str = r#"{
   }
 }"#;
 
-/// Applies [`CELL`] on `x` and waits until its command completed.
-fn apply_cell(x: &NodeProc) {
-    let out = x.cli_stdin(&["apply", "-f", "-"], Some(CELL.as_bytes()));
-    assert!(out.status.success(), "apply: {}", stderr(&out));
-    wait_for("the cell to complete", || {
-        let cells = x.json(&["get", "cells"]);
-        (cells[0]["exit_code"] == 0).then_some(())
-    });
-}
-
 /// The cell is supervised by whoever serves: listed here with its exit
 /// code and output, and a delete tears it down.
 fn check_cell(x: &NodeProc, point: &str) {
@@ -59,12 +49,7 @@ fn check_cell(x: &NodeProc, point: &str) {
         "hello\n",
         "{point}"
     );
-    let out = x.cli(&["delete", "cell", "fault-cell"]);
-    assert!(out.status.success(), "{point}: {}", stderr(&out));
-    wait_for("the cell to be destroyed", || {
-        let cells = x.json(&["get", "cells"]);
-        (cells[0]["state"] == "destroyed").then_some(())
-    });
+    x.delete_cell("fault-cell");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +221,7 @@ fn run(point: &str, who: Who, action: Action, expect: Serves) {
     let before = status(&x).expect("status");
     let old_pid = before["pid"].as_u64().expect("pid") as u32;
     let origins = x.spawn_counters(DAEMONS);
-    apply_cell(&x);
+    x.apply_completed(CELL);
     let mut peer = Peer::start(&x.mesh_addr, &origins);
     std::thread::sleep(Duration::from_millis(100));
 

@@ -358,4 +358,26 @@ impl NodeProc {
         assert_eq!(origins.len(), n);
         origins
     }
+
+    /// Applies the cell `doc` (the node's only cell) and waits until its
+    /// command completed.
+    pub fn apply_completed(&self, doc: &str) {
+        let out = self.cli_stdin(&["apply", "-f", "-"], Some(doc.as_bytes()));
+        assert!(out.status.success(), "apply: {}", stderr(&out));
+        wait_for("the cell to complete", || {
+            let cells = self.json(&["get", "cells"]);
+            (cells[0]["exit_code"] == 0).then_some(())
+        });
+    }
+
+    /// Deletes cell `id` (the node's only cell) and waits until it is
+    /// listed destroyed.
+    pub fn delete_cell(&self, id: &str) {
+        let out = self.cli(&["delete", "cell", id]);
+        assert!(out.status.success(), "delete {id}: {}", stderr(&out));
+        wait_for("the cell to be destroyed", || {
+            let cells = self.json(&["get", "cells"]);
+            (cells[0]["state"] == "destroyed").then_some(())
+        });
+    }
 }

@@ -191,16 +191,6 @@ fn local_cell(argv: &str) -> String {
         )
 }
 
-/// Applies `doc` on `x` and waits until its command completed.
-fn apply_completed(x: &NodeProc, doc: &str) {
-    let out = x.cli_stdin(&["apply", "-f", "-"], Some(doc.as_bytes()));
-    assert!(out.status.success(), "apply: {}", stderr(&out));
-    wait_for("the cell to complete", || {
-        let cells = x.json(&["get", "cells"]);
-        (cells[0]["exit_code"] == 0).then_some(())
-    });
-}
-
 #[test]
 fn a_cell_whose_command_ended_moves_with_two_upgrades_and_is_destroyed_after() {
     let dir = scratch("upgrade-cell");
@@ -209,7 +199,7 @@ fn a_cell_whose_command_ended_moves_with_two_upgrades_and_is_destroyed_after() {
     let doc = local_cell(
         r#""argv": ["/bin/sh", "-c", "echo hello from a cell; exit 0"], "timeoutMs": 10000"#,
     );
-    apply_completed(&x, &doc);
+    x.apply_completed(&doc);
     for round in 0..2 {
         let report = upgrade(&x);
         assert_eq!(report["lost"].as_array().map_or(0, Vec::len), 0, "{report}");
@@ -236,12 +226,7 @@ fn a_cell_whose_command_ended_moves_with_two_upgrades_and_is_destroyed_after() {
     assert_ne!(now["pid"], before["pid"]);
     assert_eq!(now["node_id"], before["node_id"]);
     // The new process supervises it: a delete tears it down.
-    let out = x.cli(&["delete", "cell", "hello-cell"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    wait_for("the cell to be destroyed", || {
-        let cells = x.json(&["get", "cells"]);
-        (cells[0]["state"] == "destroyed").then_some(())
-    });
+    x.delete_cell("hello-cell");
     // One started event: the upgrades recorded no lifecycle step.
     let events = stdout(&x.cli(&["events", "--since", "0"]));
     assert_eq!(events.matches(".started\"").count(), 1, "{events}");
@@ -276,12 +261,7 @@ fn an_upgrade_is_refused_while_a_cell_command_runs_and_the_cell_runs_on() {
         described["projection"]["lifecycle_stage"], "started",
         "{described}"
     );
-    let out = x.cli(&["delete", "cell", "hello-cell"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    wait_for("the cell to be destroyed", || {
-        let cells = x.json(&["get", "cells"]);
-        (cells[0]["state"] == "destroyed").then_some(())
-    });
+    x.delete_cell("hello-cell");
     let report = upgrade(&x);
     assert_eq!(report["lost"].as_array().map_or(0, Vec::len), 0, "{report}");
     let now = x.json(&["status"]);
@@ -304,7 +284,7 @@ fn a_successor_of_protocol_1_is_not_handed_cells_and_the_node_keeps_them() {
     let doc = local_cell(
         r#""argv": ["/bin/sh", "-c", "echo hello from a cell; exit 0"], "timeoutMs": 10000"#,
     );
-    apply_completed(&x, &doc);
+    x.apply_completed(&doc);
     let out = x.cli(&["upgrade"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let message = stderr(&out);
@@ -321,12 +301,7 @@ fn a_successor_of_protocol_1_is_not_handed_cells_and_the_node_keeps_them() {
         "hello from a cell\n"
     );
     // Without cells, a protocol-1 successor takes the node over.
-    let out = x.cli(&["delete", "cell", "hello-cell"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    wait_for("the cell to be destroyed", || {
-        let cells = x.json(&["get", "cells"]);
-        (cells[0]["state"] == "destroyed").then_some(())
-    });
+    x.delete_cell("hello-cell");
     let report = upgrade(&x);
     assert_eq!(report["lost"].as_array().map_or(0, Vec::len), 0, "{report}");
     let now = x.json(&["status"]);

@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::daemon::CellDaemon;
-use super::node::{CellNode, Notice};
+use super::node::CellNode;
 use super::pointers::Pointers;
-use super::supervisor::{run_cell, Begin, Control, Hosted};
+use super::supervisor::Hosted;
 use crate::cell::backend::{CellBackend, CellError, CellOutput, Containment, ExitReport};
 use crate::cell::log::{CellEventLog, LogError};
 use crate::cell::node_view::{CellRecord, NodeCellProjection};
@@ -188,7 +188,9 @@ impl Cells {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
-        inner.tasks.spawn(supervise(Arc::clone(&inner), rx));
+        inner
+            .tasks
+            .spawn(super::supervisor::supervise(Arc::clone(&inner), rx));
         inner
             .tasks
             .spawn(super::pointers::refresh(Arc::clone(&inner)));
@@ -493,91 +495,6 @@ impl Cells {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }
-}
-
-async fn supervise(inner: Arc<CellsInner>, mut notices: mpsc::UnboundedReceiver<Notice>) {
-    loop {
-        let notice = tokio::select! {
-            biased;
-            () = inner.cancel.cancelled() => break,
-            notice = notices.recv() => match notice {
-                Some(n) => n,
-                None => break,
-            },
-        };
-        match notice {
-            Notice::Run {
-                cell_id,
-                origin,
-                doc,
-            } => {
-                // A fresh cell: a destroy left for an earlier one with its
-                // id is not for it.
-                inner.pending_destroy.remove(&cell_id);
-                start_task(&inner, cell_id, origin, *doc, Begin::Fresh);
-            }
-            Notice::Adopt {
-                cell_id,
-                origin,
-                doc,
-                exit,
-                destroy,
-                started,
-                output,
-                in_place,
-            } => {
-                if inner.hosted.contains_key(&cell_id) {
-                    // Supervised here already: a second task would fight
-                    // the first for the backend's record of the cell.
-                    tracing::warn!(cell = %cell_id, "cell already supervised here; adoption ignored");
-                    continue;
-                }
-                let destroy = inner.pending_destroy.remove(&cell_id).is_some() || destroy;
-                let begin = Begin::Adopted {
-                    exit,
-                    destroy,
-                    started,
-                    output,
-                    in_place,
-                };
-                start_task(&inner, cell_id, origin, *doc, begin);
-            }
-            Notice::Migrate { cell_id, target } => {
-                let inner = Arc::clone(&inner);
-                let tasks = inner.tasks.clone();
-                tasks.spawn(super::migrate::on_request(inner, cell_id, target));
-            }
-            Notice::Barrier(done) => {
-                let _ = done.send(());
-            }
-            Notice::Destroy { cell_id, reason } => {
-                let sent = inner
-                    .hosted
-                    .get(&cell_id)
-                    .is_some_and(|h| h.control.send(Control::Destroy(reason.clone())).is_ok());
-                if !sent {
-                    inner.pending_destroy.insert(cell_id, reason);
-                }
-            }
-        }
-    }
-    // Dropping every control sender ends the cell tasks without teardown.
-    inner.hosted.clear();
-}
-
-fn start_task(
-    inner: &Arc<CellsInner>,
-    cell_id: String,
-    origin: u64,
-    doc: ExecutionCellDocument,
-    begin: Begin,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    inner.known.insert(cell_id.clone(), origin);
-    inner.hosted.insert(cell_id, Hosted { control: tx });
-    inner
-        .tasks
-        .spawn(run_cell(Arc::clone(inner), origin, doc, begin, rx));
 }
 
 /// The record `list` shows for a cell the log and a pointer may both
